@@ -18,16 +18,8 @@ from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
 from agents.buffer import LaggedRolloutBufferSamples
-from agents.lagged import LaggedPPO
+from agents.lagged import LaggedPPO, check_clip_range
 from agents.losses import LOSS_AGG_MODES, _check_dual_clip, compute_policy_loss, pack_segments
-
-
-def check_clip_range(name: str, value: Optional[float]) -> None:
-    """Constant clip ranges must lie in (0, 1); schedules are checked by SB3 when evaluated."""
-    if value is None or callable(value):
-        return
-    if not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{name}={value} must be in (0, 1), e.g. 0.2")
 
 
 class DualClipPPO(LaggedPPO):
@@ -56,7 +48,6 @@ class DualClipPPO(LaggedPPO):
         _check_dual_clip(dual_clip)
         if loss_agg_mode not in LOSS_AGG_MODES:
             raise ValueError(f"loss_agg_mode={loss_agg_mode!r} is unknown: choose one of {', '.join(LOSS_AGG_MODES)}")
-        check_clip_range("clip_range", kwargs.get("clip_range", 0.2))
         check_clip_range("clip_range_low", clip_range_low)
         check_clip_range("clip_range_high", clip_range_high)
         self.dual_clip = dual_clip

@@ -39,6 +39,14 @@ def check_lag_args(policy_lag: Any, lag_mode: Any) -> None:
         raise ValueError(f"lag_mode={lag_mode!r} is unknown: choose one of {', '.join(LAG_MODES)}")
 
 
+def check_clip_range(name: str, value: Any) -> None:
+    """A constant clip range must lie in (0, 1); schedules (callables) are left to SB3."""
+    if value is None or callable(value):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{name}={value!r} must be a number in (0, 1), e.g. 0.2")
+
+
 class LaggedPPO(PPO):
     """SB3 PPO acting with a behaviour policy K updates old. All PPO keyword arguments are accepted.
 
@@ -60,6 +68,7 @@ class LaggedPPO(PPO):
         **kwargs: Any,
     ) -> None:
         check_lag_args(policy_lag, lag_mode)
+        check_clip_range("clip_range", kwargs.get("clip_range", 0.2))
         if policy_lag > 0 and kwargs.get("use_sde", False):
             raise ValueError("use_sde=True with policy_lag > 0 is not supported: set use_sde=False or policy_lag=0")
         kwargs.setdefault("rollout_buffer_class", LaggedRolloutBuffer)

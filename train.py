@@ -1,0 +1,224 @@
+"""Train one run: ``python train.py --algo dualclip --env HalfCheetah-v4``.
+
+Flags follow rl-zoo3 (``--algo --env -n --seed -tb -params -f``). Hyperparameters come from
+``hyperparams/ppo.yml`` (shared by every algorithm, so only the loss differs), keyed by env id with ``atari`` and
+``default`` fallbacks, then ``-params key:value`` overrides (values read with ``yaml.safe_load``).
+
+Each run gets its own folder ``<log-folder>/<algo>_<env>_lag<K>_s<seed>[_N]`` (never overwritten) holding the
+TensorBoard events, ``config.yml`` (hyperparameters as used), ``args.yml``, ``command.txt``, ``model.zip`` and
+``vecnormalize.pkl``. ``tensorboard --logdir <log-folder>`` overlays every run.
+
+Bad input (unknown algo/env, ``--dual-clip 0.8``, malformed ``-params``, ...) prints one line and exits 2
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, NoReturn, Optional
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CONF = HERE / "hyperparams" / "ppo.yml"
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit code 2, nothing written."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a single line (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    from agents import ALGOS, LAG_MODES
+    from agents.losses import LOSS_AGG_MODES
+
+    p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--algo", required=True, choices=sorted(ALGOS), help="which loss: ppo, dualclip or decoupled")
+    p.add_argument("--env", required=True, help="gymnasium id, e.g. HalfCheetah-v4, CartPole-v1, ALE/Breakout-v5")
+    p.add_argument("-n", "--n-timesteps", type=int, default=None, help="environment steps (default: from YAML)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and recorded in args.yml)")
+    p.add_argument("-f", "--log-folder", default="logs", help="parent folder of run folders (default: logs)")
+    p.add_argument("-tb", "--tensorboard-log", default=None, help="write TensorBoard events to DIR/<run> instead")
+    p.add_argument("-conf", "--conf-file", default=str(DEFAULT_CONF), help="hyperparameter YAML file")
+    p.add_argument(
+        "-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="override hyperparameters"
+    )
+    p.add_argument("--dual-clip", type=float, default=3.0, help="c > 1 of dual-clip (for ppo: diagnostic only)")
+    p.add_argument("--policy-lag", type=int, default=0, help="K: behaviour policy is K updates old (default 0)")
+    p.add_argument("--lag-mode", default="fixed", choices=LAG_MODES, help="how the lag is spread (default fixed)")
+    p.add_argument("--loss-agg-mode", default="token-mean", choices=LOSS_AGG_MODES, help="loss aggregation")
+    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default auto)")
+    p.add_argument("--eval-freq", type=int, default=-1, help="evaluate every N env steps (default: never)")
+    p.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)")
+    p.add_argument("--run-name", default=None, help="run folder name (default: <algo>_<env>_lag<K>_s<seed>)")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: SB3 tables on stdout")
+    args = p.parse_args(argv)
+    if args.n_timesteps is not None and args.n_timesteps <= 0:
+        p.error(f"-n {args.n_timesteps}: the number of timesteps must be a positive integer, e.g. -n 100000")
+    if args.policy_lag < 0:
+        p.error(f"--policy-lag {args.policy_lag}: the lag must be a non-negative integer, e.g. --policy-lag 4")
+    if not args.dual_clip > 1:
+        p.error(f"--dual-clip {args.dual_clip}: c must be > 1 (the paper uses 3)")
+    return args
+
+
+def build_config(args: argparse.Namespace) -> Dict[str, Any]:
+    """The run's hyperparameters (YAML-typed): file entry, then -params, then the dedicated flags."""
+    from agents import ALGOS
+    from agents.hyperparams import check_keys, load_hyperparams, parse_override
+    from envs import check_env_id, is_atari
+
+    check_env_id(args.env)
+    conf_path = Path(args.conf_file)
+    if not conf_path.is_file():
+        raise UsageError(f"hyperparameter file {conf_path} not found: pass -conf PATH to an existing YAML file")
+    config = load_hyperparams(conf_path, args.env, is_atari(args.env))
+    for item in args.hyperparams:
+        key, value = parse_override(item)
+        config[key] = value
+    config["policy_lag"] = args.policy_lag
+    config["lag_mode"] = args.lag_mode
+    if args.algo == "ppo":
+        config["would_bound_c"] = args.dual_clip
+    else:
+        config.setdefault("dual_clip", args.dual_clip)
+        config.setdefault("loss_agg_mode", args.loss_agg_mode)
+    if args.n_timesteps is not None:
+        config["n_timesteps"] = args.n_timesteps
+    check_keys(config, ALGOS[args.algo])
+    return config
+
+
+def run_folder(args: argparse.Namespace) -> Path:
+    """A fresh run folder path (not created yet). An explicit --run-name that exists is an error."""
+    parent = Path(args.log_folder)
+    if args.run_name:
+        path = parent / args.run_name
+        if path.exists():
+            raise UsageError(f"run folder {path} exists: choose another --run-name (nothing was overwritten)")
+        return path
+    mode = "" if args.lag_mode == "fixed" else f"-{args.lag_mode}"
+    base = f"{args.algo}_{args.env.replace('/', '-')}_lag{args.policy_lag}{mode}_s{args.seed}"
+    path, n = parent / base, 1
+    while path.exists():
+        n += 1
+        path = parent / f"{base}_{n}"
+    return path
+
+
+def make_model(args: argparse.Namespace, config: Dict[str, Any]):
+    """Environment and algorithm from the config; raises ValueError on bad values, writes nothing."""
+    from agents import ALGOS
+    from agents.hyperparams import to_constructor_kwargs
+    from envs import make_env
+
+    env = make_env(
+        args.env,
+        n_envs=config.get("n_envs", 1),
+        seed=args.seed,
+        normalize=config.get("normalize", False),
+        frame_stack=config.get("frame_stack"),
+        env_kwargs=config.get("env_kwargs"),
+    )
+    kwargs = to_constructor_kwargs(config)
+    model = ALGOS[args.algo](
+        config.get("policy", "MlpPolicy"), env, seed=args.seed, device=args.device, verbose=args.verbose, **kwargs
+    )
+    return model, env
+
+
+def make_logger(run_dir: Path, args: argparse.Namespace):
+    from stable_baselines3.common.logger import Logger, make_output_format
+
+    tb_dir = Path(args.tensorboard_log) / run_dir.name if args.tensorboard_log else run_dir
+    formats = ["csv"] + (["stdout"] if args.verbose >= 1 else [])
+    outputs = [make_output_format(f, str(run_dir)) for f in formats]
+    outputs.append(make_output_format("tensorboard", str(tb_dir)))
+    return Logger(folder=str(run_dir), output_formats=outputs)
+
+
+def callbacks(args: argparse.Namespace, config: Dict[str, Any], run_dir: Path) -> list:
+    from stable_baselines3.common.callbacks import EvalCallback
+
+    from agents.callbacks import HParamCallback
+    from envs import make_env
+
+    out: list = [HParamCallback(args.algo, config)]
+    if args.eval_freq > 0:
+        eval_env = make_env(
+            args.env,
+            n_envs=1,
+            seed=None if args.seed is None else args.seed + 10_000,
+            normalize=config.get("normalize", False),
+            frame_stack=config.get("frame_stack"),
+            env_kwargs=config.get("env_kwargs"),
+            training=False,
+        )
+        out.append(
+            EvalCallback(
+                eval_env,
+                n_eval_episodes=args.eval_episodes,
+                eval_freq=max(args.eval_freq // config.get("n_envs", 1), 1),
+                log_path=str(run_dir / "eval"),
+                best_model_save_path=str(run_dir / "best"),
+                deterministic=True,
+                verbose=args.verbose,
+            )
+        )
+    return out
+
+
+def write_run_files(run_dir: Path, args: argparse.Namespace, config: Dict[str, Any]) -> None:
+    import yaml
+
+    run_dir.mkdir(parents=True)
+    with open(run_dir / "config.yml", "w") as f:
+        yaml.safe_dump(config, f, sort_keys=True)
+    with open(run_dir / "args.yml", "w") as f:
+        yaml.safe_dump(vars(args), f, sort_keys=True)
+    (run_dir / "command.txt").write_text(shlex.join(["python", *sys.argv]) + "\n")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.seed is None:
+        args.seed = int.from_bytes(os.urandom(4), "little") % (2**31 - 1)
+    try:
+        config = build_config(args)
+        run_dir = run_folder(args)
+        model, env = make_model(args, config)
+    except (UsageError, ValueError) as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    write_run_files(run_dir, args, config)
+    model.set_logger(make_logger(run_dir, args))
+    print(f"run folder: {run_dir}", flush=True)
+    start = time.time()
+    model.learn(
+        total_timesteps=int(config["n_timesteps"]),
+        callback=callbacks(args, config, run_dir),
+        progress_bar=args.progress,
+    )
+    model.save(run_dir / "model.zip")
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    if isinstance(env, VecNormalize):
+        env.save(str(run_dir / "vecnormalize.pkl"))
+    elapsed = time.time() - start
+    print(f"done: {model.num_timesteps} steps in {elapsed:.1f} s ({model.num_timesteps / elapsed:.0f} steps/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
