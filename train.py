@@ -53,7 +53,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="override hyperparameters"
     )
-    p.add_argument("--dual-clip", type=float, default=3.0, help="c > 1 of dual-clip (for ppo: diagnostic only)")
+    p.add_argument(
+        "--dual-clip",
+        type=float,
+        default=None,
+        help="c > 1 of dual-clip: dualclip's bound (default 3); opt-in for decoupled; for ppo only the diagnostic",
+    )
     p.add_argument("--policy-lag", type=int, default=0, help="K: behaviour policy is K updates old (default 0)")
     p.add_argument("--lag-mode", default="fixed", choices=LAG_MODES, help="how the lag is spread (default fixed)")
     p.add_argument("--loss-agg-mode", default="token-mean", choices=LOSS_AGG_MODES, help="loss aggregation")
@@ -68,7 +73,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"-n {args.n_timesteps}: the number of timesteps must be a positive integer, e.g. -n 100000")
     if args.policy_lag < 0:
         p.error(f"--policy-lag {args.policy_lag}: the lag must be a non-negative integer, e.g. --policy-lag 4")
-    if not args.dual_clip > 1:
+    if args.dual_clip is not None and not args.dual_clip > 1:
         p.error(f"--dual-clip {args.dual_clip}: c must be > 1 (the paper uses 3)")
     return args
 
@@ -89,10 +94,12 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
         config[key] = value
     config["policy_lag"] = args.policy_lag
     config["lag_mode"] = args.lag_mode
+    # --dual-clip: the bound of dualclip (default 3), opt-in for decoupled, the diagnostic's c for ppo
+    c = args.dual_clip
     if args.algo == "ppo":
-        config["would_bound_c"] = args.dual_clip
+        config["would_bound_c"] = 3.0 if c is None else c
     else:
-        config.setdefault("dual_clip", args.dual_clip)
+        config.setdefault("dual_clip", 3.0 if (c is None and args.algo == "dualclip") else c)
         config.setdefault("loss_agg_mode", args.loss_agg_mode)
     if args.n_timesteps is not None:
         config["n_timesteps"] = args.n_timesteps

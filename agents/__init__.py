@@ -8,9 +8,10 @@
 - ``decoupled``: decoupled PPO, clip against a proximal policy, importance weight against mu (``DecoupledPPO``).
 """
 
+from agents.decoupled import DecoupledPPO
 from agents.dualclip import DualClipPPO
 from agents.lagged import LAG_MODES, LaggedPPO
 
-ALGOS = {"ppo": LaggedPPO, "dualclip": DualClipPPO}
+ALGOS = {"ppo": LaggedPPO, "dualclip": DualClipPPO, "decoupled": DecoupledPPO}
 
-__all__ = ["ALGOS", "LAG_MODES", "DualClipPPO", "LaggedPPO"]
+__all__ = ["ALGOS", "LAG_MODES", "DecoupledPPO", "DualClipPPO", "LaggedPPO"]

@@ -261,7 +261,12 @@ class LaggedPPO(PPO):
             dist = self.policy.get_distribution(obs_as_tensor(obs[i : i + chunk], self.device))
             out.append(dist.log_prob(self._discrete_actions(th.as_tensor(actions[i : i + chunk], device=self.device))))
         log_prob = th.cat(out)
-        buf.prox_log_probs[:] = log_prob.cpu().numpy().reshape(buf.buffer_size, buf.n_envs)  # type: ignore[attr-defined]
+        prox = log_prob.cpu().numpy().reshape(buf.buffer_size, buf.n_envs)
+        # Where the data were acted with lag 0 the learner *was* the behaviour policy: reuse log mu verbatim
+        # (a batched recomputation can differ from it in the last float bit).
+        fresh = self._last_rollout_lags == 0
+        prox[:, fresh] = buf.log_probs[:, fresh]
+        buf.prox_log_probs[:] = prox  # type: ignore[attr-defined]
         return log_prob
 
     @th.no_grad()

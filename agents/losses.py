@@ -215,7 +215,7 @@ def compute_decoupled_policy_loss(
     log_ratio = torch.clamp(log_prob - prox_log_prob, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
     per_step, clip_active, lower_active = _clipped_surrogate(ratio, advantages, low, high, dual_clip)
-    raw_weight = torch.exp(torch.clamp(prox_log_prob - old_log_prob, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    raw_weight = torch.exp(torch.clamp(prox_log_prob - old_log_prob.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     weight = torch.clamp(raw_weight, max=is_weight_max)
     loss = agg_loss(weight * per_step, mask, loss_agg_mode)
     with torch.no_grad():

@@ -1,0 +1,74 @@
+"""DecoupledPPO: clip against a proximal policy, importance-weight against the behaviour policy.
+
+Hilton, Cobbe & Schulman 2021, "Batch size-invariance for policy optimization" (arXiv 2110.00641, code
+openai/ppo-ewma). Under policy lag, vanilla PPO anchors both its ratio and its trust region at the stale
+behaviour policy mu. Decoupled PPO gives the two jobs to two policies::
+
+    loss = w * max(-A * r', -A * clip(r', 1 - eps, 1 + eps)),   r' = pi_theta / pi_prox,   w = min(pi_prox / mu, w_max)
+
+The proximal policy pi_prox is the learner at the start of ``train()``: its log-probs are computed once per
+update, batched, without gradient (``LaggedPPO._learner_log_probs``). For steps acted with lag 0 the proximal
+policy *is* the behaviour policy, so log mu is used for it verbatim and the update is bit-identical to stock
+PPO. ``--dual-clip`` composes: the unweighted proximal term is bounded at c*A for A<0 before weighting.
+
+Differences from openai/ppo-ewma: there the truncation ``imp_samp_max=100`` applies to pi_theta/mu (through an
+adjusted log mu); here, as in our issue's formula, it applies to the gradient-free weight pi_prox/mu, with the
+same default of 100. The EWMA proximal policy of the paper is not implemented (the proximal policy is the learner).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch as th
+
+from agents.buffer import LaggedRolloutBufferSamples
+from agents.dualclip import DualClipPPO
+from agents.losses import compute_decoupled_policy_loss, pack_segments
+
+
+class DecoupledPPO(DualClipPPO):
+    """Decoupled PPO on the lag machinery of :class:`~agents.lagged.LaggedPPO`.
+
+    :param is_weight_max: w_max, truncation of the importance weight pi_prox/mu (default 100, as openai/ppo-ewma)
+    :param dual_clip: optional dual-clip bound c > 1 on the proximal term (default None: off)
+    :param kwargs: everything :class:`~agents.dualclip.DualClipPPO` accepts
+    """
+
+    def __init__(
+        self, policy: Any, env: Any, *, is_weight_max: float = 100.0, dual_clip: Optional[float] = None, **kwargs: Any
+    ) -> None:
+        if isinstance(is_weight_max, bool) or not isinstance(is_weight_max, (int, float)) or not is_weight_max > 0:
+            raise ValueError(f"is_weight_max={is_weight_max!r} must be a number > 0 (the reference uses 100)")
+        self.is_weight_max = float(is_weight_max)
+        super().__init__(policy, env, dual_clip=dual_clip, **kwargs)
+
+    def _policy_term(
+        self, data: LaggedRolloutBufferSamples, log_prob: th.Tensor, advantages: th.Tensor, clip_range: float
+    ) -> Tuple[th.Tensor, Dict[str, th.Tensor]]:
+        old, prox, new, adv, mask = data.old_log_prob, data.prox_log_prob, log_prob, advantages, None
+        if self.loss_agg_mode != "token-mean":
+            (old, prox, new, adv), mask = pack_segments(data.segment_ids, (old, prox, new, adv), self.n_steps)
+        out = compute_decoupled_policy_loss(
+            old,
+            prox,
+            new,
+            adv,
+            mask,
+            clip_range=clip_range,
+            clip_range_low=self.clip_range_low,
+            clip_range_high=self.clip_range_high,
+            dual_clip=self.dual_clip,
+            is_weight_max=self.is_weight_max,
+            loss_agg_mode=self.loss_agg_mode,
+        )
+        return out.loss, {
+            "pg_clipfrac": out.clip_fraction,
+            "pg_clipfrac_lower": out.clip_fraction_lower,
+            "ppo_kl": out.approx_kl,
+            "ratio_max_minibatch": out.ratio_max,
+            "is_weight_mean": out.is_weight_mean,
+            "is_weight_max": out.is_weight_max,
+            "is_weight_truncated": out.is_weight_truncated,
+            "is_ess": out.is_ess,
+        }

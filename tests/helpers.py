@@ -1,0 +1,31 @@
+"""Shared test helpers: tiny models, as in SB3's own tests (net_arch=[16], n_steps=64)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, List
+
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(n_steps=64, batch_size=32, n_epochs=2, policy_kwargs=dict(net_arch=[16]), device="cpu")
+
+
+def tiny_model(cls: type, env_id: str = "CartPole-v1", n_envs: int = 1, seed: int = 0, **kwargs: Any):
+    """A small model of ``cls`` on a seeded vectorised env; ``kwargs`` override TINY."""
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    return cls("MlpPolicy", env, seed=seed, **{**TINY, **kwargs})
+
+
+def flat_params(model) -> th.Tensor:
+    return th.cat([p.detach().flatten() for p in model.policy.parameters()])
+
+
+def run_script(script: str, args: List[str], cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run one of our entry points in a subprocess with this interpreter."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )

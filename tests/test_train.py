@@ -1,0 +1,77 @@
+"""train.py end to end: the smoke run, the run folder, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from tbparse import SummaryReader
+
+from tests.helpers import run_script
+
+TINY_PARAMS = ["-params", "n_steps:64", "batch_size:32", "n_epochs:2", "policy_kwargs:{net_arch: [16]}"]
+
+
+def test_halfcheetah_smoke_run_writes_run_folder(tmp_path) -> None:
+    res = run_script(
+        "train.py",
+        ["--algo", "dualclip", "--env", "HalfCheetah-v4", "-n", "1024", "--seed", "3", "-f", str(tmp_path),
+         "--verbose", "0"],
+    )
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "dualclip_HalfCheetah-v4_lag0_s3"
+    for name in ("config.yml", "args.yml", "command.txt", "model.zip", "vecnormalize.pkl"):
+        assert (run / name).is_file(), name
+    config = yaml.safe_load((run / "config.yml").read_text())
+    assert config["n_steps"] == 512 and config["dual_clip"] == 3.0 and config["n_timesteps"] == 1024
+    assert "--algo dualclip" in (run / "command.txt").read_text()
+    scalars = SummaryReader(str(run)).scalars
+    tags = set(scalars["tag"])
+    assert {"train/pg_clipfrac_lower", "train/pg_clipfrac", "train/ppo_kl", "train/behavior_kl",
+            "train/dual_clip_would_bound", "rollout/policy_lag"} <= tags
+    assert scalars[scalars.tag == "train/pg_clipfrac_lower"]["step"].tolist() == [1024]
+
+
+@pytest.mark.parametrize("algo", ["ppo", "decoupled"])
+def test_lagged_run_names_and_second_run_never_overwrites(tmp_path, algo: str) -> None:
+    args = ["--algo", algo, "--env", "CartPole-v1", "-n", "128", "--seed", "1", "--policy-lag", "2",
+            "--lag-mode", "per-env", "-f", str(tmp_path), "--verbose", "0", *TINY_PARAMS]
+    assert run_script("train.py", args).returncode == 0
+    assert run_script("train.py", args).returncode == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"{algo}_CartPole-v1_lag2-per-env_s1", f"{algo}_CartPole-v1_lag2-per-env_s1_2"]
+    config = yaml.safe_load((tmp_path / names[0] / "config.yml").read_text())
+    assert config["policy_lag"] == 2 and config["lag_mode"] == "per-env"
+
+
+BAD_INPUT = [
+    (["--algo", "sac", "--env", "CartPole-v1"], "sac"),
+    (["--algo", "ppo", "--env", "CartPol-v1"], "CartPole-v1"),
+    (["--algo", "dualclip", "--env", "CartPole-v1", "--dual-clip", "0.8"], "0.8"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-params", "learning_rate"], "learning_rate"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-params", "n_steps:[64"], "n_steps"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-params", "learning_rat:1e-3"], "learning_rate"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--policy-lag", "-1"], "-1"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--policy-lag", "1.5"], "1.5"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "random"], "random"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-params", "clip_range:1.5"], "clip_range=1.5"),
+    (["--algo", "dualclip", "--env", "CartPole-v1", "--loss-agg-mode", "mean"], "mean"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-n", "0"], "-n 0"),
+]
+
+
+@pytest.mark.parametrize("argv, named", BAD_INPUT, ids=[" ".join(a[2:]) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, argv: list, named: str) -> None:
+    res = run_script("train.py", [*argv, "-f", str(tmp_path / "logs")], cwd=tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert named in lines[0]
+    assert not (tmp_path / "logs").exists()
+
+
+def test_existing_run_name_is_refused(tmp_path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("precious")
+    res = run_script("train.py", ["--algo", "ppo", "--env", "CartPole-v1", "-f", str(tmp_path), "--run-name", "mine"])
+    assert res.returncode == 2 and "mine" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep.txt"]
