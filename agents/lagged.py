@@ -102,7 +102,9 @@ class LaggedPPO(PPO):
         return np.full(n, k, dtype=np.int64)
 
     def _snapshot(self) -> Snapshot:
-        return {name: t.detach().clone() for name, t in self.policy.state_dict().items()}
+        """A copy of the policy's parameters and buffers; shared modules (the CNN trunk) are copied once."""
+        tensors = {**dict(self.policy.named_parameters()), **dict(self.policy.named_buffers())}
+        return {name: t.detach().clone() for name, t in tensors.items()}
 
     def _behavior_groups(self, lags: np.ndarray) -> List[Tuple[Optional[Snapshot], np.ndarray]]:
         """Group environments by the parameters that act for them (None = the learner itself)."""

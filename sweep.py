@@ -1,0 +1,162 @@
+"""Run a grid of train.py runs (algorithms x lags x seeds) and summarise them into results/<name>/.
+
+    python sweep.py decoupled_lag --env HalfCheetah-v4 --algos ppo dualclip decoupled --lags 0 4 --seeds 1 \
+        -n 200000 --jobs 2 -params normalize:true
+
+Runs go to ``<runs-root>/<name>/<algo>_lag<K>_s<seed>`` (default runs-root: logs/sweeps, not committed); a run
+whose ``model.zip`` exists is finished and skipped, so an interrupted sweep resumes where it stopped (a run that
+was cut off mid-way is moved aside to ``<run>.interrupted-<time>`` and started again, never overwritten).
+``results/<name>/`` receives ``summary.csv``, ``summary.md`` and ``sweep.yml`` (the command, versions, machine),
+all written by this script from the runs' TensorBoard events. ``--summarise-only`` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+#: TensorBoard scalars summarised per run: (column, tag, how)
+COLUMNS = (
+    ("final_return", "rollout/ep_rew_mean", "last"),
+    ("best_return", "rollout/ep_rew_mean", "max"),
+    ("behavior_kl", "train/behavior_kl", "mean"),
+    ("ratio_p99", "train/ratio_p99", "mean"),
+    ("would_bound", "train/dual_clip_would_bound", "mean"),
+    ("pg_clipfrac_lower", "train/pg_clipfrac_lower", "mean"),
+    ("is_weight_truncated", "train/is_weight_truncated", "mean"),
+    ("fps", "time/fps", "last"),
+)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("name", help="sweep name: results/<name>/ and <runs-root>/<name>/")
+    p.add_argument("--env", required=True)
+    p.add_argument("--algos", nargs="+", default=["ppo", "dualclip", "decoupled"])
+    p.add_argument("--lags", nargs="+", type=int, default=[0])
+    p.add_argument("--lag-mode", default="fixed")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1])
+    p.add_argument("-n", "--n-timesteps", type=int, required=True)
+    p.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE")
+    p.add_argument("-conf", "--conf-file", default=None)
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (each pinned to 1 torch thread)")
+    p.add_argument("--runs-root", default="logs/sweeps")
+    p.add_argument("--results-root", default=str(HERE / "results"))
+    p.add_argument("--summarise-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def run_name(algo: str, lag: int, seed: int) -> str:
+    return f"{algo}_lag{lag}_s{seed}"
+
+
+def launch(args: argparse.Namespace, runs_dir: Path, algo: str, lag: int, seed: int) -> str:
+    name = run_name(algo, lag, seed)
+    run = runs_dir / name
+    if (run / "model.zip").is_file():
+        return f"{name}: done earlier, skipped"
+    if run.exists():
+        run.rename(run.with_name(f"{name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"))
+    cmd = [sys.executable, str(HERE / "train.py"), "--algo", algo, "--env", args.env, "-n", str(args.n_timesteps),
+           "--seed", str(seed), "--policy-lag", str(lag), "--lag-mode", args.lag_mode, "-f", str(runs_dir),
+           "--run-name", name, "--verbose", "0"]
+    if args.conf_file:
+        cmd += ["-conf", args.conf_file]
+    if args.hyperparams:
+        cmd += ["-params", *args.hyperparams]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    start = time.time()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    status = "ok" if res.returncode == 0 else f"FAILED rc={res.returncode}: {res.stderr.strip()[-300:]}"
+    return f"{name}: {status} ({time.time() - start:.0f} s)"
+
+
+def summarise_run(run: Path) -> Dict[str, object]:
+    from tbparse import SummaryReader
+
+    scalars = SummaryReader(str(run)).scalars
+    row: Dict[str, object] = {}
+    for column, tag, how in COLUMNS:
+        values = scalars[scalars.tag == tag].sort_values("step")["value"]
+        if len(values) == 0:
+            row[column] = ""
+            continue
+        value = {"last": values.iloc[-1], "max": values.max(), "mean": values.mean()}[how]
+        row[column] = f"{value:.4g}"
+    steps = scalars["step"].max() if len(scalars) else 0
+    row["steps"] = int(steps)
+    return row
+
+
+def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: List[str]) -> None:
+    import csv
+
+    import gymnasium
+    import stable_baselines3
+    import torch
+    import yaml
+
+    rows = []
+    for algo, lag, seed in itertools.product(args.algos, args.lags, args.seeds):
+        run = runs_dir / run_name(algo, lag, seed)
+        if (run / "model.zip").is_file():
+            rows.append({"algo": algo, "lag": lag, "seed": seed, **summarise_run(run)})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fields = ["algo", "lag", "seed", "steps"] + [c for c, _, _ in COLUMNS]
+    with open(out_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    lines += ["| " + " | ".join(str(r[k]) for k in fields) + " |" for r in rows]
+    meta = {
+        "command": shlex.join(["python", "sweep.py", *argv]),
+        "env": args.env,
+        "n_timesteps": args.n_timesteps,
+        "seeds": args.seeds,
+        "hyperparams_overrides": args.hyperparams,
+        "runs_dir": str(runs_dir),
+        "finished_runs": len(rows),
+        "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
+                     "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__},
+        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
+                    "torch_threads_per_run": 1, "parallel_runs": args.jobs},
+        "columns": {c: f"{how} of {tag}" for c, tag, how in COLUMNS},
+    }
+    with open(out_dir / "sweep.yml", "w") as f:
+        yaml.safe_dump(meta, f, sort_keys=False)
+    header = [f"# Sweep `{args.name}`: {args.env}, {args.n_timesteps} steps per run", "",
+              f"Written by `{meta['command']}` (see sweep.yml for versions and machine). "
+              "Columns: " + "; ".join(f"{c} = {d}" for c, d in meta["columns"].items()) + ".", ""]
+    (out_dir / "summary.md").write_text("\n".join(header + lines) + "\n")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    runs_dir = Path(args.runs_root) / args.name
+    out_dir = Path(args.results_root) / args.name
+    if not args.summarise_only:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        grid = list(itertools.product(args.algos, args.lags, args.seeds))
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for line in pool.map(lambda g: launch(args, runs_dir, *g), grid):
+                print(line, flush=True)
+    summarise(args, runs_dir, out_dir, argv)
+    print(f"summary: {out_dir / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
