@@ -8,6 +8,9 @@ Each run gets its own folder ``<log-folder>/<algo>_<env>_lag<K>_s<seed>[_N]`` (n
 TensorBoard events, ``config.yml`` (hyperparameters as used), ``args.yml``, ``command.txt``, ``model.zip`` and
 ``vecnormalize.pkl``. ``tensorboard --logdir <log-folder>`` overlays every run.
 
+A checkpoint (``checkpoint.pkl``) is written atomically every ``--save-freq`` steps; ``--resume RUN_FOLDER``
+continues a killed run to its requested total (see agents/checkpoint.py for what is restored exactly).
+
 Bad input (unknown algo/env, ``--dual-clip 0.8``, malformed ``-params``, ...) prints one line and exits 2
 before anything is written.
 """
@@ -43,8 +46,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     from agents.losses import LOSS_AGG_MODES
 
     p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--algo", required=True, choices=sorted(ALGOS), help="which loss: ppo, dualclip or decoupled")
-    p.add_argument("--env", required=True, help="gymnasium id, e.g. HalfCheetah-v4, CartPole-v1, ALE/Breakout-v5")
+    p.add_argument("--algo", choices=sorted(ALGOS), help="which loss: ppo, dualclip or decoupled (required)")
+    p.add_argument("--env", help="gymnasium id, e.g. HalfCheetah-v4, CartPole-v1, ALE/Breakout-v5 (required)")
+    p.add_argument("--resume", default=None, metavar="RUN_FOLDER",
+                   help="continue a run from its checkpoint to its requested total steps (other flags ignored)")
+    p.add_argument("--save-freq", type=int, default=50_000,
+                   help="checkpoint every N env steps, at the next rollout boundary (0: only at the end)")
     p.add_argument("-n", "--n-timesteps", type=int, default=None, help="environment steps (default: from YAML)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and recorded in args.yml)")
     p.add_argument("-f", "--log-folder", default="logs", help="parent folder of run folders (default: logs)")
@@ -69,6 +76,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: SB3 tables on stdout")
     args = p.parse_args(argv)
+    if args.resume is None and (args.algo is None or args.env is None):
+        p.error("--algo and --env are required (or --resume RUN_FOLDER)")
+    if args.save_freq < 0:
+        p.error(f"--save-freq {args.save_freq}: use a number of steps >= 0, e.g. --save-freq 50000")
     if args.n_timesteps is not None and args.n_timesteps <= 0:
         p.error(f"-n {args.n_timesteps}: the number of timesteps must be a positive integer, e.g. -n 100000")
     if args.policy_lag < 0:
@@ -124,20 +135,25 @@ def run_folder(args: argparse.Namespace) -> Path:
     return path
 
 
+def make_train_env(args: argparse.Namespace, config: Dict[str, Any], normalize: bool = True):
+    from envs import make_env
+
+    return make_env(
+        args.env,
+        n_envs=config.get("n_envs", 1),
+        seed=args.seed,
+        normalize=config.get("normalize", False) if normalize else False,
+        frame_stack=config.get("frame_stack"),
+        env_kwargs=config.get("env_kwargs"),
+    )
+
+
 def make_model(args: argparse.Namespace, config: Dict[str, Any]):
     """Environment and algorithm from the config; raises ValueError on bad values, writes nothing."""
     from agents import ALGOS
     from agents.hyperparams import to_constructor_kwargs
-    from envs import make_env
 
-    env = make_env(
-        args.env,
-        n_envs=config.get("n_envs", 1),
-        seed=args.seed,
-        normalize=config.get("normalize", False),
-        frame_stack=config.get("frame_stack"),
-        env_kwargs=config.get("env_kwargs"),
-    )
+    env = make_train_env(args, config)
     kwargs = to_constructor_kwargs(config)
     model = ALGOS[args.algo](
         config.get("policy", "MlpPolicy"), env, seed=args.seed, device=args.device, verbose=args.verbose, **kwargs
@@ -145,13 +161,18 @@ def make_model(args: argparse.Namespace, config: Dict[str, Any]):
     return model, env
 
 
-def make_logger(run_dir: Path, args: argparse.Namespace):
+def tensorboard_dir(run_dir: Path, args: argparse.Namespace) -> Path:
+    return Path(args.tensorboard_log) / run_dir.name if args.tensorboard_log else run_dir
+
+
+def make_logger(run_dir: Path, args: argparse.Namespace, csv_suffix: str = ""):
+    """stdout (verbose >= 1), CSV (``progress<suffix>.csv``: a resumed part gets its own file) and TensorBoard."""
     from stable_baselines3.common.logger import Logger, make_output_format
 
-    tb_dir = Path(args.tensorboard_log) / run_dir.name if args.tensorboard_log else run_dir
-    formats = ["csv"] + (["stdout"] if args.verbose >= 1 else [])
-    outputs = [make_output_format(f, str(run_dir)) for f in formats]
-    outputs.append(make_output_format("tensorboard", str(tb_dir)))
+    outputs = [make_output_format("csv", str(run_dir), log_suffix=csv_suffix)]
+    if args.verbose >= 1:
+        outputs.append(make_output_format("stdout", str(run_dir)))
+    outputs.append(make_output_format("tensorboard", str(tensorboard_dir(run_dir, args))))
     return Logger(folder=str(run_dir), output_formats=outputs)
 
 
@@ -159,9 +180,10 @@ def callbacks(args: argparse.Namespace, config: Dict[str, Any], run_dir: Path) -
     from stable_baselines3.common.callbacks import EvalCallback
 
     from agents.callbacks import HParamCallback
+    from agents.checkpoint import CHECKPOINT, CheckpointCallback
     from envs import make_env
 
-    out: list = [HParamCallback(args.algo, config)]
+    out: list = [HParamCallback(args.algo, config), CheckpointCallback(run_dir / CHECKPOINT, args.save_freq)]
     if args.eval_freq > 0:
         eval_env = make_env(
             args.env,
@@ -197,8 +219,80 @@ def write_run_files(run_dir: Path, args: argparse.Namespace, config: Dict[str, A
     (run_dir / "command.txt").write_text(shlex.join(["python", *sys.argv]) + "\n")
 
 
+def train(model: Any, env: Any, run_dir: Path, args: argparse.Namespace, config: Dict[str, Any]) -> int:
+    """Learn up to the requested total steps, then save the model, its statistics and a final checkpoint."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from agents.checkpoint import CHECKPOINT, NonFiniteError, check_finite, divergence_message, save_checkpoint
+
+    print(f"run folder: {run_dir}", flush=True)
+    start, start_steps = time.time(), model.num_timesteps
+    try:
+        model.learn(
+            total_timesteps=int(config["n_timesteps"]) - model.num_timesteps,
+            callback=callbacks(args, config, run_dir),
+            progress_bar=args.progress,
+            reset_num_timesteps=model.num_timesteps == 0,
+        )
+        check_finite(model)
+    except (NonFiniteError, ValueError) as exc:
+        message = divergence_message(model, exc)
+        if message is None:
+            raise
+        kept = run_dir / CHECKPOINT
+        where = f"the last good checkpoint is {kept}" if kept.is_file() else "no checkpoint had been written yet"
+        print(f"train.py: training stopped: {message}; {where}", file=sys.stderr)
+        return 1
+    model.save(run_dir / "model.zip")
+    if isinstance(env, VecNormalize):
+        env.save(str(run_dir / "vecnormalize.pkl"))
+    save_checkpoint(model, run_dir / CHECKPOINT)
+    elapsed = time.time() - start
+    steps = model.num_timesteps - start_steps
+    print(f"done: {model.num_timesteps} steps ({steps} in {elapsed:.1f} s, {steps / elapsed:.0f} steps/s)")
+    return 0
+
+
+def resume(args: argparse.Namespace) -> int:
+    """Continue the run in ``args.resume`` from its checkpoint, to the total steps it asked for."""
+    import yaml
+
+    from agents import ALGOS
+    from agents.checkpoint import CHECKPOINT, read_checkpoint, restore_env, restore_model, restore_pending_logs
+    from agents.checkpoint import truncate_logs
+
+    run_dir = Path(args.resume)
+    needed = [run_dir / "args.yml", run_dir / "config.yml", run_dir / CHECKPOINT]
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        raise UsageError(f"--resume {run_dir}: not a run folder with a checkpoint (missing {', '.join(missing)}); "
+                         "pass a folder written by train.py")
+    saved = argparse.Namespace(**yaml.safe_load(needed[0].read_text()))
+    config = yaml.safe_load(needed[1].read_text())
+    state = read_checkpoint(needed[2])
+    if state["num_timesteps"] >= int(config["n_timesteps"]):
+        print(f"{run_dir} is complete ({state['num_timesteps']} of {config['n_timesteps']} steps); nothing to do")
+        return 0
+    fresh = None if state["env"] is not None else make_train_env(saved, config, normalize=False)
+    env = restore_env(state, fresh)
+    model = restore_model(ALGOS[saved.algo], state, env, saved.device)
+    truncate_logs(tensorboard_dir(run_dir, saved), state["num_timesteps"])
+    truncate_logs(run_dir, state["num_timesteps"])
+    model.set_logger(make_logger(run_dir, saved, csv_suffix=f"_from{state['num_timesteps']}"))
+    restore_pending_logs(model, state)
+    with open(run_dir / "command.txt", "a") as f:
+        f.write(shlex.join(["python", *sys.argv]) + f"  # resumed at step {state['num_timesteps']}\n")
+    return train(model, env, run_dir, saved, config)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.resume is not None:
+        try:
+            return resume(args)
+        except (UsageError, ValueError) as exc:
+            print(f"train.py: error: {exc}", file=sys.stderr)
+            return 2
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(4), "little") % (2**31 - 1)
     try:
@@ -210,21 +304,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     write_run_files(run_dir, args, config)
     model.set_logger(make_logger(run_dir, args))
-    print(f"run folder: {run_dir}", flush=True)
-    start = time.time()
-    model.learn(
-        total_timesteps=int(config["n_timesteps"]),
-        callback=callbacks(args, config, run_dir),
-        progress_bar=args.progress,
-    )
-    model.save(run_dir / "model.zip")
-    from stable_baselines3.common.vec_env import VecNormalize
-
-    if isinstance(env, VecNormalize):
-        env.save(str(run_dir / "vecnormalize.pkl"))
-    elapsed = time.time() - start
-    print(f"done: {model.num_timesteps} steps in {elapsed:.1f} s ({model.num_timesteps / elapsed:.0f} steps/s)")
-    return 0
+    return train(model, env, run_dir, args, config)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,13 @@ class LinearSchedule:
 
 
 def parse_schedule(key: str, value: Any) -> Any:
-    """``lin_2.5e-4`` -> LinearSchedule(2.5e-4); numbers pass through; anything else is an error."""
+    """``lin_2.5e-4`` -> LinearSchedule(2.5e-4); numbers (also ``"1e-3"``, which YAML 1.1 reads as a string) pass
+    through as floats; anything else is an error."""
     if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
         if not value.startswith("lin_"):
             raise HyperparamError(f"{key}={value!r} is not a number or a schedule: use e.g. 3e-4 or lin_3e-4")
         try:

@@ -1,0 +1,237 @@
+"""Checkpoints that let a killed run resume, and a guard that stops a run going non-finite.
+
+A checkpoint is one file, ``<run>/checkpoint.pkl``, written at a rollout boundary (after an update, before the
+next rollout) to a temporary file and renamed over the old one, so a crash during a save leaves the previous
+checkpoint intact. It holds:
+
+- the model as SB3 saves it (parameters, optimizer state, counters, last observation, episode statistics);
+- the lag snapshots, the RNG states (torch, numpy, random), the VecNormalize statistics with its running returns;
+- the logger values recorded by the last update but not yet written (so TensorBoard misses no step);
+- the environments themselves **when their state pickles faithfully** (gymnasium's classic control: pure Python
+  and numpy). Then a resumed run ends with exactly the parameters of an uninterrupted one.
+
+Simulators such as MuJoCo (``MjData``) and the ALE emulator do not serialise through gymnasium's API (MuJoCo envs
+pickle, but come back re-initialised), so for them a resumed run starts fresh episodes (reset with a seed derived
+from the run's seed and the step count); everything on the learner's side is still restored exactly.
+
+Loading unpickles: only resume runs you trust.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import cloudpickle
+import numpy as np
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, unwrap_vec_normalize
+
+CHECKPOINT = "checkpoint.pkl"
+#: entry-point prefixes of environments whose whole state round-trips through pickle
+FAITHFUL_PICKLE = ("gymnasium.envs.classic_control",)
+
+
+class NonFiniteError(RuntimeError):
+    """Raised when the parameters or the loss stop being finite."""
+
+
+def _inner_venv(env: VecEnv) -> VecEnv:
+    vec_normalize = unwrap_vec_normalize(env)
+    return vec_normalize.venv if vec_normalize is not None else env
+
+
+def env_pickles_faithfully(env: VecEnv) -> bool:
+    """True for a DummyVecEnv (possibly under VecNormalize) of classic-control environments."""
+    inner = _inner_venv(env)
+    if not isinstance(inner, DummyVecEnv):
+        return False
+    return all(str(e.unwrapped.spec.entry_point).startswith(FAITHFUL_PICKLE) for e in inner.envs if e.unwrapped.spec)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(model: Any, path: Path) -> None:
+    """Everything needed to continue ``model.learn`` as if it had not stopped (see module docstring)."""
+    zipped = io.BytesIO()
+    model.save(zipped)
+    vec_normalize = unwrap_vec_normalize(model.get_env())
+    state: Dict[str, Any] = {
+        "num_timesteps": model.num_timesteps,
+        "model_zip": zipped.getvalue(),
+        "snapshots": list(getattr(model, "_snapshots", [])),
+        "rng": {"torch": th.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "vec_normalize": None if vec_normalize is None else cloudpickle.dumps(vec_normalize),
+        "vec_normalize_returns": None if vec_normalize is None else vec_normalize.returns.copy(),
+        "pending_logs": (dict(model.logger.name_to_value), dict(model.logger.name_to_count),
+                         dict(model.logger.name_to_excluded)),
+        "env": cloudpickle.dumps(_inner_venv(model.get_env())) if env_pickles_faithfully(model.get_env()) else None,
+    }
+    atomic_write(path, cloudpickle.dumps(state))
+
+
+def read_checkpoint(path: Path) -> Dict[str, Any]:
+    """The checkpoint's contents; raises ValueError for a file that is not one of ours."""
+    try:
+        with open(path, "rb") as f:
+            state = cloudpickle.load(f)
+    except Exception as exc:  # truncated, not a pickle, ...
+        raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__}): start a new run instead") from exc
+    if not isinstance(state, dict) or "model_zip" not in state:
+        raise ValueError(f"{path} is not a checkpoint written by train.py: start a new run instead")
+    return state
+
+
+def restore_env(state: Dict[str, Any], fresh_env: VecEnv) -> VecEnv:
+    """The environment to resume with: the pickled one when it was saved, else ``fresh_env``; normalisation restored."""
+    venv = cloudpickle.loads(state["env"]) if state["env"] is not None else _inner_venv(fresh_env)
+    if state["vec_normalize"] is None:
+        return venv
+    vec_normalize: VecNormalize = cloudpickle.loads(state["vec_normalize"])
+    vec_normalize.set_venv(venv)
+    vec_normalize.returns = state["vec_normalize_returns"]
+    return vec_normalize
+
+
+def restore_model(cls: type, state: Dict[str, Any], env: VecEnv, device: str) -> Any:
+    """Load the model onto ``env`` and put back what SB3's zip does not hold."""
+    model = cls.load(io.BytesIO(state["model_zip"]), env=env, device=device, force_reset=False)
+    inner = _inner_venv(env)
+    if state["env"] is None:
+        model._last_obs = None  # fresh episodes: learn() resets the environments
+        inner.seed(int(model.seed or 0) + int(state["num_timesteps"]))
+    elif isinstance(inner, DummyVecEnv):
+        inner._reset_seeds()  # load() queued seeds for a reset that a faithful resume never does
+    for snapshot in state["snapshots"]:
+        model._snapshots.append(snapshot)
+    th.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return model
+
+
+def restore_pending_logs(model: Any, state: Dict[str, Any]) -> None:
+    values, counts, excluded = state["pending_logs"]
+    model.logger.name_to_value.update(values)
+    model.logger.name_to_count.update(counts)
+    model.logger.name_to_excluded.update(excluded)
+
+
+class CheckpointCallback(BaseCallback):
+    """Save a checkpoint at the first rollout boundary after every ``save_freq`` env steps.
+
+    Rollout boundaries are the only points where the state is complete without the rollout buffer. The
+    non-finite check runs first, so a broken state is never written over the last good checkpoint.
+    """
+
+    def __init__(self, path: Path, save_freq: int) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.save_freq = save_freq
+        self._last_saved: Optional[int] = None
+
+    def _on_training_start(self) -> None:
+        self._last_saved = self.num_timesteps
+
+    def _on_rollout_start(self) -> None:
+        check_finite(self.model)
+        assert self._last_saved is not None
+        if self.save_freq > 0 and self.num_timesteps - self._last_saved >= self.save_freq:
+            save_checkpoint(self.model, self.path)
+            self._last_saved = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def _updates_done(model: Any) -> int:
+    return model._n_updates // max(model.n_epochs, 1)  # SB3 counts epochs in _n_updates
+
+
+def divergence_message(model: Any, exc: Exception) -> Optional[str]:
+    """One line describing a diverged run, or None when ``exc`` is something else.
+
+    torch.distributions refuses NaN locations and zero scales (an underflowed ``log_std``) with a ValueError,
+    often before any parameter is NaN: that is divergence too.
+    """
+    if isinstance(exc, NonFiniteError):
+        return str(exc)
+    if isinstance(exc, ValueError) and "invalid values" in str(exc):
+        return (f"the policy's distribution became invalid (NaN or zero scale) in update {_updates_done(model) + 1} "
+                f"(step {model.num_timesteps}); lower the learning rate or check the rewards")
+    return None
+
+
+def check_finite(model: Any) -> None:
+    """Raise :class:`NonFiniteError` naming the update if a parameter or the last loss is NaN or infinite."""
+    bad = [name for name, p in model.policy.named_parameters() if not th.isfinite(p).all()]
+    loss = model.logger.name_to_value.get("train/loss")
+    iteration = _updates_done(model)
+    if bad:
+        raise NonFiniteError(f"non-finite parameters ({', '.join(bad[:3])}) after update {iteration} "
+                             f"(step {model.num_timesteps}); lower the learning rate or check the rewards")
+    if loss is not None and not np.isfinite(loss):
+        raise NonFiniteError(f"non-finite loss {loss} in update {iteration} (step {model.num_timesteps}); "
+                             "lower the learning rate or check the rewards")
+
+
+def truncate_logs(folder: Path, step: int) -> int:
+    """Drop TensorBoard events and CSV rows logged after ``step`` (a killed run logged past its checkpoint).
+
+    Each event file is rewritten through a temporary file, so a resumed run neither repeats nor misses a step.
+    Returns the number of events dropped.
+    """
+    import csv
+
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    dropped = 0
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        events = []
+        for raw in RawEventFileLoader(str(path)).Load():
+            event = event_pb2.Event.FromString(raw)
+            if event.HasField("file_version"):
+                continue
+            if event.step > step:
+                dropped += 1
+                continue
+            events.append(event)
+        tmp_dir = Path(tempfile.mkdtemp(dir=folder, prefix=".truncate-"))
+        writer = EventFileWriter(str(tmp_dir))
+        for event in events:
+            writer.add_event(event)
+        writer.close()
+        (new_file,) = tmp_dir.glob("events.out.tfevents.*")
+        os.replace(new_file, path)
+        tmp_dir.rmdir()
+    for path in sorted(Path(folder).glob("progress*.csv")):
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or "time/total_timesteps" not in rows[0]:
+            continue
+        col = rows[0].index("time/total_timesteps")
+        kept = [rows[0]] + [r for r in rows[1:] if r[col] == "" or float(r[col]) <= step]
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(kept)
+        atomic_write(path, buffer.getvalue().encode())
+    return dropped

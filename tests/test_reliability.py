@@ -1,0 +1,174 @@
+"""Checkpoints, resume after SIGKILL, determinism, the non-finite guard, and bad input around them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.logger import configure
+from tbparse import SummaryReader
+
+from agents import ALGOS, DualClipPPO
+from agents.checkpoint import CheckpointCallback, NonFiniteError, atomic_write, divergence_message, read_checkpoint
+from tests.helpers import ROOT, flat_params, run_script, tiny_model
+
+TINY = ["-params", "n_steps:32", "n_epochs:4", "normalize:true", "policy_kwargs:{net_arch: [16]}"]
+
+
+def scalars(run: Path):
+    df = SummaryReader(str(run)).scalars
+    df = df[~df.tag.str.startswith("time/")]  # wall-clock dependent
+    return df.sort_values(["tag", "step"]).reset_index(drop=True)[["tag", "step", "value"]]
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    """Kill mid-run, resume: requested steps reached, logs continuous, parameters equal to an unbroken run.
+
+    CartPole's state pickles faithfully, so the resumed run is exact (see agents/checkpoint.py for MuJoCo/ALE).
+    """
+    args = ["--algo", "dualclip", "--env", "CartPole-v1", "-n", "8192", "--seed", "5", "--policy-lag", "2",
+            "--save-freq", "512", "--verbose", "0", "-f", str(tmp_path), *TINY]
+    cmd = [sys.executable, str(ROOT / "train.py"), *args]
+    victim = subprocess.Popen([*cmd, "--run-name", "killed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "checkpoint.pkl"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = read_checkpoint(checkpoint)["num_timesteps"]
+    assert 0 < killed_at < 8192
+
+    resumed = run_script("train.py", ["--resume", str(tmp_path / "killed")])
+    assert resumed.returncode == 0, resumed.stderr
+    assert run_script("train.py", [*args, "--run-name", "full"]).returncode == 0
+
+    full = DualClipPPO.load(tmp_path / "full" / "model.zip", device="cpu")
+    again = DualClipPPO.load(tmp_path / "killed" / "model.zip", device="cpu")
+    assert again.num_timesteps == full.num_timesteps == 8192
+    assert th.equal(flat_params(again), flat_params(full))
+    a, b = scalars(tmp_path / "full"), scalars(tmp_path / "killed")
+    assert not b.duplicated(["tag", "step"]).any()  # nothing logged twice ...
+    assert a[["tag", "step"]].equals(b[["tag", "step"]])  # ... nor missing
+    assert np.array_equal(a["value"].to_numpy(), b["value"].to_numpy())
+    assert "resumed at step" in (tmp_path / "killed" / "command.txt").read_text()
+    # resuming a finished run changes nothing
+    done = run_script("train.py", ["--resume", str(tmp_path / "killed")])
+    assert done.returncode == 0 and "complete" in done.stdout
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dualclip"])
+def test_same_seed_same_scalars(tmp_path: Path, algo: str) -> None:
+    args = ["--algo", algo, "--env", "CartPole-v1", "-n", "1024", "--seed", "7", "--policy-lag", "2", "--verbose", "0",
+            "-f", str(tmp_path), *TINY]
+    for name in ("a", "b"):
+        assert run_script("train.py", [*args, "--run-name", name]).returncode == 0
+    a, b = scalars(tmp_path / "a"), scalars(tmp_path / "b")
+    assert len(a) > 50 and a.equals(b)
+
+
+def test_atomic_write_keeps_old_file_on_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.pkl"
+    atomic_write(path, b"good")
+
+    def crash(fd: int) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError):
+        atomic_write(path, b"half-written")
+    assert path.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pkl"]
+
+
+def test_non_finite_parameters_stop_training_and_keep_checkpoint(tmp_path: Path) -> None:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Poison(BaseCallback):
+        """Make a weight NaN after the third rollout (as a diverging update would)."""
+
+        def _on_rollout_end(self) -> None:
+            if self.model.num_timesteps >= 3 * 64:
+                with th.no_grad():
+                    next(self.model.policy.parameters())[0].fill_(float("nan"))
+
+        def _on_step(self) -> bool:
+            return True
+
+    model = tiny_model(DualClipPPO)
+    model.set_logger(configure(None, []))
+    path = tmp_path / "checkpoint.pkl"
+    with pytest.raises((NonFiniteError, ValueError)) as excinfo:
+        model.learn(10 * 64, callback=[CheckpointCallback(path, save_freq=64), Poison()])
+    message = divergence_message(model, excinfo.value)
+    assert message is not None and "update 3" in message  # the update that met the NaN
+    state = read_checkpoint(path)
+    assert state["num_timesteps"] == 2 * 64  # the last good one: the poisoned rollout's boundary never came
+    good = DualClipPPO.load(__import__("io").BytesIO(state["model_zip"]), device="cpu")
+    assert th.isfinite(flat_params(good)).all()
+
+
+def test_train_py_reports_non_finite_in_one_line(tmp_path: Path) -> None:
+    res = run_script("train.py", ["--algo", "ppo", "--env", "Pendulum-v1", "-n", "2048", "--seed", "0", "--verbose",
+                                  "0", "-f", str(tmp_path), "--save-freq", "256", "-params", "n_steps:256",
+                                  "learning_rate:1e+30", "n_epochs:1", "policy_kwargs:{net_arch: [8]}"])
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "training stopped" in lines[0] and "update" in lines[0], res.stderr
+    run = next(tmp_path.iterdir())
+    assert not (run / "model.zip").exists()  # nothing broken is saved as a result
+
+
+@pytest.mark.parametrize(
+    "make, named",
+    [
+        (lambda d: d, "not a run folder"),  # an empty folder
+        (lambda d: d / "missing", "not a run folder"),
+    ],
+)
+def test_resume_refuses_non_run_folders(tmp_path: Path, make, named: str) -> None:
+    res = run_script("train.py", ["--resume", str(make(tmp_path))])
+    assert res.returncode == 2 and named in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_resume_refuses_a_corrupt_checkpoint(tmp_path: Path) -> None:
+    for name in ("args.yml", "config.yml"):
+        (tmp_path / name).write_text("{}\n")
+    (tmp_path / "checkpoint.pkl").write_bytes(b"\x80\x04truncated")
+    res = run_script("train.py", ["--resume", str(tmp_path)])
+    assert res.returncode == 2 and "checkpoint" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "checkpoint.pkl").read_bytes() == b"\x80\x04truncated"  # left as it was
+
+
+def test_missing_atari_extra_is_one_line(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['ale_py'] = None; sys.argv = ['train.py', '--algo', 'ppo', '--env', "
+            f"'ALE/Breakout-v5', '-f', {str(tmp_path / 'logs')!r}]; import runpy; "
+            f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "atari" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_checkpoint_roundtrip_keeps_lag_snapshots(tmp_path: Path, algo: str) -> None:
+    from agents.checkpoint import restore_env, restore_model, save_checkpoint
+
+    model = tiny_model(ALGOS[algo], policy_lag=3)
+    model.set_logger(configure(None, []))
+    model.learn(4 * 64)
+    save_checkpoint(model, tmp_path / "c.pkl")
+    state = read_checkpoint(tmp_path / "c.pkl")
+    again = restore_model(ALGOS[algo], state, restore_env(state, None), "cpu")
+    assert len(again._snapshots) == 3
+    for x, y in zip(model._snapshots, again._snapshots):
+        assert all(th.equal(x[k], y[k]) for k in x)
+    assert th.equal(flat_params(model), flat_params(again)) and again.num_timesteps == model.num_timesteps
