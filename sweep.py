@@ -4,8 +4,9 @@
         -n 200000 --jobs 2 -params normalize:true
 
 Runs go to ``<runs-root>/<name>/<algo>_lag<K>_s<seed>`` (default runs-root: logs/sweeps, not committed); a run
-whose ``model.zip`` exists is finished and skipped, so an interrupted sweep resumes where it stopped (a run that
-was cut off mid-way is moved aside to ``<run>.interrupted-<time>`` and started again, never overwritten).
+whose ``model.zip`` exists is finished and skipped, a run cut off mid-way continues from its checkpoint
+(``train.py --resume``), so an interrupted sweep resumes where it stopped (a run cut off before its first checkpoint
+is moved aside to ``<run>.interrupted-<time>`` and started again: nothing is overwritten).
 ``results/<name>/`` receives ``summary.csv``, ``summary.md`` and ``sweep.yml`` (the command, versions, machine),
 all written by this script from the runs' TensorBoard events. ``--summarise-only`` rebuilds them.
 """
@@ -50,6 +51,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE")
     p.add_argument("-conf", "--conf-file", default=None)
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each pinned to 1 torch thread)")
+    p.add_argument("--save-freq", type=int, default=20_000, help="checkpoint every N steps (resume unit)")
     p.add_argument("--runs-root", default="logs/sweeps")
     p.add_argument("--results-root", default=str(HERE / "results"))
     p.add_argument("--summarise-only", action="store_true")
@@ -65,15 +67,18 @@ def launch(args: argparse.Namespace, runs_dir: Path, algo: str, lag: int, seed: 
     run = runs_dir / name
     if (run / "model.zip").is_file():
         return f"{name}: done earlier, skipped"
-    if run.exists():
-        run.rename(run.with_name(f"{name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"))
-    cmd = [sys.executable, str(HERE / "train.py"), "--algo", algo, "--env", args.env, "-n", str(args.n_timesteps),
-           "--seed", str(seed), "--policy-lag", str(lag), "--lag-mode", args.lag_mode, "-f", str(runs_dir),
-           "--run-name", name, "--verbose", "0"]
-    if args.conf_file:
-        cmd += ["-conf", args.conf_file]
-    if args.hyperparams:
-        cmd += ["-params", *args.hyperparams]
+    if (run / "checkpoint.pkl").is_file():  # cut off mid-way: continue from its checkpoint
+        cmd = [sys.executable, str(HERE / "train.py"), "--resume", str(run)]
+    else:
+        if run.exists():  # cut off before its first checkpoint: keep it aside, start again
+            run.rename(run.with_name(f"{name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"))
+        cmd = [sys.executable, str(HERE / "train.py"), "--algo", algo, "--env", args.env, "-n", str(args.n_timesteps),
+               "--seed", str(seed), "--policy-lag", str(lag), "--lag-mode", args.lag_mode, "-f", str(runs_dir),
+               "--run-name", name, "--verbose", "0", "--save-freq", str(args.save_freq)]
+        if args.conf_file:
+            cmd += ["-conf", args.conf_file]
+        if args.hyperparams:
+            cmd += ["-params", *args.hyperparams]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     start = time.time()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
