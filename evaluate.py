@@ -23,7 +23,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, NoReturn, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 #: Keys of model.zip's ``data`` that are pickled callables and not needed to act: replaced instead of unpickled
 #: (as rl-zoo3's enjoy.py does), so loading does not depend on the training code's schedule classes.
@@ -34,15 +34,9 @@ class EvalError(Exception):
     """Bad input: reported as one line on stderr, exit code 2."""
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is a single line (no usage dump) and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    from agents.cli import OneLineParser
+
     p = OneLineParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="run folder written by train.py, or a model .zip inside one")
     p.add_argument("--episodes", type=int, default=10, help="whole episodes to play (default 10)")
@@ -114,7 +108,7 @@ def check_zip(model_path: Path) -> None:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise EvalError(
-            f"{model_path}: not a readable zip file ({exc}): point at the model.zip that train.py saved"
+            f"{model_path}: not a complete zip file ({exc}; truncated copy?): point at the model.zip train.py saved"
         ) from exc
     if bad is not None:
         raise EvalError(f"{model_path}: member {bad!r} is corrupt (truncated or damaged copy?): copy the model again")
@@ -123,7 +117,6 @@ def check_zip(model_path: Path) -> None:
 
 
 def load_model(cls: Any, model_path: Path) -> Any:
-    check_zip(model_path)
     try:
         return cls.load(model_path, device="cpu", custom_objects=CUSTOM_OBJECTS)
     except Exception as exc:  # noqa: BLE001 - any failure to read the archive is the user's file, not a bug here
@@ -178,7 +171,9 @@ def episode_video_class() -> Any:
                     return
                 path = self.folder / f"{self.prefix}_ep{len(self.files) + 1:03d}.mp4"
                 # even frame sizes for yuv420p; ffmpeg quiet unless it fails
-                self._writer = self._imageio.get_writer(path, fps=self.fps, macro_block_size=2, ffmpeg_log_level="error")
+                self._writer = self._imageio.get_writer(
+                    path, fps=self.fps, macro_block_size=2, ffmpeg_log_level="error"
+                )
                 self.files.append(str(path))
             self._writer.append_data(self.venv.get_images()[0])
 
@@ -207,7 +202,7 @@ def episode_video_class() -> Any:
     return VecEpisodeVideo
 
 
-def video_support(env_id: str) -> None:
+def video_support() -> None:
     """Raise EvalError naming the package to install when MP4s cannot be written."""
     try:
         import imageio  # noqa: F401
@@ -217,9 +212,10 @@ def video_support(env_id: str) -> None:
 
 
 def video_fps(venv: Any, atari: bool) -> float:
+    if atari:
+        return 60.0 / 4  # the console runs at 60 Hz; one frame is rendered per agent step of 4 frames
     metadata = venv.get_attr("metadata", indices=0)[0] or {}
-    fps = float(metadata.get("render_fps") or 30)
-    return fps / 4 if atari else fps  # Atari: one rendered frame per agent step = 4 emulator frames
+    return float(metadata.get("render_fps") or 30)
 
 
 def probe_render(venv: Any, env_id: str, seed: int) -> None:
@@ -269,11 +265,14 @@ def write_json(folder: Path, episodes: int, record: Dict[str, Any]) -> Path:
 def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     model_path, run_dir = locate(args.path)
     config, run_args = read_run(run_dir)
+    check_zip(model_path)  # before the slow imports: a bad file is reported at once
 
-    if args.video and not os.environ.get("DISPLAY"):
-        os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering; must precede importing mujoco
+    if args.video and not os.environ.get("DISPLAY"):  # headless: render off-screen, before any renderer loads
+        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo through EGL; MUJOCO_GL=osmesa where EGL is missing
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame (classic control) without a window system
+        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     if args.video:
-        video_support(args.env or run_args["env"])
+        video_support()
 
     import numpy as np
     from stable_baselines3.common.evaluation import evaluate_policy
@@ -282,6 +281,13 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
 
     from agents import ALGOS
     from envs import EnvError, check_env_id, is_atari, make_env
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        # One observation at a time: intra-op threads only add overhead, and on a busy 2-core machine OpenMP's
+        # spinning threads made a batch-1 CNN forward ~100x slower (108 ms vs 0.7 ms on one thread).
+        import torch as th
+
+        th.set_num_threads(1)
 
     algo, trained_on = run_args["algo"], run_args["env"]
     if algo not in ALGOS:

@@ -23,7 +23,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NoReturn, Optional
+from typing import Any, Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONF = HERE / "hyperparams" / "ppo.yml"
@@ -33,15 +33,9 @@ class UsageError(Exception):
     """Bad input: reported as one line, exit code 2, nothing written."""
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is a single line (no usage dump) and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    from agents.cli import OneLineParser
+
     from agents import ALGOS, LAG_MODES
     from agents.losses import LOSS_AGG_MODES
 
@@ -70,6 +64,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--lag-mode", default="fixed", choices=LAG_MODES, help="how the lag is spread (default fixed)")
     p.add_argument("--loss-agg-mode", default="token-mean", choices=LOSS_AGG_MODES, help="loss aggregation")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default auto)")
+    p.add_argument("--num-threads", type=int, default=1,
+                   help="torch CPU threads (default 1: fastest for these small nets on 2 cores; -1: torch's default)")
     p.add_argument("--eval-freq", type=int, default=-1, help="evaluate every N env steps (default: never)")
     p.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)")
     p.add_argument("--run-name", default=None, help="run folder name (default: <algo>_<env>_lag<K>_s<seed>)")
@@ -268,6 +264,7 @@ def resume(args: argparse.Namespace) -> int:
         raise UsageError(f"--resume {run_dir}: not a run folder with a checkpoint (missing {', '.join(missing)}); "
                          "pass a folder written by train.py")
     saved = argparse.Namespace(**yaml.safe_load(needed[0].read_text()))
+    set_threads(getattr(saved, "num_threads", 1))
     config = yaml.safe_load(needed[1].read_text())
     state = read_checkpoint(needed[2])
     if state["num_timesteps"] >= int(config["n_timesteps"]):
@@ -285,8 +282,16 @@ def resume(args: argparse.Namespace) -> int:
     return train(model, env, run_dir, saved, config)
 
 
+def set_threads(n: int) -> None:
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    set_threads(args.num_threads)
     if args.resume is not None:
         try:
             return resume(args)

@@ -26,6 +26,7 @@ def _register_ale() -> bool:
         import ale_py
     except ImportError:
         return False
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)  # no banner on stderr per env; warnings stay
     gym.register_envs(ale_py)
     return True
 
@@ -49,6 +50,8 @@ def check_env_id(env_id: str) -> None:
     if env_id not in gym.registry:
         close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.registry for the ids"
+        if not HAS_ALE:
+            hint += " (Atari games need the atari extra: pip install -e '.[atari]')"
         raise EnvError(f"unknown env {env_id!r}: {hint}")
     if is_atari(env_id):
         try:
@@ -89,8 +92,14 @@ def make_env(
     if render_mode is not None:
         env_kwargs["render_mode"] = render_mode
     if is_atari(env_id):
-        if env_id.startswith("ALE/"):
-            env_kwargs.setdefault("frameskip", 1)  # v5 ids skip frames themselves; AtariWrapper does it here
+        # AtariWrapper skips 4 frames with max-pooling; the env must not skip as well. NoFrameskip-v4 ids have
+        # frameskip=1 already, ALE/*-v5 have 4 and plain *-v4/-v0 ids a random 2-4: all get 1 here.
+        env_kwargs.setdefault("frameskip", 1)
+        if env_kwargs["frameskip"] != 1:
+            raise EnvError(
+                f"env_kwargs frameskip={env_kwargs['frameskip']!r} for {env_id!r} would skip frames twice (the Atari "
+                "preprocessing already skips 4 with max-pooling): remove frameskip from env_kwargs"
+            )
         venv: VecEnv = make_atari_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
         venv = VecFrameStack(venv, n_stack=frame_stack or 4)
         venv = VecTransposeImage(venv)  # channel-first for the CnnPolicy, as SB3 would do implicitly
