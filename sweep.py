@@ -103,7 +103,16 @@ def summarise_run(run: Path) -> Dict[str, object]:
     return row
 
 
-def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: List[str]) -> None:
+def code_version() -> str:
+    """``git describe --always --dirty`` of this checkout (``-dirty``: uncommitted changes were present)."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: List[str], code: str) -> None:
     import csv
 
     import gymnasium
@@ -133,6 +142,7 @@ def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: Lis
         "runs_dir": str(runs_dir),
         "finished_runs": len(rows),
         "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "code": code,
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                      "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__},
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
@@ -152,13 +162,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     runs_dir = Path(args.runs_root) / args.name
     out_dir = Path(args.results_root) / args.name
+    code = code_version()  # taken before the runs start: the code they ran
     if not args.summarise_only:
         runs_dir.mkdir(parents=True, exist_ok=True)
         grid = list(itertools.product(args.algos, args.lags, args.seeds))
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for line in pool.map(lambda g: launch(args, runs_dir, *g), grid):
                 print(line, flush=True)
-    summarise(args, runs_dir, out_dir, argv)
+    summarise(args, runs_dir, out_dir, argv, code)
     print(f"summary: {out_dir / 'summary.md'}")
     return 0
 
