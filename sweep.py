@@ -1,7 +1,8 @@
 """Run a grid of train.py runs (algorithms x lags x seeds) and summarise them into results/<name>/.
 
-    python sweep.py decoupled_lag --env HalfCheetah-v4 --algos ppo dualclip decoupled --lags 0 4 --seeds 1 \
-        -n 200000 --jobs 2 -params normalize:true
+    python sweep.py ablations/*.yml --jobs 2          # regenerate every published ablation
+    python sweep.py my_grid --env HalfCheetah-v4 --algos ppo dualclip decoupled --lags 0 4 --seeds 1 \
+        -n 200000 --jobs 2 -conf hyperparams/ppo_sb3_defaults.yml
 
 Runs go to ``<runs-root>/<name>/<algo>_lag<K>_s<seed>`` (default runs-root: logs/sweeps, not committed); a run
 whose ``model.zip`` exists is finished and skipped, a run cut off mid-way continues from its checkpoint
@@ -25,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from agents.cli import OneLineParser
+
 HERE = Path(__file__).resolve().parent
 #: TensorBoard scalars summarised per run: (column, tag, how)
 COLUMNS = (
@@ -39,15 +42,18 @@ COLUMNS = (
 )
 
 
+GRID_KEYS = ("env", "algos", "lags", "lag_mode", "seeds", "n_timesteps", "hyperparams", "conf_file")
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("name", help="sweep name: results/<name>/ and <runs-root>/<name>/")
-    p.add_argument("--env", required=True)
+    p = OneLineParser(prog="sweep.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("targets", nargs="+", help="ablations/*.yml grid files, or one sweep name with the grid flags")
+    p.add_argument("--env", default=None)
     p.add_argument("--algos", nargs="+", default=["ppo", "dualclip", "decoupled"])
     p.add_argument("--lags", nargs="+", type=int, default=[0])
     p.add_argument("--lag-mode", default="fixed")
     p.add_argument("--seeds", nargs="+", type=int, default=[1])
-    p.add_argument("-n", "--n-timesteps", type=int, required=True)
+    p.add_argument("-n", "--n-timesteps", type=int, default=None)
     p.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE")
     p.add_argument("-conf", "--conf-file", default=None)
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each pinned to 1 torch thread)")
@@ -55,7 +61,31 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--runs-root", default="logs/sweeps")
     p.add_argument("--results-root", default=str(HERE / "results"))
     p.add_argument("--summarise-only", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.specs = [grid_spec(p, args, target) for target in args.targets]
+    return args
+
+
+def grid_spec(p: argparse.ArgumentParser, args: argparse.Namespace, target: str) -> argparse.Namespace:
+    """One sweep: a YAML grid file (its stem is the name; keys as the grid flags) or a name plus the flags."""
+    import yaml
+
+    spec = argparse.Namespace(**vars(args))
+    if target.endswith((".yml", ".yaml")):
+        if not Path(target).is_file():
+            p.error(f"grid file {target} not found: pass an existing ablations/*.yml")
+        table = yaml.safe_load(Path(target).read_text()) or {}
+        unknown = sorted(set(table) - set(GRID_KEYS))
+        if unknown:
+            p.error(f"{target}: unknown keys {', '.join(unknown)}: use {', '.join(GRID_KEYS)}")
+        for key, value in table.items():
+            setattr(spec, key, value)
+        spec.name = Path(target).stem
+    else:
+        spec.name = target
+    if spec.env is None or spec.n_timesteps is None:
+        p.error(f"sweep {spec.name!r} needs --env and -n (or a grid file that sets env and n_timesteps)")
+    return spec
 
 
 def run_name(algo: str, lag: int, seed: int) -> str:
@@ -160,17 +190,18 @@ def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: Lis
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    runs_dir = Path(args.runs_root) / args.name
-    out_dir = Path(args.results_root) / args.name
     code = code_version()  # taken before the runs start: the code they ran
-    if not args.summarise_only:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        grid = list(itertools.product(args.algos, args.lags, args.seeds))
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for line in pool.map(lambda g: launch(args, runs_dir, *g), grid):
-                print(line, flush=True)
-    summarise(args, runs_dir, out_dir, argv, code)
-    print(f"summary: {out_dir / 'summary.md'}")
+    for spec in args.specs:
+        runs_dir = Path(spec.runs_root) / spec.name
+        out_dir = Path(spec.results_root) / spec.name
+        if not spec.summarise_only:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+            grid = list(itertools.product(spec.algos, spec.lags, spec.seeds))
+            with ThreadPoolExecutor(max_workers=spec.jobs) as pool:
+                for line in pool.map(lambda g: launch(spec, runs_dir, *g), grid):
+                    print(line, flush=True)
+        summarise(spec, runs_dir, out_dir, argv, code)
+        print(f"summary: {out_dir / 'summary.md'}")
     return 0
 
 
