@@ -29,6 +29,10 @@ def test_halfcheetah_smoke_run_writes_run_folder(tmp_path) -> None:
     assert {"train/pg_clipfrac_lower", "train/pg_clipfrac", "train/ppo_kl", "train/behavior_kl",
             "train/dual_clip_would_bound", "rollout/policy_lag"} <= tags
     assert scalars[scalars.tag == "train/pg_clipfrac_lower"]["step"].tolist() == [1024]
+    reader = SummaryReader(str(run))
+    hparams = dict(zip(reader.hparams["tag"], reader.hparams["value"]))
+    assert hparams["algo"] == "dualclip" and hparams["policy_lag"] == 0 and hparams["lag_mode"] == "fixed"
+    assert "train/log_ratio" in set(reader.histograms["tag"])
 
 
 @pytest.mark.parametrize("algo", ["ppo", "decoupled"])
