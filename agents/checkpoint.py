@@ -77,7 +77,7 @@ def save_checkpoint(model: Any, path: Path) -> None:
     state: Dict[str, Any] = {
         "num_timesteps": model.num_timesteps,
         "model_zip": zipped.getvalue(),
-        "snapshots": list(getattr(model, "_snapshots", [])),
+        "snapshots": model.lag_snapshots() if hasattr(model, "lag_snapshots") else [],
         "rng": {"torch": th.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         "vec_normalize": None if vec_normalize is None else cloudpickle.dumps(vec_normalize),
         "vec_normalize_returns": None if vec_normalize is None else vec_normalize.returns.copy(),
@@ -120,8 +120,8 @@ def restore_model(cls: type, state: Dict[str, Any], env: VecEnv, device: str) ->
         inner.seed(int(model.seed or 0) + int(state["num_timesteps"]))
     elif isinstance(inner, DummyVecEnv):
         inner._reset_seeds()  # load() queued seeds for a reset that a faithful resume never does
-    for snapshot in state["snapshots"]:
-        model._snapshots.append(snapshot)
+    if state["snapshots"]:
+        model.load_lag_snapshots(state["snapshots"])
     th.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])

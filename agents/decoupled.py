@@ -24,7 +24,7 @@ import torch as th
 
 from agents.buffer import LaggedRolloutBufferSamples
 from agents.dualclip import DualClipPPO
-from agents.losses import compute_decoupled_policy_loss, pack_segments
+from agents.losses import compute_decoupled_policy_loss
 
 
 class DecoupledPPO(DualClipPPO):
@@ -46,21 +46,9 @@ class DecoupledPPO(DualClipPPO):
     def _policy_term(
         self, data: LaggedRolloutBufferSamples, log_prob: th.Tensor, advantages: th.Tensor, clip_range: float
     ) -> Tuple[th.Tensor, Dict[str, th.Tensor]]:
-        old, prox, new, adv, mask = data.old_log_prob, data.prox_log_prob, log_prob, advantages, None
-        if self.loss_agg_mode != "token-mean":
-            (old, prox, new, adv), mask = pack_segments(data.segment_ids, (old, prox, new, adv), self.n_steps)
+        (old, prox, new, adv), mask = self._per_sequence(data, data.old_log_prob, data.prox_log_prob, log_prob, advantages)
         out = compute_decoupled_policy_loss(
-            old,
-            prox,
-            new,
-            adv,
-            mask,
-            clip_range=clip_range,
-            clip_range_low=self.clip_range_low,
-            clip_range_high=self.clip_range_high,
-            dual_clip=self.dual_clip,
-            is_weight_max=self.is_weight_max,
-            loss_agg_mode=self.loss_agg_mode,
+            old, prox, new, adv, mask, is_weight_max=self.is_weight_max, **self._loss_options(clip_range)
         )
         return out.loss, {
             "pg_clipfrac": out.clip_fraction,

@@ -6,12 +6,17 @@ policy's parameters after update t-K (the initial parameters while t < K), and t
 log mu(a|s) as ``old_log_prob``, so every PPO ratio downstream is pi_theta / mu. Nothing recomputes it.
 
 Only ``collect_rollouts`` differs from SB3 (lines marked ``# LAG``), plus the start-of-update diagnostics.
-With ``policy_lag=0`` the code path is SB3's, so training is bit-identical to stock PPO.
+With ``policy_lag=0`` training is bit-identical to stock PPO (tests/test_agents.py), only faster: ``train`` is
+SB3's ``PPO.train`` line for line with the host syncs moved out of the minibatch loop, and the "fast path" below
+(Gaussian maths without distribution objects, plain layers without ``nn.Module.__call__``, torch's Adam arithmetic
+without its per-call overhead, the buffer converted to torch once per rollout) runs the same tensor operations
+in the same order as SB3 and torch (tests/test_speedups.py).
 """
 
 from __future__ import annotations
 
-from collections import deque
+import copy
+from collections import defaultdict, deque
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -20,11 +25,14 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
-from torch.func import functional_call
+from torch import nn
+from torch.nn import functional as F
 
 from agents.buffer import LaggedRolloutBuffer
+from agents.fastpath import adam_step, clip_grad_norm, fast_evaluate_actions, fast_forward, fast_log_prob, has_fast_gaussian
 from agents.losses import LOG_RATIO_CLAMP
 
 LAG_MODES = ("fixed", "uniform", "per-env")
@@ -82,15 +90,29 @@ class LaggedPPO(PPO):
     # ----------------------------------------------------------------------------------------------- set-up
     def _setup_model(self) -> None:
         super()._setup_model()
-        # Parameters after the last K updates (oldest first); the live learner is lag 0. K copies + the learner.
-        self._snapshots: Deque[Snapshot] = deque(maxlen=self.policy_lag)
+        # The policy after each of the last K updates (oldest first), as copies of the learner's module that act
+        # directly; the live learner is lag 0. K copies + the learner: nothing else holds parameters.
+        self._snapshots: Deque[nn.Module] = deque(maxlen=self.policy_lag)
         if getattr(self, "_lag_rng", None) is None:
             self._lag_rng = np.random.default_rng(self.seed)
         self._last_rollout_lags = np.zeros(self.n_envs, dtype=np.int64)
+        self._refresh_fast_path()
+
+    def _refresh_fast_path(self) -> None:
+        """Pick the fast Gaussian path when the policy is SB3's own (see :func:`has_fast_gaussian`)."""
+        self._fast: Optional[ActorCriticPolicy] = self.policy if has_fast_gaussian(self.policy) else None
 
     def _excluded_save_params(self) -> List[str]:
         # Lag snapshots are training state, not part of the model: keep them out of model.zip.
-        return super()._excluded_save_params() + ["_snapshots"]
+        return super()._excluded_save_params() + ["_snapshots", "_fast", "_learner_log_prob_cache"]
+
+    def _evaluate_actions(self, obs: th.Tensor, actions: th.Tensor) -> Tuple[th.Tensor, th.Tensor, Optional[th.Tensor]]:
+        if self._fast_ok():
+            return fast_evaluate_actions(self.policy, obs, actions)
+        return self.policy.evaluate_actions(obs, actions)
+
+    def _fast_ok(self) -> bool:
+        return getattr(self, "_fast", None) is not None and self._fast is self.policy
 
     def _draw_lags(self) -> np.ndarray:
         """Requested lag per environment for the coming rollout."""
@@ -101,30 +123,54 @@ class LaggedPPO(PPO):
             return np.rint(np.linspace(0, k, n)).astype(np.int64)
         return np.full(n, k, dtype=np.int64)
 
-    def _snapshot(self) -> Snapshot:
-        """A copy of the policy's parameters and buffers; shared modules (the CNN trunk) are copied once."""
-        tensors = {**dict(self.policy.named_parameters()), **dict(self.policy.named_buffers())}
-        return {name: t.detach().clone() for name, t in tensors.items()}
+    @staticmethod
+    def _tensors(module: nn.Module) -> Snapshot:
+        """Parameters and buffers by name; modules shared by actor and critic (the CNN trunk) appear once."""
+        return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
-    def _behavior_groups(self, lags: np.ndarray) -> List[Tuple[Optional[Snapshot], np.ndarray]]:
-        """Group environments by the parameters that act for them (None = the learner itself)."""
-        groups = []
-        for lag in np.unique(lags):
-            params = None if lag == 0 else self._snapshots[-int(lag)]
-            groups.append((params, np.flatnonzero(lags == lag)))
-        return groups
+    def _copy_policy(self) -> nn.Module:
+        """A copy of the learner's module for acting: without the optimizer (it never trains) and without the last
+        distribution SB3's action_dist keeps (its tensors may belong to an autograd graph)."""
+        memo: Dict[int, Any] = {}
+        if getattr(self.policy, "optimizer", None) is not None:
+            memo[id(self.policy.optimizer)] = None
+        for value in vars(getattr(self.policy, "action_dist", object())).values():
+            if isinstance(value, (th.Tensor, th.distributions.Distribution)):
+                memo[id(value)] = None
+        module = copy.deepcopy(self.policy, memo)
+        module.set_training_mode(False)
+        return module
+
+    @th.no_grad()
+    def _push_snapshot(self, tensors: Optional[Snapshot] = None) -> None:
+        """Append the learner's current parameters (or ``tensors``) as the newest snapshot, recycling the oldest."""
+        full = len(self._snapshots) == self._snapshots.maxlen
+        module = self._snapshots.popleft() if full else self._copy_policy()
+        source = self._tensors(self.policy) if tensors is None else tensors
+        for name, tensor in self._tensors(module).items():
+            tensor.copy_(source[name])
+        self._snapshots.append(module)
+
+    def lag_snapshots(self) -> List[Snapshot]:
+        """The snapshots' tensors, oldest first (for checkpoints); :meth:`load_lag_snapshots` puts them back."""
+        return [{k: t.detach().clone() for k, t in self._tensors(m).items()} for m in self._snapshots]
+
+    def load_lag_snapshots(self, snapshots: List[Snapshot]) -> None:
+        self._snapshots.clear()
+        for tensors in snapshots:
+            self._push_snapshot(tensors)
+
+    def _behavior_groups(self, lags: np.ndarray) -> List[Tuple[Optional[nn.Module], np.ndarray]]:
+        """Group environments by the policy that acts for them (None = the learner itself)."""
+        return [(None if lag == 0 else self._snapshots[-int(lag)], np.flatnonzero(lags == lag)) for lag in np.unique(lags)]
 
     def _act(
-        self, obs: th.Tensor, groups: List[Tuple[Optional[Snapshot], np.ndarray]]
+        self, obs: th.Tensor, groups: List[Tuple[Optional[th.nn.Module], np.ndarray]]
     ) -> Tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Sample actions and their log mu(a|s). Values returned here are replaced after the rollout."""
         if len(groups) == 1:
-            params = groups[0][0]
-            return self.policy(obs) if params is None else functional_call(self.policy, params, (obs,))
-        parts = [
-            (idx, self.policy(obs[idx]) if params is None else functional_call(self.policy, params, (obs[idx],)))
-            for params, idx in groups
-        ]
+            return self._forward_with(groups[0][0], obs)
+        parts = [(idx, self._forward_with(policy, obs[idx])) for policy, idx in groups]
         first = parts[0][1]
         out = [t.new_empty((self.n_envs, *t.shape[1:])) for t in first]
         for idx, tensors in parts:
@@ -132,17 +178,46 @@ class LaggedPPO(PPO):
                 dst[th.as_tensor(idx)] = src
         return out[0], out[1], out[2]
 
+    def _forward_with(self, policy: Optional[th.nn.Module], obs: th.Tensor) -> Tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """``policy(obs)`` for the learner (None) or a behaviour policy, on the fast path when possible."""
+        fast = self._fast_ok()
+        policy = self.policy if policy is None else policy
+        return fast_forward(policy, obs) if fast else policy(obs)  # type: ignore[arg-type]
+
     @th.no_grad()
     def _learner_values(self, rollout_buffer: RolloutBuffer) -> None:
-        """Overwrite the buffer's values with the learner's critic, batched (see ``collect_rollouts``)."""
+        """Overwrite the buffer's values with the learner's critic, batched (see ``collect_rollouts``).
+
+        When actor and critic share their features extractor (SB3's CNN policies), the same pass also computes the
+        learner's log-probs of the stored actions, which ``train`` needs next (``_learner_log_probs``): the features
+        are computed once instead of twice. Same modules, same inputs, same chunks: the same values bit for bit.
+        """
         n_steps, n_envs = rollout_buffer.buffer_size, rollout_buffer.n_envs
-        obs = rollout_buffer.observations.reshape(n_steps * n_envs, *rollout_buffer.obs_shape)
+        n = n_steps * n_envs
+        obs = rollout_buffer.observations.reshape(n, *rollout_buffer.obs_shape)
+        actions = rollout_buffer.actions.reshape(n, *rollout_buffer.actions.shape[2:])
+        policy = self.policy
+        shared = (
+            isinstance(policy, ActorCriticPolicy)
+            and policy.share_features_extractor
+            and all(getattr(type(policy), m) is getattr(ActorCriticPolicy, m)
+                    for m in ("predict_values", "get_distribution", "_get_action_dist_from_latent"))
+        )
         chunk = 1024
-        values = [
-            self.policy.predict_values(obs_as_tensor(obs[i : i + chunk], self.device)).flatten()
-            for i in range(0, len(obs), chunk)
-        ]
+        values, log_probs = [], []
+        for i in range(0, n, chunk):
+            obs_i = obs_as_tensor(obs[i : i + chunk], self.device)
+            if not shared:
+                values.append(policy.predict_values(obs_i).flatten())
+                continue
+            # predict_values and get_distribution, with the (shared) features computed once
+            features = BaseModel.extract_features(policy, obs_i, policy.features_extractor)
+            values.append(policy.value_net(policy.mlp_extractor.forward_critic(features)).flatten())
+            dist = policy._get_action_dist_from_latent(policy.mlp_extractor.forward_actor(features))
+            act_i = self._discrete_actions(th.as_tensor(actions[i : i + chunk], device=self.device))
+            log_probs.append(dist.log_prob(act_i))
         rollout_buffer.values[:] = th.cat(values).cpu().numpy().reshape(n_steps, n_envs)
+        self._learner_log_prob_cache = log_probs or None
 
     # ------------------------------------------------------------------------------------------- rollouts
     def collect_rollouts(
@@ -173,6 +248,7 @@ class LaggedPPO(PPO):
         groups = self._behavior_groups(lags)
         lagged = bool(lags.any())
         self._last_rollout_lags = lags
+        self._learner_log_prob_cache: Any = None
 
         callback.on_rollout_start()
 
@@ -232,7 +308,9 @@ class LaggedPPO(PPO):
         if lagged:  # LAG: values from the learner's critic, one batched pass instead of one per step
             self._learner_values(rollout_buffer)
         if self.policy_lag > 0:  # LAG: this rollout's learner becomes the newest snapshot
-            self._snapshots.append(self._snapshot())
+            self._push_snapshot()
+            if self._learner_log_prob_cache is not None:  # valid while the learner still has these parameters
+                self._learner_log_prob_cache = (self._snapshots[-1], self._learner_log_prob_cache)
         self.logger.record("rollout/policy_lag", float(lags.mean()))
 
         with th.no_grad():
@@ -257,19 +335,40 @@ class LaggedPPO(PPO):
         n = buf.buffer_size * buf.n_envs
         obs = buf.observations.reshape(n, *buf.obs_shape)
         actions = buf.actions.reshape(n, *buf.actions.shape[2:])
-        chunk = 1024
-        out = []
-        for i in range(0, n, chunk):
-            dist = self.policy.get_distribution(obs_as_tensor(obs[i : i + chunk], self.device))
-            out.append(dist.log_prob(self._discrete_actions(th.as_tensor(actions[i : i + chunk], device=self.device))))
+        fresh = self._last_rollout_lags == 0
+        if fresh.all():
+            # The learner acted the whole rollout: pi_theta = mu, and log mu is used verbatim below anyway
+            buf.prox_log_probs[:] = buf.log_probs  # type: ignore[attr-defined]
+            return th.as_tensor(buf.log_probs.reshape(n).copy(), device=self.device)
+        cache, self._learner_log_prob_cache = getattr(self, "_learner_log_prob_cache", None), None
+        if cache is not None and self._still_learner(cache[0]):
+            out = cache[1]  # computed with the critic's values at the end of the rollout, same parameters
+        else:
+            out = self._learner_log_prob_chunks(obs, actions)
         log_prob = th.cat(out)
         prox = log_prob.cpu().numpy().reshape(buf.buffer_size, buf.n_envs)
         # Where the data were acted with lag 0 the learner *was* the behaviour policy: reuse log mu verbatim
         # (a batched recomputation can differ from it in the last float bit).
-        fresh = self._last_rollout_lags == 0
         prox[:, fresh] = buf.log_probs[:, fresh]
         buf.prox_log_probs[:] = prox  # type: ignore[attr-defined]
         return log_prob
+
+    def _learner_log_prob_chunks(self, obs: np.ndarray, actions: np.ndarray) -> List[th.Tensor]:
+        chunk = 1024
+        out = []
+        for i in range(0, len(obs), chunk):
+            obs_i = obs_as_tensor(obs[i : i + chunk], self.device)
+            act_i = self._discrete_actions(th.as_tensor(actions[i : i + chunk], device=self.device))
+            if self._fast_ok():
+                out.append(fast_log_prob(self.policy, obs_i, act_i))
+            else:
+                out.append(self.policy.get_distribution(obs_i).log_prob(act_i))
+        return out
+
+    def _still_learner(self, snapshot: nn.Module) -> bool:
+        """Whether the learner's parameters and buffers are still exactly those of ``snapshot``."""
+        mine, theirs = self._tensors(self.policy), self._tensors(snapshot)
+        return mine.keys() == theirs.keys() and all(th.equal(t, theirs[k]) for k, t in mine.items())
 
     @th.no_grad()
     def _log_lag_diagnostics(self) -> None:
@@ -292,7 +391,111 @@ class LaggedPPO(PPO):
         )
         self.logger.record("train/log_ratio", log_ratio.cpu(), exclude=("stdout", "log", "json", "csv"))
 
+    def _policy_term(
+        self, data: Any, log_prob: th.Tensor, advantages: th.Tensor, clip_range: float
+    ) -> Tuple[th.Tensor, Dict[str, th.Tensor]]:
+        """SB3's clipped surrogate, its lines verbatim; subclasses return their loss and extra metrics."""
+        ratio = th.exp(log_prob - data.old_log_prob)
+        policy_loss_1 = advantages * ratio
+        policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+        policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
+        return policy_loss, {}
+
     def train(self) -> None:
-        """Stock SB3 ``PPO.train`` preceded by the lag diagnostics."""
-        self._log_lag_diagnostics()
-        super().train()
+        """SB3's ``PPO.train`` line for line, preceded by the lag diagnostics; lines that differ are marked ``# OURS``.
+
+        The policy term comes from ``_policy_term`` (SB3's here, the pure-torch losses in subclasses); metrics are
+        kept as tensors and averaged (in float64, as SB3's ``np.mean`` of floats) with one host synchronisation at
+        the end of the update instead of five per minibatch; the Gaussian maths runs on the fast path
+        (:func:`fast_evaluate_actions`). Same operations in the same order: bit-identical to stock SB3.
+        """
+        self._log_lag_diagnostics()  # OURS: lag diagnostics at the start of the update
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        if self.clip_range_vf is not None:
+            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+
+        metrics: Dict[str, List[th.Tensor]] = defaultdict(list)  # OURS: every metric, every minibatch
+        approx_kl_divs: List[th.Tensor] = []
+        parameters = list(self.policy.parameters())  # OURS: listed once per update, not once per minibatch
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []  # SB3 reports approx_kl of the last epoch only
+            for rollout_data in self.rollout_buffer.get(self.batch_size):
+                actions = self._discrete_actions(rollout_data.actions)
+
+                values, log_prob, entropy = self._evaluate_actions(rollout_data.observations, actions)  # OURS
+                values = values.flatten()
+                advantages = rollout_data.advantages
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+                # OURS: the policy term; SB3's clip_fraction keeps SB3's definition
+                policy_loss, pg_metrics = self._policy_term(rollout_data, log_prob, advantages, clip_range)
+                with th.no_grad():
+                    ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                    metrics["clip_fraction"].append(th.mean((th.abs(ratio - 1) > clip_range).float()))
+                for key, value in pg_metrics.items():
+                    metrics[key].append(value)
+                metrics["policy_gradient_loss"].append(policy_loss.detach())
+
+                if self.clip_range_vf is None:
+                    values_pred = values
+                else:
+                    values_pred = rollout_data.old_values + th.clamp(
+                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
+                    )
+                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                metrics["value_loss"].append(value_loss.detach())
+
+                if entropy is None:
+                    entropy_loss = -th.mean(-log_prob)
+                else:
+                    entropy_loss = -th.mean(entropy)
+                metrics["entropy_loss"].append(entropy_loss.detach())
+
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+                with th.no_grad():
+                    log_ratio = log_prob - rollout_data.old_log_prob
+                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio)
+                    approx_kl_divs.append(approx_kl_div)
+
+                # OURS: host sync only when early stopping needs the value
+                if self.target_kl is not None and approx_kl_div.item() > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div.item():.2f}")
+                    break
+
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                clip_grad_norm(parameters, self.max_grad_norm)  # OURS: skips a multiply by 1.0
+                adam_step(self.policy.optimizer)  # OURS: torch's Adam arithmetic without its per-call overhead
+
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+
+        # OURS: one host sync for all metrics, each averaged over all minibatches and epochs
+        for key, values_list in metrics.items():
+            self.logger.record(f"train/{key}", _mean(values_list))
+        if approx_kl_divs:
+            self.logger.record("train/approx_kl", _mean(approx_kl_divs))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if self.clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
+
+
+def _mean(values: List[th.Tensor]) -> float:
+    """Mean of per-minibatch scalars in float64, as SB3's ``np.mean`` over their ``.item()`` values."""
+    return float(np.mean(th.stack(values).double().cpu().numpy()))

@@ -169,6 +169,6 @@ def test_checkpoint_roundtrip_keeps_lag_snapshots(tmp_path: Path, algo: str) -> 
     state = read_checkpoint(tmp_path / "c.pkl")
     again = restore_model(ALGOS[algo], state, restore_env(state, None), "cpu")
     assert len(again._snapshots) == 3
-    for x, y in zip(model._snapshots, again._snapshots):
-        assert all(th.equal(x[k], y[k]) for k in x)
+    for x, y in zip(model.lag_snapshots(), again.lag_snapshots()):
+        assert x.keys() == y.keys() and all(th.equal(x[k], y[k]) for k in x)
     assert th.equal(flat_params(model), flat_params(again)) and again.num_timesteps == model.num_timesteps

@@ -1,0 +1,247 @@
+"""A fast path for SB3's stock Gaussian actor-critic and Adam on CPU, bit-identical to the slow path.
+
+On the small MLPs of MuJoCo most of PPO's time is Python overhead, not arithmetic: building a torch ``Normal``
+(with argument validation) per forward pass, ``nn.Module.__call__`` per layer, the optimizer's per-call machinery.
+The functions here issue *the same tensor operations in the same order* as SB3's ``ActorCriticPolicy`` methods,
+torch's ``Normal``, ``clip_grad_norm_`` and ``Adam`` (multi-tensor branch), without that overhead, so every value,
+gradient, optimizer state and RNG draw is identical (tests/test_speedups.py). Anything they do not cover (custom
+policies, hooks, gSDE, discrete or squashed actions, fused/capturable/GPU optimizers, a torch without the
+functions used) falls back to SB3's and torch's own calls.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Tuple
+
+import torch as th
+from stable_baselines3.common.distributions import DiagGaussianDistribution, sum_independent_dims
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
+from torch import nn
+from torch.distributions import Distribution
+from torch.nn import functional as F
+from torch.nn.modules import module as _nn_module
+from torch.optim import optimizer as _optim_module
+
+try:  # private helpers of torch's own Adam; without them the fast Adam is off
+    from torch.optim.optimizer import _get_scalar_dtype
+
+    _HAS_FAST_ADAM = hasattr(th, "_foreach_lerp_")
+except ImportError:  # pragma: no cover - older torch
+    _HAS_FAST_ADAM = False
+_HAS_SPLIT_CLIP = hasattr(th.nn.utils, "get_total_norm") and hasattr(th.nn.utils, "clip_grads_with_norm_")
+_HAS_ALL_TRUE = hasattr(th, "_is_all_true")
+
+
+# SB3 builds a torch ``Normal`` (with argument validation) for every forward pass; on the small MLPs of MuJoCo
+# that object construction costs about as much as the network. For the stock Gaussian actor-critic the functions
+# below run *the same tensor operations in the same order* as SB3's ``ActorCriticPolicy`` methods and torch's
+# ``Normal``, without the objects, so every value, gradient and RNG draw is bit-identical (tests/test_speedups.py).
+# Any other policy (custom subclasses, gSDE, squashed or discrete actions) takes SB3's own methods.
+_GAUSSIAN_METHODS = ("forward", "evaluate_actions", "get_distribution", "extract_features", "_get_action_dist_from_latent")
+_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # the constant of torch's Normal.log_prob
+_ENTROPY_CONST = 0.5 + 0.5 * math.log(2 * math.pi)  # the constant of torch's Normal.entropy (added first, as there)
+
+
+def has_fast_gaussian(policy: Any) -> bool:
+    """True for SB3's own actor-critic policy with a plain diagonal Gaussian (no subclass overriding its maths)."""
+    cls = type(policy)
+    return (
+        isinstance(policy, ActorCriticPolicy)
+        and type(policy.action_dist) is DiagGaussianDistribution
+        and not policy.use_sde
+        and all(getattr(cls, m) is getattr(ActorCriticPolicy, m) for m in _GAUSSIAN_METHODS)
+    )
+
+
+def _gaussian(policy: ActorCriticPolicy, latent_pi: th.Tensor) -> Tuple[th.Tensor, th.Tensor]:
+    """(loc, scale) as ``DiagGaussianDistribution.proba_distribution`` and ``Normal.__init__`` compute them."""
+    mean_actions = _run(policy.action_net, latent_pi)
+    action_std = th.ones_like(mean_actions) * policy.log_std.exp()
+    loc, scale = th.broadcast_tensors(mean_actions, action_std)  # Normal's broadcast_all
+    valid = (loc == loc).all() & (scale > 0).all()
+    if Distribution._validate_args and not (th._is_all_true(valid) if _HAS_ALL_TRUE else bool(valid)):
+        # what Normal's argument validation would raise (a diverged network), so failures stay loud
+        raise ValueError(f"Expected parameters loc and scale of Normal to satisfy Real() and GreaterThan(0), "
+                         f"but found invalid values:\nloc={loc}\nscale={scale}")
+    return loc, scale
+
+
+def _gaussian_log_prob(loc: th.Tensor, scale: th.Tensor, value: th.Tensor) -> th.Tensor:
+    """``sum_independent_dims(Normal(loc, scale).log_prob(value))`` op for op."""
+    var = scale**2
+    log_scale = scale.log()
+    return sum_independent_dims(-((value - loc) ** 2) / (2 * var) - log_scale - _LOG_SQRT_2PI)
+
+
+# nn.Module.__call__ costs several microseconds per module (hook bookkeeping), as much as a 256x256 matmul on one
+# sample: for the plain layers of SB3's MLPs the fast path calls their ``forward`` body directly (``Linear.forward``
+# is ``F.linear(x, weight, bias)``, ...), which is exactly what ``__call__`` would run when no hook is registered.
+_HOOK_DICTS = tuple(getattr(_nn_module, name) for name in (
+    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks",
+    "_global_forward_hooks_always_called", "_global_forward_hooks_with_kwargs") if hasattr(_nn_module, name))
+
+
+def _no_hooks(module: nn.Module) -> bool:
+    return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def _run(module: nn.Module, x: th.Tensor) -> th.Tensor:
+    """``module(x)`` for plain layers, minus ``nn.Module.__call__``; anything else (or any hook) calls the module."""
+    cls = type(module)
+    if any(_HOOK_DICTS) or not _no_hooks(module):
+        return module(x)
+    if cls is nn.Linear:
+        return F.linear(x, module.weight, module.bias)
+    if cls is nn.Sequential:
+        for layer in module:
+            x = _run(layer, x)
+        return x
+    if cls is nn.ReLU:
+        return F.relu(x, inplace=module.inplace)
+    if cls is nn.Tanh:
+        return th.tanh(x)
+    if cls is nn.Flatten:
+        return x.flatten(module.start_dim, module.end_dim)
+    if cls is FlattenExtractor:
+        return _run(module.flatten, x)
+    return module(x)
+
+
+def _features(policy: ActorCriticPolicy, obs: th.Tensor, extractor: nn.Module) -> th.Tensor:
+    """``BaseModel.extract_features(obs, extractor)``."""
+    return _run(extractor, preprocess_obs(obs, policy.observation_space, normalize_images=policy.normalize_images))
+
+
+def _latents(policy: ActorCriticPolicy, obs: th.Tensor) -> Tuple[th.Tensor, th.Tensor]:
+    """``latent_pi, latent_vf`` as ``ActorCriticPolicy.forward`` / ``evaluate_actions`` compute them."""
+    mlp = policy.mlp_extractor
+    plain = type(mlp) is MlpExtractor and _no_hooks(mlp)
+    if policy.share_features_extractor:
+        features = _features(policy, obs, policy.features_extractor)
+        if not plain:
+            return mlp(features)
+        return _run(mlp.policy_net, features), _run(mlp.value_net, features)  # MlpExtractor.forward
+    pi_features = _features(policy, obs, policy.pi_features_extractor)
+    vf_features = _features(policy, obs, policy.vf_features_extractor)
+    if not plain:
+        return mlp.forward_actor(pi_features), mlp.forward_critic(vf_features)
+    return _run(mlp.policy_net, pi_features), _run(mlp.value_net, vf_features)
+
+
+def fast_forward(policy: ActorCriticPolicy, obs: th.Tensor) -> Tuple[th.Tensor, th.Tensor, th.Tensor]:
+    """``ActorCriticPolicy.forward(obs)`` (stochastic) for a plain Gaussian policy; same RNG draws."""
+    latent_pi, latent_vf = _latents(policy, obs)
+    values = _run(policy.value_net, latent_vf)
+    loc, scale = _gaussian(policy, latent_pi)
+    eps = th.empty(loc.shape, dtype=loc.dtype, device=loc.device).normal_()  # Normal.rsample
+    actions = loc + eps * scale
+    log_prob = _gaussian_log_prob(loc, scale, actions)
+    return actions.reshape((-1, *policy.action_space.shape)), values, log_prob  # type: ignore[misc]
+
+
+def fast_evaluate_actions(
+    policy: ActorCriticPolicy, obs: th.Tensor, actions: th.Tensor
+) -> Tuple[th.Tensor, th.Tensor, th.Tensor]:
+    """``ActorCriticPolicy.evaluate_actions`` for a plain Gaussian policy, same autograd graph."""
+    latent_pi, latent_vf = _latents(policy, obs)
+    loc, scale = _gaussian(policy, latent_pi)
+    log_prob = _gaussian_log_prob(loc, scale, actions)
+    values = _run(policy.value_net, latent_vf)
+    entropy = sum_independent_dims(_ENTROPY_CONST + th.log(scale))
+    return values, log_prob, entropy
+
+
+def fast_log_prob(policy: ActorCriticPolicy, obs: th.Tensor, actions: th.Tensor) -> th.Tensor:
+    """``policy.get_distribution(obs).log_prob(actions)`` for a plain Gaussian policy."""
+    features = _features(policy, obs, policy.pi_features_extractor)
+    mlp = policy.mlp_extractor
+    latent_pi = _run(mlp.policy_net, features) if type(mlp) is MlpExtractor and _no_hooks(mlp) else mlp.forward_actor(features)
+    loc, scale = _gaussian(policy, latent_pi)
+    return _gaussian_log_prob(loc, scale, actions)
+
+
+_PLAIN_ADAM = {"weight_decay": 0, "amsgrad": False, "maximize": False, "capturable": False, "differentiable": False,
+               "decoupled_weight_decay": False}
+
+
+def _plain_adam(optimizer: th.optim.Optimizer) -> bool:
+    """A ``th.optim.Adam`` on CPU with torch's default flags, float hyperparameters and no step hooks."""
+    if type(optimizer) is not th.optim.Adam or optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+        return False
+    if getattr(_optim_module, "_global_optimizer_pre_hooks", None) or getattr(
+        _optim_module, "_global_optimizer_post_hooks", None
+    ):
+        return False
+    for group in optimizer.param_groups:
+        if group.get("fused") or any(group.get(k, v) != v for k, v in _PLAIN_ADAM.items()):
+            return False
+        if not isinstance(group["lr"], float) or not all(isinstance(b, float) for b in group["betas"]):
+            return False
+        for p in group["params"]:
+            if p.grad is not None and (p.device.type != "cpu" or p.grad.is_sparse or th.is_complex(p)):
+                return False
+    return True
+
+
+@th.no_grad()
+def adam_step(optimizer: th.optim.Optimizer) -> None:
+    """``optimizer.step()``; for a plain CPU ``Adam`` the arithmetic of torch's multi-tensor implementation
+    (``torch.optim.adam._multi_tensor_adam``, non-capturable branch, itself bit-identical to the per-parameter loop
+    torch uses by default on CPU) issued directly: same kernels, same scalars, same state (``step``, ``exp_avg``,
+    ``exp_avg_sq``), without the optimizer's per-call Python machinery. Anything else calls ``optimizer.step()``.
+    """
+    if not (_HAS_FAST_ADAM and _plain_adam(optimizer)):
+        optimizer.step()
+        return
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+        for p in params:
+            state = optimizer.state[p]
+            if len(state) == 0:  # Adam._init_group's lazy initialisation (non-fused, non-capturable)
+                state["step"] = th.tensor(0.0, dtype=_get_scalar_dtype(), device="cpu")
+                state["exp_avg"] = th.zeros_like(p, memory_format=th.preserve_format)
+                state["exp_avg_sq"] = th.zeros_like(p, memory_format=th.preserve_format)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        beta1, beta2 = group["betas"]
+        lr, eps = group["lr"], group["eps"]
+        th._foreach_add_(steps, 1.0)
+        th._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        th._foreach_mul_(exp_avg_sqs, beta2)
+        th._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        step_values = [step.item() for step in steps]
+        bias_correction1 = [1 - beta1**step for step in step_values]
+        bias_correction2 = [1 - beta2**step for step in step_values]
+        step_size = [(lr / bc) * -1 for bc in bias_correction1]
+        bias_correction2_sqrt = [bc**0.5 for bc in bias_correction2]
+        exp_avg_sq_sqrt = th._foreach_sqrt(exp_avg_sqs)
+        th._foreach_div_(exp_avg_sq_sqrt, bias_correction2_sqrt)
+        th._foreach_add_(exp_avg_sq_sqrt, eps)
+        th._foreach_addcdiv_(params, exp_avgs, exp_avg_sq_sqrt, step_size)
+
+
+def clip_grad_norm(parameters: Any, max_norm: float) -> th.Tensor:
+    """``th.nn.utils.clip_grad_norm_(parameters, max_norm)``, minus its multiplication by exactly 1.0.
+
+    torch always multiplies every gradient by ``clamp(max_norm / (total_norm + 1e-6), max=1)`` to avoid a device
+    synchronisation; on CPU that check is free, and ``g * 1.0 == g`` exactly, so when the norm is below
+    ``max_norm`` the pass over all gradients is skipped. Everything else is torch's own code (same total norm).
+    """
+    params = list(parameters)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or grads[0].device.type != "cpu" or not _HAS_SPLIT_CLIP:
+        return th.nn.utils.clip_grad_norm_(params, max_norm)
+    total_norm = th.nn.utils.get_total_norm(grads, 2.0, False, None)
+    clip_coef_clamped = th.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    if not bool(clip_coef_clamped == 1.0):  # NaN included: then torch's multiplication runs, as stock
+        th.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
+    return total_norm

@@ -1,0 +1,81 @@
+"""Profile one benchmark measurement with cProfile: where does ``model.learn`` spend its time?
+
+    python bench/profile_learn.py --case halfcheetah-tuned --variant dualclip-lag0 --steps 4096 [--top 40]
+
+Builds the model exactly as ``bench/bench.py`` does (same case, variant, seed), runs ``learn(steps)`` under
+cProfile and prints the top functions by total (own) time and by cumulative time, plus the share of wall time
+spent in ``collect_rollouts`` and ``train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(ROOT / "bench"))
+from bench import CASES, VARIANTS  # noqa: E402
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--case", default="halfcheetah-tuned", choices=list(CASES))
+    p.add_argument("--variant", default="dualclip-lag0", choices=list(VARIANTS))
+    p.add_argument("--steps", type=int, default=4096)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--top", type=int, default=35)
+    p.add_argument("--out", default=None, help="also dump the raw pstats file here")
+    args = p.parse_args(argv)
+
+    import torch
+    from stable_baselines3 import PPO
+
+    from agents import ALGOS
+    from agents.hyperparams import load_hyperparams, to_constructor_kwargs
+    from envs import is_atari, make_env
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env_id, conf, _ = CASES[args.case]
+    config = load_hyperparams(ROOT / conf, env_id, is_atari(env_id))
+    env = make_env(env_id, n_envs=config.get("n_envs", 1), seed=args.seed, normalize=config.get("normalize", False),
+                   frame_stack=config.get("frame_stack"))
+    algo, extra = VARIANTS[args.variant]
+    cls = PPO if algo == "stock" else ALGOS[algo]
+    model = cls(config.get("policy", "MlpPolicy"), env, seed=args.seed, device="cpu",
+                **to_constructor_kwargs(config), **extra)
+
+    prof = cProfile.Profile()
+    start = time.perf_counter()
+    prof.enable()
+    model.learn(args.steps)
+    prof.disable()
+    wall = time.perf_counter() - start
+    print(f"{args.case} {args.variant}: {model.num_timesteps} steps in {wall:.2f} s under cProfile "
+          f"({model.num_timesteps / wall:.0f} steps/s; profiling overhead included), torch threads "
+          f"{torch.get_num_threads()}")
+    stats = pstats.Stats(prof)
+    if args.out:
+        stats.dump_stats(args.out)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    for name in ("collect_rollouts", "train", "_log_lag_diagnostics", "step_wait", "evaluate_actions", "get"):
+        cum = sum(v[3] for k, v in stats.stats.items() if k[2] == name)  # type: ignore[attr-defined]
+        print(f"  cumulative in {name:22s} {cum:7.2f} s  ({100 * cum / total:5.1f}% of profiled time)")
+    for key in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(args.top)
+        print(buf.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

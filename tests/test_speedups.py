@@ -1,0 +1,282 @@
+"""Guards of the fast paths (issue 6): each must give SB3's / torch's results bit for bit.
+
+- the Gaussian policy maths without distribution objects or ``nn.Module.__call__`` (``agents.fastpath``);
+- the buffer's torch-once-per-rollout sampling (``LaggedRolloutBuffer.get``);
+- ``adam_step`` (torch's Adam arithmetic without the optimizer's per-call overhead) and ``clip_grad_norm``;
+- whole runs with the fast path on and off (lagged, dual-clip, decoupled), which the stock equivalence test in
+  tests/test_agents.py cannot cover (there is no stock counterpart of a lagged run).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from agents import ALGOS
+from agents.buffer import LaggedRolloutBuffer
+from agents.fastpath import (
+    _run,
+    adam_step,
+    clip_grad_norm,
+    fast_evaluate_actions,
+    fast_forward,
+    fast_log_prob,
+    has_fast_gaussian,
+)
+from tests.helpers import flat_params, tiny_model
+
+POLICY_KWARGS = [
+    dict(net_arch=[16]),
+    dict(net_arch=dict(pi=[32, 32], vf=[32, 32]), activation_fn=th.nn.ReLU, log_std_init=-2, ortho_init=False),
+    dict(net_arch=[16], share_features_extractor=False),
+]
+
+
+def _policy(policy_kwargs: dict) -> ActorCriticPolicy:
+    model = PPO("MlpPolicy", "Pendulum-v1", seed=0, n_steps=64, batch_size=32, device="cpu", policy_kwargs=policy_kwargs)
+    assert has_fast_gaussian(model.policy)
+    return model.policy
+
+
+def _grads(policy: ActorCriticPolicy, outputs) -> list:
+    policy.zero_grad(set_to_none=True)
+    sum(o.sum() * (i + 1.5) for i, o in enumerate(outputs)).backward()
+    return [p.grad.clone() for p in policy.parameters()]
+
+
+@pytest.mark.parametrize("policy_kwargs", POLICY_KWARGS, ids=["shared", "relu-256-style", "separate-extractors"])
+def test_fast_gaussian_maths_bit_identical(policy_kwargs: dict) -> None:
+    policy = _policy(policy_kwargs)
+    obs, actions = th.randn(37, 3), th.randn(37, 1)
+
+    stock = policy.evaluate_actions(obs, actions)
+    stock_grads = _grads(policy, stock)
+    fast = fast_evaluate_actions(policy, obs, actions)
+    fast_grads = _grads(policy, fast)
+    for a, b in zip(stock, fast):
+        assert a.shape == b.shape and th.equal(a, b)
+    assert all(th.equal(a, b) for a, b in zip(stock_grads, fast_grads))
+
+    with th.no_grad():
+        assert th.equal(policy.get_distribution(obs).log_prob(actions), fast_log_prob(policy, obs, actions))
+        for batch in (obs[:1], obs):
+            th.manual_seed(3)
+            stock_out = policy(batch)
+            th.manual_seed(3)
+            fast_out = fast_forward(policy, batch)
+            for a, b in zip(stock_out, fast_out):
+                assert a.shape == b.shape and th.equal(a, b)
+            th.manual_seed(3)  # and the global RNG is left in the same state
+            policy(batch)
+            stock_next = th.randn(4)
+            th.manual_seed(3)
+            fast_forward(policy, batch)
+            assert th.equal(stock_next, th.randn(4))
+
+
+def test_fast_path_keeps_nan_check() -> None:
+    """Normal's argument validation (NaN parameters raise) survives on the fast path."""
+    policy = _policy(dict(net_arch=[16]))
+    with th.no_grad():
+        policy.action_net.weight.fill_(float("nan"))
+    with pytest.raises(ValueError):
+        policy.evaluate_actions(th.randn(4, 3), th.randn(4, 1))
+    with pytest.raises(ValueError):
+        fast_evaluate_actions(policy, th.randn(4, 3), th.randn(4, 1))
+
+
+def test_fast_path_only_for_plain_gaussian_policies() -> None:
+    assert not has_fast_gaussian(PPO("MlpPolicy", "CartPole-v1", device="cpu").policy)  # categorical
+    assert not has_fast_gaussian(PPO("MlpPolicy", "Pendulum-v1", use_sde=True, device="cpu").policy)
+
+    class Custom(ActorCriticPolicy):
+        def evaluate_actions(self, obs, actions):
+            return super().evaluate_actions(obs, actions)
+
+    assert not has_fast_gaussian(PPO(Custom, "Pendulum-v1", device="cpu").policy)
+
+
+def test_module_hooks_are_honoured() -> None:
+    layer = th.nn.Linear(3, 2)
+    calls = []
+    handle = layer.register_forward_hook(lambda mod, inp, out: calls.append(1))
+    _run(th.nn.Sequential(layer, th.nn.ReLU()), th.randn(1, 3))
+    assert calls == [1]
+    handle.remove()
+    _run(th.nn.Sequential(layer, th.nn.ReLU()), th.randn(1, 3))
+    assert calls == [1]
+
+
+# ---------------------------------------------------------------------------------------------------- buffer
+@pytest.mark.parametrize("action_space", [spaces.Box(-1, 1, (2,)), spaces.Discrete(3)], ids=["box", "discrete"])
+@pytest.mark.parametrize("batch_size", [16, 24, None])
+def test_buffer_minibatches_equal_sb3(action_space: spaces.Space, batch_size) -> None:
+    n_steps, n_envs = 32, 3
+    obs_space = spaces.Box(-5, 5, (4,))
+    rng = np.random.default_rng(0)
+    stock = RolloutBuffer(n_steps, obs_space, action_space, device="cpu", n_envs=n_envs)
+    ours = LaggedRolloutBuffer(n_steps, obs_space, action_space, device="cpu", n_envs=n_envs)
+    for buf in (stock, ours):
+        buf.reset()
+    for _ in range(n_steps):
+        obs = rng.standard_normal((n_envs, 4)).astype(np.float32)
+        action = np.array([action_space.sample() for _ in range(n_envs)])
+        reward, start = rng.standard_normal(n_envs), rng.random(n_envs) < 0.1
+        value, log_prob = th.randn(n_envs, 1), th.randn(n_envs)
+        for buf in (stock, ours):
+            buf.add(obs, action, reward, start, value, log_prob)
+    for buf in (stock, ours):
+        buf.compute_returns_and_advantage(last_values=th.zeros(n_envs, 1), dones=np.zeros(n_envs))
+    ours.prox_log_probs[:] = rng.standard_normal((n_steps, n_envs))
+
+    for epoch in range(2):  # the second pass reuses the flattened buffer, as SB3's epochs do
+        np.random.seed(epoch)
+        stock_batches = list(stock.get(batch_size))
+        stock_rng = np.random.get_state()[1].copy()
+        np.random.seed(epoch)
+        indices = np.random.permutation(n_steps * n_envs)
+        np.random.seed(epoch)
+        our_batches = list(ours.get(batch_size))
+        assert np.array_equal(np.random.get_state()[1], stock_rng)  # global RNG consumed identically
+        assert len(stock_batches) == len(our_batches)
+        start = 0
+        for s, o in zip(stock_batches, our_batches):
+            for name in s._fields:
+                a, b = getattr(s, name), getattr(o, name)
+                assert a.dtype == b.dtype and a.shape == b.shape and th.equal(a, b), name
+            # our extra columns are those of SB3's per-minibatch conversion (the slow path, kept)
+            inds = indices[start : start + len(o.advantages)]
+            ref = ours._get_samples(inds)
+            assert th.equal(ref.segment_ids, o.segment_ids) and th.equal(ref.prox_log_prob, o.prox_log_prob)
+            start += len(o.advantages)
+
+
+# ------------------------------------------------------------------------------------------- optimizer step
+def _net() -> th.nn.Module:
+    th.manual_seed(0)
+    return th.nn.Sequential(th.nn.Linear(5, 32), th.nn.Tanh(), th.nn.Linear(32, 3))
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=3e-3, eps=1e-5), dict(lr=1e-2, weight_decay=0.1), dict(lr=1e-2, amsgrad=True)])
+@pytest.mark.parametrize("max_norm", [0.05, 100.0])  # always clipping / never clipping
+def test_adam_step_and_clip_bit_identical(kwargs: dict, max_norm: float) -> None:
+    nets = [_net(), _net()]
+    opts = [th.optim.Adam(n.parameters(), **kwargs) for n in nets]
+    gen = th.Generator().manual_seed(1)
+    for _ in range(30):
+        x = th.randn(16, 5, generator=gen)
+        norms = []
+        for i, (net, opt) in enumerate(zip(nets, opts)):
+            opt.zero_grad()
+            (net(x) ** 2).mean().backward()
+            if i == 0:
+                norms.append(th.nn.utils.clip_grad_norm_(net.parameters(), max_norm))
+                opt.step()
+            else:
+                norms.append(clip_grad_norm(net.parameters(), max_norm))
+                adam_step(opt)
+        assert th.equal(norms[0], norms[1])
+    assert th.equal(th.cat([p.flatten() for p in nets[0].parameters()]), th.cat([p.flatten() for p in nets[1].parameters()]))
+    s0, s1 = opts[0].state_dict(), opts[1].state_dict()
+    assert s0["param_groups"] == s1["param_groups"]
+    for key in s0["state"]:
+        for name, value in s0["state"][key].items():
+            assert value.dtype == s1["state"][key][name].dtype and th.equal(value, s1["state"][key][name])
+
+
+# ------------------------------------------------------------------------------------------------ whole runs
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+@pytest.mark.parametrize("lag_mode", ["fixed", "per-env"])
+def test_fast_path_on_off_identical_runs(algo: str, lag_mode: str) -> None:
+    """Lagged runs (functional_call on snapshots, lag diagnostics, decoupled's proximal policy) are unchanged."""
+    kwargs = dict(n_envs=2, policy_lag=2, lag_mode=lag_mode, learning_rate=3e-3)
+    fast = tiny_model(ALGOS[algo], "Pendulum-v1", **kwargs)
+    assert fast._fast_ok()
+    fast.learn(5 * 64 * 2)
+    slow = tiny_model(ALGOS[algo], "Pendulum-v1", **kwargs)
+    slow._fast = None  # SB3's policy methods and distribution objects
+    slow.learn(5 * 64 * 2)
+    assert th.equal(flat_params(fast), flat_params(slow))
+
+
+def test_fast_path_survives_save_load(tmp_path) -> None:
+    model = tiny_model(ALGOS["dualclip"], "Pendulum-v1", policy_lag=1)
+    model.learn(2 * 64)
+    model.save(tmp_path / "m.zip")
+    loaded = ALGOS["dualclip"].load(tmp_path / "m.zip", env=model.get_env(), device="cpu")
+    assert loaded._fast_ok()
+    loaded.learn(64, reset_num_timesteps=False)
+    copy.deepcopy(loaded.policy)  # the wrapper holds no state of its own
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_snapshot_module_acts_as_functional_call(env_id: str) -> None:
+    """A snapshot is a copy of the policy module holding old parameters: same actions, log mu and RNG use as
+    ``functional_call`` of the learner's module with those parameters."""
+    from torch.func import functional_call
+
+    model = tiny_model(ALGOS["ppo"], env_id, policy_lag=1, learning_rate=3e-2)
+    model.learn(2 * 64)  # one update done: the snapshot differs from the learner
+    behaviour = model._snapshots[-1]
+    assert behaviour is not model.policy and getattr(behaviour, "optimizer", None) is None
+    (params,) = model.lag_snapshots()
+    obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(5)]))
+    with th.no_grad():
+        th.manual_seed(7)
+        expected = functional_call(model.policy, params, (obs,))
+        th.manual_seed(7)
+        got = model._forward_with(behaviour, obs)
+    for a, b in zip(expected, got):
+        assert th.equal(a, b)
+    assert not th.equal(flat_params(model), th.cat([p.flatten() for p in behaviour.parameters()]))
+
+
+def test_snapshots_recycle_k_modules() -> None:
+    """At most K policy copies exist besides the learner, whatever the mode: the oldest is recycled."""
+    model = tiny_model(ALGOS["dualclip"], "CartPole-v1", n_envs=3, policy_lag=2, lag_mode="per-env")
+    model.learn(2 * 64 * 3)
+    first = [id(m) for m in model._snapshots]
+    model.learn(3 * 64 * 3, reset_num_timesteps=False)
+    assert len(model._snapshots) == 2 and {id(m) for m in model._snapshots} == set(first)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_learner_log_probs_from_the_values_pass(env_id: str) -> None:
+    """Lagged rollouts: the log-probs computed with the critic's values pass equal a separate pass, bit for bit,
+    and are not used once the learner's parameters changed in between."""
+    seen = {}
+
+    def spy(model, tag):
+        orig = model._learner_log_probs
+
+        def wrapped():
+            out = orig()
+            seen.setdefault(tag, []).append(out.clone())
+            return out
+
+        model._learner_log_probs = wrapped
+
+    kwargs = dict(n_envs=2, policy_lag=2, learning_rate=3e-3)
+    cached = tiny_model(ALGOS["decoupled"], env_id, **kwargs)
+    spy(cached, "cached")
+    cached.learn(4 * 64 * 2)
+    fresh = tiny_model(ALGOS["decoupled"], env_id, **kwargs)
+    fresh._still_learner = lambda snapshot: False  # always the separate pass
+    spy(fresh, "fresh")
+    fresh.learn(4 * 64 * 2)
+    assert all(th.equal(a, b) for a, b in zip(seen["cached"], seen["fresh"])) and len(seen["cached"]) == 4
+    assert th.equal(flat_params(cached), flat_params(fresh))
+
+    cached._push_snapshot()
+    snapshot = cached._snapshots[-1]
+    assert cached._still_learner(snapshot)
+    with th.no_grad():
+        next(cached.policy.parameters()).add_(1.0)
+    assert not cached._still_learner(snapshot)
