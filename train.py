@@ -249,8 +249,8 @@ def train(model: Any, env: Any, run_dir: Path, args: argparse.Namespace, config:
     return 0
 
 
-def resume(args: argparse.Namespace) -> int:
-    """Continue the run in ``args.resume`` from its checkpoint, to the total steps it asked for."""
+def resume(args: argparse.Namespace) -> Optional[tuple]:
+    """Set up the run in ``args.resume`` to continue from its checkpoint (None: it is already complete)."""
     import yaml
 
     from agents import ALGOS
@@ -269,7 +269,7 @@ def resume(args: argparse.Namespace) -> int:
     state = read_checkpoint(needed[2])
     if state["num_timesteps"] >= int(config["n_timesteps"]):
         print(f"{run_dir} is complete ({state['num_timesteps']} of {config['n_timesteps']} steps); nothing to do")
-        return 0
+        return None
     fresh = None if state["env"] is not None else make_train_env(saved, config, normalize=False)
     env = restore_env(state, fresh)
     model = restore_model(ALGOS[saved.algo], state, env, saved.device)
@@ -279,7 +279,7 @@ def resume(args: argparse.Namespace) -> int:
     restore_pending_logs(model, state)
     with open(run_dir / "command.txt", "a") as f:
         f.write(shlex.join(["python", *sys.argv]) + f"  # resumed at step {state['num_timesteps']}\n")
-    return train(model, env, run_dir, saved, config)
+    return model, env, run_dir, saved, config
 
 
 def set_threads(n: int) -> None:
@@ -294,10 +294,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     set_threads(args.num_threads)
     if args.resume is not None:
         try:
-            return resume(args)
+            resumed = resume(args)
         except (UsageError, ValueError) as exc:
             print(f"train.py: error: {exc}", file=sys.stderr)
             return 2
+        return 0 if resumed is None else train(*resumed)
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(4), "little") % (2**31 - 1)
     try:
