@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from agents.cli import OneLineParser
+from agents.cli import OneLineParser, code_version
 
 HERE = Path(__file__).resolve().parent
 #: TensorBoard scalars summarised per run: (column, tag, how)
@@ -117,6 +117,7 @@ def launch(args: argparse.Namespace, runs_dir: Path, algo: str, lag: int, seed: 
 
 
 def summarise_run(run: Path) -> Dict[str, object]:
+    import yaml
     from tbparse import SummaryReader
 
     scalars = SummaryReader(str(run)).scalars
@@ -130,16 +131,9 @@ def summarise_run(run: Path) -> Dict[str, object]:
         row[column] = f"{value:.4g}"
     steps = scalars["step"].max() if len(scalars) else 0
     row["steps"] = int(steps)
+    args = yaml.safe_load((run / "args.yml").read_text()) if (run / "args.yml").is_file() else {}
+    row["code"] = args.get("code", "")  # the code version train.py ran
     return row
-
-
-def code_version() -> str:
-    """``git describe --always --dirty`` of this checkout (``-dirty``: uncommitted changes were present)."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: List[str], code: str) -> None:
@@ -156,7 +150,7 @@ def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: Lis
         if (run / "model.zip").is_file():
             rows.append({"algo": algo, "lag": lag, "seed": seed, **summarise_run(run)})
     out_dir.mkdir(parents=True, exist_ok=True)
-    fields = ["algo", "lag", "seed", "steps"] + [c for c, _, _ in COLUMNS]
+    fields = ["algo", "lag", "seed", "steps"] + [c for c, _, _ in COLUMNS] + ["code"]
     with open(out_dir / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -172,7 +166,7 @@ def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: Lis
         "runs_dir": str(runs_dir),
         "finished_runs": len(rows),
         "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "code": code,
+        "code_at_start": code,
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                      "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__},
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),

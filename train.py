@@ -210,8 +210,10 @@ def write_run_files(run_dir: Path, args: argparse.Namespace, config: Dict[str, A
     run_dir.mkdir(parents=True)
     with open(run_dir / "config.yml", "w") as f:
         yaml.safe_dump(config, f, sort_keys=True)
+    from agents.cli import code_version
+
     with open(run_dir / "args.yml", "w") as f:
-        yaml.safe_dump(vars(args), f, sort_keys=True)
+        yaml.safe_dump({**vars(args), "code": code_version()}, f, sort_keys=True)
     (run_dir / "command.txt").write_text(shlex.join(["python", *sys.argv]) + "\n")
 
 

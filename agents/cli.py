@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+from pathlib import Path
 from typing import NoReturn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_version() -> str:
+    """``git describe --always --dirty`` of this checkout (``-dirty``: uncommitted changes), or ``unknown``."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -27,7 +27,8 @@ def test_grid_file_runs_summarises_and_resumes(tmp_path: Path) -> None:
     lagged = {r["algo"]: float(r["behavior_kl"]) for r in rows if r["lag"] == "2"}
     assert all(v > 0 for v in lagged.values())
     meta = yaml.safe_load((tmp_path / "results" / "tiny_grid" / "sweep.yml").read_text())
-    assert meta["finished_runs"] == 4 and meta["code"] and "sweep.py" in meta["command"]
+    assert meta["finished_runs"] == 4 and meta["code_at_start"] and "sweep.py" in meta["command"]
+    assert all(r["code"] for r in rows)  # each run records the code version it ran
 
     again = run_script("sweep.py", [str(grid), *roots])
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 4
