@@ -136,6 +136,32 @@ def summarise_run(run: Path) -> Dict[str, object]:
     return row
 
 
+#: columns averaged over seeds in the per-arm table
+ARM_COLUMNS = ("final_return", "behavior_kl", "would_bound", "pg_clipfrac_lower", "is_weight_truncated")
+
+
+def by_arm(rows: List[Dict[str, object]]) -> List[str]:
+    """Markdown table: per (algo, lag), mean +- sample std over seeds of ARM_COLUMNS, with the seed count."""
+    import statistics
+
+    arms: Dict[tuple, List[Dict[str, object]]] = {}
+    for row in rows:
+        arms.setdefault((row["algo"], row["lag"]), []).append(row)
+    lines = ["| algo | lag | seeds | " + " | ".join(ARM_COLUMNS) + " |", "|" + "---|" * (3 + len(ARM_COLUMNS))]
+    for (algo, lag), group in arms.items():
+        cells = []
+        for column in ARM_COLUMNS:
+            values = [float(r[column]) for r in group if r[column] != ""]
+            if not values:
+                cells.append("")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.4g}")
+            else:
+                cells.append(f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}")
+        lines.append(f"| {algo} | {lag} | {len(group)} | " + " | ".join(cells) + " |")
+    return ["Mean ± sample standard deviation over seeds:", ""] + lines
+
+
 def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: List[str], code: str) -> None:
     import csv
 
@@ -178,7 +204,7 @@ def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: Lis
     header = [f"# Sweep `{args.name}`: {args.env}, {args.n_timesteps} steps per run", "",
               f"Written by `{meta['command']}` (see sweep.yml for versions and machine). "
               "Columns: " + "; ".join(f"{c} = {d}" for c, d in meta["columns"].items()) + ".", ""]
-    (out_dir / "summary.md").write_text("\n".join(header + lines) + "\n")
+    (out_dir / "summary.md").write_text("\n".join(header + by_arm(rows) + ["", "Every run:", ""] + lines) + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
