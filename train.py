@@ -62,7 +62,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     p.add_argument("--policy-lag", type=int, default=0, help="K: behaviour policy is K updates old (default 0)")
     p.add_argument("--lag-mode", default="fixed", choices=LAG_MODES, help="how the lag is spread (default fixed)")
-    p.add_argument("--loss-agg-mode", default="token-mean", choices=LOSS_AGG_MODES, help="loss aggregation")
+    p.add_argument("--loss-agg-mode", default=None, choices=LOSS_AGG_MODES,
+                   help="loss aggregation of dualclip/decoupled (default token-mean, SB3's)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default auto)")
     p.add_argument("--num-threads", type=int, default=1,
                    help="torch CPU threads (default 1: fastest for these small nets on 2 cores; -1: torch's default)")
@@ -82,13 +83,23 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--policy-lag {args.policy_lag}: the lag must be a non-negative integer, e.g. --policy-lag 4")
     if args.dual_clip is not None and not args.dual_clip > 1:
         p.error(f"--dual-clip {args.dual_clip}: c must be > 1 (the paper uses 3)")
+    if args.algo == "ppo" and args.loss_agg_mode not in (None, "token-mean"):
+        p.error(f"--loss-agg-mode {args.loss_agg_mode}: ppo keeps SB3's token-mean loss; for a vanilla clip with "
+                "another mode use --algo dualclip -params dual_clip:null")
+    if args.device != "auto":
+        import torch
+
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            p.error(f"--device {args.device}: not a torch device; use auto, cpu or cuda")
     return args
 
 
 def build_config(args: argparse.Namespace) -> Dict[str, Any]:
     """The run's hyperparameters (YAML-typed): file entry, then -params, then the dedicated flags."""
     from agents import ALGOS
-    from agents.hyperparams import check_keys, load_hyperparams, parse_override
+    from agents.hyperparams import check_env_values, check_keys, load_hyperparams, parse_override
     from envs import check_env_id, is_atari
 
     check_env_id(args.env)
@@ -101,31 +112,43 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
         config[key] = value
     config["policy_lag"] = args.policy_lag
     config["lag_mode"] = args.lag_mode
-    # --dual-clip: the bound of dualclip (default 3), opt-in for decoupled, the diagnostic's c for ppo
+    # --dual-clip: the bound of dualclip (default 3), opt-in for decoupled, the diagnostic's c for ppo. A flag
+    # that is given wins over the file and -params; one that is not leaves their value, else the default.
     c = args.dual_clip
     if args.algo == "ppo":
         config["would_bound_c"] = 3.0 if c is None else c
     else:
-        config.setdefault("dual_clip", 3.0 if (c is None and args.algo == "dualclip") else c)
-        config.setdefault("loss_agg_mode", args.loss_agg_mode)
+        if c is not None:
+            config["dual_clip"] = c
+        config.setdefault("dual_clip", 3.0 if args.algo == "dualclip" else None)
+        if args.loss_agg_mode is not None:
+            config["loss_agg_mode"] = args.loss_agg_mode
+        config.setdefault("loss_agg_mode", "token-mean")
     if args.n_timesteps is not None:
         config["n_timesteps"] = args.n_timesteps
     check_keys(config, ALGOS[args.algo])
+    check_env_values(config)
     return config
 
 
 def run_folder(args: argparse.Namespace) -> Path:
-    """A fresh run folder path (not created yet). An explicit --run-name that exists is an error."""
+    """A fresh run folder path (not created yet) whose TensorBoard folder is free as well (with ``-tb`` it lies
+    elsewhere). An explicit --run-name that is taken is an error; a default name gets a ``_2``, ``_3`` ... suffix."""
     parent = Path(args.log_folder)
+
+    def taken(path: Path) -> bool:
+        return path.exists() or tensorboard_dir(path, args).exists()
+
     if args.run_name:
         path = parent / args.run_name
-        if path.exists():
-            raise UsageError(f"run folder {path} exists: choose another --run-name (nothing was overwritten)")
+        if taken(path):
+            raise UsageError(f"run folder {path} or its TensorBoard folder {tensorboard_dir(path, args)} exists: "
+                             "choose another --run-name (nothing was overwritten)")
         return path
     mode = "" if args.lag_mode == "fixed" else f"-{args.lag_mode}"
     base = f"{args.algo}_{args.env.replace('/', '-')}_lag{args.policy_lag}{mode}_s{args.seed}"
     path, n = parent / base, 1
-    while path.exists():
+    while taken(path):
         n += 1
         path = parent / f"{base}_{n}"
     return path
@@ -149,11 +172,16 @@ def make_model(args: argparse.Namespace, config: Dict[str, Any]):
     from agents import ALGOS
     from agents.hyperparams import to_constructor_kwargs
 
-    env = make_train_env(args, config)
     kwargs = to_constructor_kwargs(config)
-    model = ALGOS[args.algo](
-        config.get("policy", "MlpPolicy"), env, seed=args.seed, device=args.device, verbose=args.verbose, **kwargs
-    )
+    env = make_train_env(args, config)
+    try:
+        model = ALGOS[args.algo](
+            config.get("policy", "MlpPolicy"), env, seed=args.seed, device=args.device, verbose=args.verbose, **kwargs
+        )
+    except (TypeError, AssertionError) as exc:  # SB3 checks its arguments with assert; a wrong type raises TypeError
+        env.close()
+        raise UsageError(f"{args.algo} rejected the hyperparameters ({str(exc).splitlines()[0] or type(exc).__name__}): "
+                         f"check the values in {args.conf_file} and -params") from exc
     return model, env
 
 
@@ -251,10 +279,32 @@ def train(model: Any, env: Any, run_dir: Path, args: argparse.Namespace, config:
     return 0
 
 
-def resume(args: argparse.Namespace) -> Optional[tuple]:
-    """Set up the run in ``args.resume`` to continue from its checkpoint (None: it is already complete)."""
+#: args.yml keys that --resume relies on
+RESUME_KEYS = ("algo", "env", "seed", "device", "verbose", "tensorboard_log", "progress", "save_freq", "eval_freq")
+
+
+def read_run_files(run_dir: Path) -> tuple:
+    """``args.yml`` (as a Namespace) and ``config.yml`` of a run folder; UsageError when either is damaged."""
     import yaml
 
+    try:
+        saved = yaml.safe_load((run_dir / "args.yml").read_text())
+        config = yaml.safe_load((run_dir / "config.yml").read_text())
+        if not isinstance(saved, dict) or not isinstance(config, dict):
+            raise ValueError("not a YAML mapping")
+        missing = [k for k in RESUME_KEYS if k not in saved] + [k for k in ("n_timesteps",) if k not in config]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        int(config["n_timesteps"])
+    except (yaml.YAMLError, ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"--resume {run_dir}: args.yml or config.yml is damaged ({reason}); "
+                         "restore them from a copy or start a new run") from exc
+    return argparse.Namespace(**saved), config
+
+
+def resume(args: argparse.Namespace) -> Optional[tuple]:
+    """Set up the run in ``args.resume`` to continue from its checkpoint (None: it is already complete)."""
     from agents import ALGOS
     from agents.checkpoint import CHECKPOINT, read_checkpoint, restore_env, restore_model, restore_pending_logs
     from agents.checkpoint import truncate_logs
@@ -265,9 +315,8 @@ def resume(args: argparse.Namespace) -> Optional[tuple]:
     if missing:
         raise UsageError(f"--resume {run_dir}: not a run folder with a checkpoint (missing {', '.join(missing)}); "
                          "pass a folder written by train.py")
-    saved = argparse.Namespace(**yaml.safe_load(needed[0].read_text()))
+    saved, config = read_run_files(run_dir)
     set_threads(getattr(saved, "num_threads", 1))
-    config = yaml.safe_load(needed[1].read_text())
     state = read_checkpoint(needed[2])
     if state["num_timesteps"] >= int(config["n_timesteps"]):
         print(f"{run_dir} is complete ({state['num_timesteps']} of {config['n_timesteps']} steps); nothing to do")

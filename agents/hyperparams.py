@@ -64,8 +64,13 @@ def parse_schedule(key: str, value: Any) -> Any:
 
 def load_hyperparams(path: Path, env_id: str, atari: bool) -> Dict[str, Any]:
     """The entry for ``env_id``, else ``atari`` (for Atari ids), else ``default``; a copy, YAML-typed."""
-    with open(path) as f:
-        table = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            table = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise HyperparamError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}): fix the file") from exc
+    if not isinstance(table, dict):
+        raise HyperparamError(f"{path} must map env ids to entries (got {type(table).__name__}): see hyperparams/ppo.yml")
     for key in (env_id, "atari" if atari else None, "default"):
         if key is not None and key in table:
             return dict(table[key] or {})
@@ -104,6 +109,19 @@ def check_keys(keys: Iterable[str], cls: type) -> None:
             close = difflib.get_close_matches(key, sorted(allowed), n=3)
             hint = f"did you mean {', '.join(close)}?" if close else f"known keys: {', '.join(sorted(allowed))}"
             raise HyperparamError(f"unknown hyperparameter {key!r}: {hint}")
+
+
+def check_env_values(hyperparams: Dict[str, Any]) -> None:
+    """Raise for environment keys (``ENV_KEYS``) with impossible values, before anything is built."""
+    n_envs = hyperparams.get("n_envs", 1)
+    if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
+        raise HyperparamError(f"n_envs={n_envs!r}: use a positive integer, e.g. n_envs:8")
+    n = hyperparams.get("n_timesteps", 1)
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or n < 1:
+        raise HyperparamError(f"n_timesteps={n!r}: use a positive number of steps, e.g. n_timesteps:1e6")
+    stack = hyperparams.get("frame_stack")
+    if stack is not None and (isinstance(stack, bool) or not isinstance(stack, int) or stack < 1):
+        raise HyperparamError(f"frame_stack={stack!r}: use a positive integer, e.g. frame_stack:4")
 
 
 def to_constructor_kwargs(hyperparams: Dict[str, Any]) -> Dict[str, Any]:

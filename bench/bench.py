@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +46,8 @@ VARIANTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
 }
 
 
-def measure(case: str, variant: str, steps: int, seed: int, threads: Optional[int], queue: Any) -> None:
-    """Child process: build the model, time ``learn(steps)``, report steps/s and peak RSS."""
+def build_model(case: str, variant: str, seed: int, threads: Optional[int]):
+    """The model of one measurement: the case's env and hyperparameters, the variant's class and extras."""
     import torch
     from stable_baselines3 import PPO
 
@@ -62,7 +63,14 @@ def measure(case: str, variant: str, steps: int, seed: int, threads: Optional[in
                    frame_stack=config.get("frame_stack"))
     algo, extra = VARIANTS[variant]
     cls = PPO if algo == "stock" else ALGOS[algo]
-    model = cls(config.get("policy", "MlpPolicy"), env, seed=seed, device="cpu", **to_constructor_kwargs(config), **extra)
+    return cls(config.get("policy", "MlpPolicy"), env, seed=seed, device="cpu", **to_constructor_kwargs(config), **extra)
+
+
+def measure(case: str, variant: str, steps: int, seed: int, threads: Optional[int], queue: Any) -> None:
+    """Child process: build the model, time ``learn(steps)``, report steps/s and peak RSS."""
+    import torch
+
+    model = build_model(case, variant, seed, threads)
     start, cpu_start = time.perf_counter(), time.process_time()
     model.learn(steps)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
@@ -70,6 +78,22 @@ def measure(case: str, variant: str, steps: int, seed: int, threads: Optional[in
                "cpu_steps_per_s": model.num_timesteps / cpu, "cpu_seconds": cpu,
                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "torch_threads": torch.get_num_threads()})
+
+
+def run_child(ctx: Any, case: str, variant: str, steps: int, seed: int, threads: Optional[int]) -> dict:
+    """One measurement in a fresh process; a child that dies without reporting stops the benchmark."""
+    queue = ctx.Queue()
+    proc = ctx.Process(target=measure, args=(case, variant, steps, seed, threads, queue))
+    proc.start()
+    while True:
+        try:
+            out = queue.get(timeout=5)
+            break
+        except Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"bench.py: the {case}/{variant} measurement died (exit code {proc.exitcode})")
+    proc.join()
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -80,8 +104,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--out", default=str(ROOT / "results" / "bench" / "bench.json"))
+    p.add_argument("--out", default=None,
+                   help="JSON file to write, never an existing one (default: results/bench/bench-<UTC time>.json)")
     args = p.parse_args(argv)
+    out = Path(args.out or ROOT / "results" / "bench" / time.strftime("bench-%Y%m%d-%H%M%S.json", time.gmtime()))
+    if out.exists():
+        p.error(f"--out {out} exists: pass a new file name (published results are never overwritten)")
 
     ctx = mp.get_context("spawn")
     results: Dict[str, Dict[str, List[dict]]] = {}
@@ -90,11 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         results[case] = {v: [] for v in args.variants}
         for rep in range(args.repeats):
             for variant in args.variants:  # interleaved: every variant once per repeat
-                queue = ctx.Queue()
-                proc = ctx.Process(target=measure, args=(case, variant, steps, args.seed, args.threads, queue))
-                proc.start()
-                out = queue.get()
-                proc.join()
+                out = run_child(ctx, case, variant, steps, args.seed, args.threads)
                 results[case][variant].append(out)
                 print(f"{case:26s} {variant:14s} rep {rep}: {out['steps_per_s']:8.0f} steps/s, "
                       f"{out['cpu_steps_per_s']:8.0f} steps/cpu-s, peak {out['peak_rss_mib']:.0f} MiB", flush=True)
@@ -134,13 +158,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     import stable_baselines3
     import torch
 
+    from agents.cli import code_version
+
     meta = {"command": " ".join(["python", "bench/bench.py", *(argv if argv is not None else sys.argv[1:])]),
-            "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "code": code_version(),
             "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                          "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__},
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
             "repeats": args.repeats, "seed": args.seed, "threads": args.threads}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))
     print(f"\nwritten: {out}")

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "bench"))
-from bench import CASES, VARIANTS  # noqa: E402
+from bench import CASES, VARIANTS, build_model  # noqa: E402
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -37,22 +37,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from stable_baselines3 import PPO
 
-    from agents import ALGOS
-    from agents.hyperparams import load_hyperparams, to_constructor_kwargs
-    from envs import is_atari, make_env
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    env_id, conf, _ = CASES[args.case]
-    config = load_hyperparams(ROOT / conf, env_id, is_atari(env_id))
-    env = make_env(env_id, n_envs=config.get("n_envs", 1), seed=args.seed, normalize=config.get("normalize", False),
-                   frame_stack=config.get("frame_stack"))
-    algo, extra = VARIANTS[args.variant]
-    cls = PPO if algo == "stock" else ALGOS[algo]
-    model = cls(config.get("policy", "MlpPolicy"), env, seed=args.seed, device="cpu",
-                **to_constructor_kwargs(config), **extra)
+    model = build_model(args.case, args.variant, args.seed, args.threads)
 
     prof = cProfile.Profile()
     start = time.perf_counter()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch as th
+import yaml
 from stable_baselines3.common.logger import configure
 from tbparse import SummaryReader
 
@@ -139,9 +140,22 @@ def test_resume_refuses_non_run_folders(tmp_path: Path, make, named: str) -> Non
     assert res.returncode == 2 and named in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args_text, named", [("algo: [\n", "args.yml or config.yml is damaged"),
+                                              ("algo: ppo\n", "missing env")])
+def test_resume_refuses_damaged_run_files(tmp_path: Path, args_text: str, named: str) -> None:
+    (tmp_path / "args.yml").write_text(args_text)
+    (tmp_path / "config.yml").write_text("n_timesteps: 128\n")
+    (tmp_path / "checkpoint.pkl").write_bytes(b"kept")
+    res = run_script("train.py", ["--resume", str(tmp_path)])
+    assert res.returncode == 2 and named in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert (tmp_path / "checkpoint.pkl").read_bytes() == b"kept"
+
+
 def test_resume_refuses_a_corrupt_checkpoint(tmp_path: Path) -> None:
-    for name in ("args.yml", "config.yml"):
-        (tmp_path / name).write_text("{}\n")
+    args = {"algo": "ppo", "env": "CartPole-v1", "seed": 1, "device": "cpu", "verbose": 0, "tensorboard_log": None,
+            "progress": False, "save_freq": 0, "eval_freq": -1}
+    (tmp_path / "args.yml").write_text(yaml.safe_dump(args))
+    (tmp_path / "config.yml").write_text("n_timesteps: 128\n")
     (tmp_path / "checkpoint.pkl").write_bytes(b"\x80\x04truncated")
     res = run_script("train.py", ["--resume", str(tmp_path)])
     assert res.returncode == 2 and "checkpoint" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -60,11 +60,17 @@ BAD_INPUT = [
     (["--algo", "ppo", "--env", "CartPole-v1", "-params", "clip_range:1.5"], "clip_range=1.5"),
     (["--algo", "dualclip", "--env", "CartPole-v1", "--loss-agg-mode", "mean"], "mean"),
     (["--algo", "ppo", "--env", "CartPole-v1", "-n", "0"], "-n 0"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--device", "foo"], "--device foo"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-params", "n_envs:0"], "n_envs=0"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-params", "n_steps:abc"], "ppo rejected the hyperparameters"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--loss-agg-mode", "seq-mean-token-sum"], "seq-mean-token-sum"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-conf", "broken.yml"], "broken.yml is not valid YAML"),
 ]
 
 
 @pytest.mark.parametrize("argv, named", BAD_INPUT, ids=[" ".join(a[2:]) for a, _ in BAD_INPUT])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, argv: list, named: str) -> None:
+    (tmp_path / "broken.yml").write_text("default: [\n")
     res = run_script("train.py", [*argv, "-f", str(tmp_path / "logs")], cwd=tmp_path)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
@@ -79,3 +85,19 @@ def test_existing_run_name_is_refused(tmp_path) -> None:
     res = run_script("train.py", ["--algo", "ppo", "--env", "CartPole-v1", "-f", str(tmp_path), "--run-name", "mine"])
     assert res.returncode == 2 and "mine" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep.txt"]
+
+
+def test_given_flags_win_over_the_yaml_and_tensorboard_folders_never_collide(tmp_path) -> None:
+    common = ["--algo", "dualclip", "--env", "CartPole-v1", "-n", "64", "--seed", "1", "--verbose", "0",
+              "-tb", str(tmp_path / "tb"), *TINY_PARAMS, "dual_clip:5", "loss_agg_mode:seq-mean-token-mean"]
+    assert run_script("train.py", [*common, "-f", str(tmp_path / "a")]).returncode == 0
+    config = yaml.safe_load((tmp_path / "a" / "dualclip_CartPole-v1_lag0_s1" / "config.yml").read_text())
+    assert config["dual_clip"] == 5 and config["loss_agg_mode"] == "seq-mean-token-mean"  # -params stand
+    res = run_script("train.py", [*common, "-f", str(tmp_path / "b"), "--dual-clip", "2",
+                                  "--loss-agg-mode", "token-mean"])
+    assert res.returncode == 0, res.stderr
+    # the same run name under another -f: its TensorBoard folder in the shared -tb is taken, so it gets _2
+    config = yaml.safe_load((tmp_path / "b" / "dualclip_CartPole-v1_lag0_s1_2" / "config.yml").read_text())
+    assert config["dual_clip"] == 2.0 and config["loss_agg_mode"] == "token-mean"  # the flags win
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["dualclip_CartPole-v1_lag0_s1",
+                                                                     "dualclip_CartPole-v1_lag0_s1_2"]
