@@ -7,9 +7,12 @@
 Runs go to ``<runs-root>/<name>/<algo>_lag<K>_s<seed>`` (default runs-root: logs/sweeps, not committed); a run
 whose ``model.zip`` exists is finished and skipped, a run cut off mid-way continues from its checkpoint
 (``train.py --resume``), so an interrupted sweep resumes where it stopped (a run cut off before its first checkpoint
-is moved aside to ``<run>.interrupted-<time>`` and started again: nothing is overwritten).
-``results/<name>/`` receives ``summary.csv``, ``summary.md`` and ``sweep.yml`` (the command, versions, machine),
-all written by this script from the runs' TensorBoard events. ``--summarise-only`` rebuilds them.
+is moved aside to ``<run>.interrupted-<time>`` and started again: nothing is overwritten). An existing run whose
+``config.yml`` or seed differ from the grid's (say, another ``n_timesteps``) is refused, never reused.
+``results/<name>/`` receives ``summary.csv``, ``summary.md`` and ``sweep.yml`` (the command, the grid, versions,
+machine), all written by this script from the runs' TensorBoard events; every run of the grid is listed with its
+status, unfinished ones too, and the exit code is 1 while any is unfinished. ``--summarise-only`` rebuilds them
+(and refuses to, leaving results/ as they are, when no run of the grid has finished).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from agents.cli import OneLineParser, code_version
 
@@ -43,18 +46,21 @@ COLUMNS = (
 
 
 GRID_KEYS = ("env", "algos", "lags", "lag_mode", "seeds", "n_timesteps", "hyperparams", "conf_file")
+#: defaults of the grid flags for a sweep given by name (a grid file sets its own)
+GRID_DEFAULTS = {"algos": ["ppo", "dualclip", "decoupled"], "lags": [0], "lag_mode": "fixed", "seeds": [1],
+                 "hyperparams": [], "conf_file": None}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = OneLineParser(prog="sweep.py", description=__doc__.split("\n\n")[0])
     p.add_argument("targets", nargs="+", help="ablations/*.yml grid files, or one sweep name with the grid flags")
     p.add_argument("--env", default=None)
-    p.add_argument("--algos", nargs="+", default=["ppo", "dualclip", "decoupled"])
-    p.add_argument("--lags", nargs="+", type=int, default=[0])
-    p.add_argument("--lag-mode", default="fixed")
-    p.add_argument("--seeds", nargs="+", type=int, default=[1])
+    p.add_argument("--algos", nargs="+", default=None, help="default: ppo dualclip decoupled")
+    p.add_argument("--lags", nargs="+", type=int, default=None, help="default: 0")
+    p.add_argument("--lag-mode", default=None, help="default: fixed")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 1")
     p.add_argument("-n", "--n-timesteps", type=int, default=None)
-    p.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE")
+    p.add_argument("-params", "--hyperparams", nargs="+", default=None, metavar="KEY:VALUE")
     p.add_argument("-conf", "--conf-file", default=None)
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each pinned to 1 torch thread)")
     p.add_argument("--save-freq", type=int, default=20_000, help="checkpoint every N steps (resume unit)")
@@ -62,6 +68,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--results-root", default=str(HERE / "results"))
     p.add_argument("--summarise-only", action="store_true")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: use 1 or more parallel runs")
+    files = [t for t in args.targets if t.endswith((".yml", ".yaml"))]
+    given = [k for k in GRID_KEYS if getattr(args, k) is not None]
+    if files and given:
+        p.error(f"--{given[0].replace('_', '-')} with a grid file: the file sets the grid; edit it or name a sweep")
+    if not files and len(args.targets) > 1:
+        p.error(f"several targets {' '.join(args.targets)}: give grid files (*.yml) or one sweep name")
     args.specs = [grid_spec(p, args, target) for target in args.targets]
     return args
 
@@ -70,53 +84,114 @@ def grid_spec(p: argparse.ArgumentParser, args: argparse.Namespace, target: str)
     """One sweep: a YAML grid file (its stem is the name; keys as the grid flags) or a name plus the flags."""
     import yaml
 
+    from agents import ALGOS, LAG_MODES
+
     spec = argparse.Namespace(**vars(args))
     if target.endswith((".yml", ".yaml")):
         if not Path(target).is_file():
             p.error(f"grid file {target} not found: pass an existing ablations/*.yml")
-        table = yaml.safe_load(Path(target).read_text()) or {}
+        try:
+            table = yaml.safe_load(Path(target).read_text()) or {}
+        except yaml.YAMLError as exc:
+            p.error(f"grid file {target} is not valid YAML ({str(exc).splitlines()[0]}): fix the file")
+        if not isinstance(table, dict):
+            p.error(f"grid file {target} must be a mapping of {', '.join(GRID_KEYS)}")
         unknown = sorted(set(table) - set(GRID_KEYS))
         if unknown:
             p.error(f"{target}: unknown keys {', '.join(unknown)}: use {', '.join(GRID_KEYS)}")
-        for key, value in table.items():
-            setattr(spec, key, value)
+        for key in GRID_KEYS:
+            setattr(spec, key, table.get(key))
         spec.name = Path(target).stem
     else:
         spec.name = target
-    if spec.env is None or spec.n_timesteps is None:
-        p.error(f"sweep {spec.name!r} needs --env and -n (or a grid file that sets env and n_timesteps)")
+    for key, value in GRID_DEFAULTS.items():
+        if getattr(spec, key) is None:
+            setattr(spec, key, value)
+    where = f"sweep {spec.name!r}"
+    if not isinstance(spec.env, str) or not _is_int(spec.n_timesteps) or spec.n_timesteps < 1:
+        p.error(f"{where} needs --env and a positive -n (or a grid file that sets env and n_timesteps)")
+    for key, ok, fix in (
+        ("algos", lambda v: v in ALGOS, f"choose from {', '.join(sorted(ALGOS))}"),
+        ("lags", lambda v: _is_int(v) and v >= 0, "use non-negative integers, e.g. [0, 4]"),
+        ("seeds", _is_int, "use integers, e.g. [1, 2, 3]"),
+        ("hyperparams", lambda v: isinstance(v, str), "use key:value strings, e.g. ['n_epochs:10']"),
+    ):
+        values = getattr(spec, key)
+        if not isinstance(values, list) or not values and key != "hyperparams":
+            p.error(f"{where}: {key}={values!r} must be a list: {fix}")
+        bad = [v for v in values if not ok(v)]
+        if bad:
+            p.error(f"{where}: {key} value {bad[0]!r}: {fix}")
+    if spec.lag_mode not in LAG_MODES:
+        p.error(f"{where}: lag_mode {spec.lag_mode!r}: choose from {', '.join(LAG_MODES)}")
     return spec
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def run_name(algo: str, lag: int, seed: int) -> str:
     return f"{algo}_lag{lag}_s{seed}"
 
 
-def launch(args: argparse.Namespace, runs_dir: Path, algo: str, lag: int, seed: int) -> str:
+def train_argv(args: argparse.Namespace, runs_dir: Path, algo: str, lag: int, seed: int) -> List[str]:
+    """The train.py arguments of one run of the grid."""
+    argv = ["--algo", algo, "--env", args.env, "-n", str(args.n_timesteps), "--seed", str(seed), "--policy-lag",
+            str(lag), "--lag-mode", args.lag_mode, "-f", str(runs_dir), "--run-name", run_name(algo, lag, seed),
+            "--verbose", "0", "--save-freq", str(args.save_freq)]
+    if args.conf_file:
+        argv += ["-conf", args.conf_file]
+    if args.hyperparams:
+        argv += ["-params", *args.hyperparams]
+    return argv
+
+
+def settings_differ(run: Path, argv: List[str]) -> Optional[str]:
+    """Why an existing run does not belong to this grid (its config.yml or seed differ), else None."""
+    import yaml
+
+    import train
+
+    expected = yaml.safe_load(yaml.safe_dump(train.build_config(train.parse_args(argv))))
+    config = yaml.safe_load((run / "config.yml").read_text()) if (run / "config.yml").is_file() else {}
+    saved = yaml.safe_load((run / "args.yml").read_text()) if (run / "args.yml").is_file() else {}
+    keys = sorted(k for k in set(expected) | set(config) if expected.get(k) != config.get(k))
+    if keys:
+        k = keys[0]
+        return f"{k} is {config.get(k)!r} there, {expected.get(k)!r} in this grid"
+    seed = int(argv[argv.index("--seed") + 1])
+    if saved.get("seed") != seed:
+        return f"seed is {saved.get('seed')!r} there, {seed} in this grid"
+    return None
+
+
+def launch(args: argparse.Namespace, runs_dir: Path, algo: str, lag: int, seed: int) -> Tuple[str, bool]:
+    """Run (or continue, or skip) one run; returns a report line and whether the run is finished."""
     name = run_name(algo, lag, seed)
     run = runs_dir / name
+    argv = train_argv(args, runs_dir, algo, lag, seed)
+    if (run / "model.zip").is_file() or (run / "checkpoint.pkl").is_file():
+        differ = settings_differ(run, argv)
+        if differ:
+            return f"{name}: REFUSED, the existing run has other settings ({differ}): use another --runs-root", False
     if (run / "model.zip").is_file():
-        return f"{name}: done earlier, skipped"
+        return f"{name}: done earlier, skipped", True
     if (run / "checkpoint.pkl").is_file():  # cut off mid-way: continue from its checkpoint
         cmd = [sys.executable, str(HERE / "train.py"), "--resume", str(run)]
     else:
         if run.exists():  # cut off before its first checkpoint: keep it aside, start again
             run.rename(run.with_name(f"{name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"))
-        cmd = [sys.executable, str(HERE / "train.py"), "--algo", algo, "--env", args.env, "-n", str(args.n_timesteps),
-               "--seed", str(seed), "--policy-lag", str(lag), "--lag-mode", args.lag_mode, "-f", str(runs_dir),
-               "--run-name", name, "--verbose", "0", "--save-freq", str(args.save_freq)]
-        if args.conf_file:
-            cmd += ["-conf", args.conf_file]
-        if args.hyperparams:
-            cmd += ["-params", *args.hyperparams]
+        cmd = [sys.executable, str(HERE / "train.py"), *argv]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     start = time.time()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     status = "ok" if res.returncode == 0 else f"FAILED rc={res.returncode}: {res.stderr.strip()[-300:]}"
-    return f"{name}: {status} ({time.time() - start:.0f} s)"
+    return f"{name}: {status} ({time.time() - start:.0f} s)", res.returncode == 0
 
 
 def summarise_run(run: Path) -> Dict[str, object]:
+    """The COLUMNS of one finished run (floats; "" where the tag is absent), its steps and code version."""
     import yaml
     from tbparse import SummaryReader
 
@@ -127,13 +202,23 @@ def summarise_run(run: Path) -> Dict[str, object]:
         if len(values) == 0:
             row[column] = ""
             continue
-        value = {"last": values.iloc[-1], "max": values.max(), "mean": values.mean()}[how]
-        row[column] = f"{value:.4g}"
-    steps = scalars["step"].max() if len(scalars) else 0
-    row["steps"] = int(steps)
+        row[column] = float({"last": values.iloc[-1], "max": values.max(), "mean": values.mean()}[how])
+    row["steps"] = int(scalars["step"].max()) if len(scalars) else 0
     args = yaml.safe_load((run / "args.yml").read_text()) if (run / "args.yml").is_file() else {}
     row["code"] = args.get("code", "")  # the code version train.py ran
     return row
+
+
+def run_status(run: Path, argv: List[str]) -> str:
+    """finished, incomplete (a checkpoint, no model), missing, or "other settings (...)" for a run of another grid."""
+    if not (run / "model.zip").is_file():
+        return "incomplete" if (run / "checkpoint.pkl").is_file() else "missing"
+    differ = settings_differ(run, argv)
+    return f"other settings ({differ})" if differ else "finished"
+
+
+def fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 #: columns averaged over seeds in the per-arm table
@@ -141,28 +226,31 @@ ARM_COLUMNS = ("final_return", "behavior_kl", "would_bound", "pg_clipfrac_lower"
 
 
 def by_arm(rows: List[Dict[str, object]]) -> List[str]:
-    """Markdown table: per (algo, lag), mean +- sample std over seeds of ARM_COLUMNS, with the seed count."""
+    """Markdown table: per (algo, lag), mean +- sample std over the finished seeds of ARM_COLUMNS."""
     import statistics
 
     arms: Dict[tuple, List[Dict[str, object]]] = {}
     for row in rows:
         arms.setdefault((row["algo"], row["lag"]), []).append(row)
-    lines = ["| algo | lag | seeds | " + " | ".join(ARM_COLUMNS) + " |", "|" + "---|" * (3 + len(ARM_COLUMNS))]
+    lines = ["| algo | lag | seeds finished | " + " | ".join(ARM_COLUMNS) + " |",
+             "|" + "---|" * (3 + len(ARM_COLUMNS))]
     for (algo, lag), group in arms.items():
+        done = [r for r in group if r["status"] == "finished"]
         cells = []
         for column in ARM_COLUMNS:
-            values = [float(r[column]) for r in group if r[column] != ""]
+            values = [r[column] for r in done if isinstance(r[column], float)]
             if not values:
                 cells.append("")
             elif len(values) == 1:
                 cells.append(f"{values[0]:.4g}")
             else:
                 cells.append(f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}")
-        lines.append(f"| {algo} | {lag} | {len(group)} | " + " | ".join(cells) + " |")
-    return ["Mean ± sample standard deviation over seeds:", ""] + lines
+        lines.append(f"| {algo} | {lag} | {len(done)} of {len(group)} | " + " | ".join(cells) + " |")
+    return ["Mean ± sample standard deviation over the finished seeds:", ""] + lines
 
 
-def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: List[str], code: str) -> None:
+def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: List[str], code: str) -> int:
+    """Write results/<name>/ from the runs; returns the number of unfinished runs (all of them are listed)."""
     import csv
 
     import gymnasium
@@ -173,24 +261,27 @@ def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: Lis
     rows = []
     for algo, lag, seed in itertools.product(args.algos, args.lags, args.seeds):
         run = runs_dir / run_name(algo, lag, seed)
-        if (run / "model.zip").is_file():
-            rows.append({"algo": algo, "lag": lag, "seed": seed, **summarise_run(run)})
+        status = run_status(run, train_argv(args, runs_dir, algo, lag, seed))
+        row = summarise_run(run) if status == "finished" else {c: "" for c, _, _ in COLUMNS}
+        rows.append({"algo": algo, "lag": lag, "seed": seed, "status": status, "steps": "", "code": "", **row})
+    finished = sum(r["status"] == "finished" for r in rows)
+    if finished == 0:
+        raise SystemExit(f"sweep.py: no finished run under {runs_dir}: run the sweep first ({out_dir} left as it was)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    fields = ["algo", "lag", "seed", "steps"] + [c for c, _, _ in COLUMNS] + ["code"]
+    fields = ["algo", "lag", "seed", "status", "steps"] + [c for c, _, _ in COLUMNS] + ["code"]
     with open(out_dir / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: fmt(r[k]) for k in fields} for r in rows)
     lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
-    lines += ["| " + " | ".join(str(r[k]) for k in fields) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in fields) + " |" for r in rows]
     meta = {
         "command": shlex.join(["python", "sweep.py", *argv]),
-        "env": args.env,
-        "n_timesteps": args.n_timesteps,
-        "seeds": args.seeds,
-        "hyperparams_overrides": args.hyperparams,
+        "grid": {key: getattr(args, key) for key in GRID_KEYS},
+        "save_freq": args.save_freq,
         "runs_dir": str(runs_dir),
-        "finished_runs": len(rows),
+        "finished_runs": finished,
+        "grid_runs": len(rows),
         "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "code_at_start": code,
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
@@ -202,15 +293,18 @@ def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: Lis
     with open(out_dir / "sweep.yml", "w") as f:
         yaml.safe_dump(meta, f, sort_keys=False)
     header = [f"# Sweep `{args.name}`: {args.env}, {args.n_timesteps} steps per run", "",
-              f"Written by `{meta['command']}` (see sweep.yml for versions and machine). "
+              f"Written by `{meta['command']}` (see sweep.yml for the grid, versions and machine). "
               "Columns: " + "; ".join(f"{c} = {d}" for c, d in meta["columns"].items()) + ".", ""]
     (out_dir / "summary.md").write_text("\n".join(header + by_arm(rows) + ["", "Every run:", ""] + lines) + "\n")
+    return len(rows) - finished
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run every grid, then summarise it; exit code 1 when a run failed or is unfinished (all are listed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     code = code_version()  # taken before the runs start: the code they ran
+    unfinished = 0
     for spec in args.specs:
         runs_dir = Path(spec.runs_root) / spec.name
         out_dir = Path(spec.results_root) / spec.name
@@ -218,11 +312,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             runs_dir.mkdir(parents=True, exist_ok=True)
             grid = list(itertools.product(spec.algos, spec.lags, spec.seeds))
             with ThreadPoolExecutor(max_workers=spec.jobs) as pool:
-                for line in pool.map(lambda g: launch(spec, runs_dir, *g), grid):
+                for line, _ in pool.map(lambda g: launch(spec, runs_dir, *g), grid):
                     print(line, flush=True)
-        summarise(spec, runs_dir, out_dir, argv, code)
-        print(f"summary: {out_dir / 'summary.md'}")
-    return 0
+        missing = summarise(spec, runs_dir, out_dir, argv, code)
+        unfinished += missing
+        print(f"summary: {out_dir / 'summary.md'}" + (f" ({missing} runs unfinished, listed)" if missing else ""))
+    return 1 if unfinished else 0
 
 
 if __name__ == "__main__":
