@@ -51,10 +51,7 @@ class DecoupledPPO(DualClipPPO):
             old, prox, new, adv, mask, is_weight_max=self.is_weight_max, **self._loss_options(clip_range)
         )
         return out.loss, {
-            "pg_clipfrac": out.clip_fraction,
-            "pg_clipfrac_lower": out.clip_fraction_lower,
-            "ppo_kl": out.approx_kl,
-            "ratio_max_minibatch": out.ratio_max,
+            **self._pg_metrics(out),
             "is_weight_mean": out.is_weight_mean,
             "is_weight_max": out.is_weight_max,
             "is_weight_truncated": out.is_weight_truncated,

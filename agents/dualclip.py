@@ -75,7 +75,13 @@ class DualClipPPO(LaggedPPO):
         """The policy loss of one minibatch and its diagnostics (tensors, no host sync)."""
         (old, new, adv), mask = self._per_sequence(data, data.old_log_prob, log_prob, advantages)
         out = compute_policy_loss(old, new, adv, mask, **self._loss_options(clip_range))
-        return out.loss, {
+        return out.loss, self._pg_metrics(out)
+
+    @staticmethod
+    def _pg_metrics(out: Any) -> Dict[str, th.Tensor]:
+        """The ``train/*`` metrics every loss of :mod:`agents.losses` reports (logged as their mean over minibatches
+        and epochs; ``ratio_max_minibatch`` as the maximum)."""
+        return {
             "pg_clipfrac": out.clip_fraction,
             "pg_clipfrac_lower": out.clip_fraction_lower,
             "ppo_kl": out.approx_kl,

@@ -5,8 +5,8 @@ policy pi_theta being trained. We simulate that on one machine: the rollout of i
 policy's parameters after update t-K (the initial parameters while t < K), and the buffer stores
 log mu(a|s) as ``old_log_prob``, so every PPO ratio downstream is pi_theta / mu. Nothing recomputes it.
 
-Only ``collect_rollouts`` differs from SB3 (lines marked ``# LAG``), plus the start-of-update diagnostics.
-With ``policy_lag=0`` training is bit-identical to stock PPO (tests/test_agents.py), only faster: ``train`` is
+``collect_rollouts`` differs from SB3 in the lines marked ``# LAG``; ``train`` is SB3's with the start-of-update
+diagnostics added and the lines marked ``# OURS`` changed for speed and metrics. With ``policy_lag=0`` training is bit-identical to stock PPO (tests/test_agents.py), only faster: ``train`` is
 SB3's ``PPO.train`` line for line with the host syncs moved out of the minibatch loop, and the "fast path" below
 (Gaussian maths without distribution objects, plain layers without ``nn.Module.__call__``, torch's Adam arithmetic
 without its per-call overhead, the buffer converted to torch once per rollout) runs the same tensor operations
@@ -36,6 +36,8 @@ from agents.fastpath import adam_step, clip_grad_norm, fast_evaluate_actions, fa
 from agents.losses import LOG_RATIO_CLAMP
 
 LAG_MODES = ("fixed", "uniform", "per-env")
+#: observations per batched no-grad pass over a rollout (learner values, learner log-probs)
+CHUNK = 1024
 Snapshot = Dict[str, th.Tensor]
 
 
@@ -188,7 +190,8 @@ class LaggedPPO(PPO):
     def _learner_values(self, rollout_buffer: RolloutBuffer) -> None:
         """Overwrite the buffer's values with the learner's critic, batched (see ``collect_rollouts``).
 
-        When actor and critic share their features extractor (SB3's CNN policies), the same pass also computes the
+        When actor and critic share their features extractor (SB3's default, ``share_features_extractor=True``), the
+        same pass also computes the
         learner's log-probs of the stored actions, which ``train`` needs next (``_learner_log_probs``): the features
         are computed once instead of twice. Same modules, same inputs, same chunks: the same values bit for bit.
         """
@@ -203,10 +206,9 @@ class LaggedPPO(PPO):
             and all(getattr(type(policy), m) is getattr(ActorCriticPolicy, m)
                     for m in ("predict_values", "get_distribution", "_get_action_dist_from_latent"))
         )
-        chunk = 1024
         values, log_probs = [], []
-        for i in range(0, n, chunk):
-            obs_i = obs_as_tensor(obs[i : i + chunk], self.device)
+        for i in range(0, n, CHUNK):
+            obs_i = obs_as_tensor(obs[i : i + CHUNK], self.device)
             if not shared:
                 values.append(policy.predict_values(obs_i).flatten())
                 continue
@@ -214,7 +216,7 @@ class LaggedPPO(PPO):
             features = BaseModel.extract_features(policy, obs_i, policy.features_extractor)
             values.append(policy.value_net(policy.mlp_extractor.forward_critic(features)).flatten())
             dist = policy._get_action_dist_from_latent(policy.mlp_extractor.forward_actor(features))
-            act_i = self._discrete_actions(th.as_tensor(actions[i : i + chunk], device=self.device))
+            act_i = self._discrete_actions(th.as_tensor(actions[i : i + CHUNK], device=self.device))
             log_probs.append(dist.log_prob(act_i))
         rollout_buffer.values[:] = th.cat(values).cpu().numpy().reshape(n_steps, n_envs)
         self._learner_log_prob_cache = log_probs or None
@@ -354,11 +356,10 @@ class LaggedPPO(PPO):
         return log_prob
 
     def _learner_log_prob_chunks(self, obs: np.ndarray, actions: np.ndarray) -> List[th.Tensor]:
-        chunk = 1024
         out = []
-        for i in range(0, len(obs), chunk):
-            obs_i = obs_as_tensor(obs[i : i + chunk], self.device)
-            act_i = self._discrete_actions(th.as_tensor(actions[i : i + chunk], device=self.device))
+        for i in range(0, len(obs), CHUNK):
+            obs_i = obs_as_tensor(obs[i : i + CHUNK], self.device)
+            act_i = self._discrete_actions(th.as_tensor(actions[i : i + CHUNK], device=self.device))
             if self._fast_ok():
                 out.append(fast_log_prob(self.policy, obs_i, act_i))
             else:
@@ -371,10 +372,10 @@ class LaggedPPO(PPO):
         return mine.keys() == theirs.keys() and all(th.equal(t, theirs[k]) for k, t in mine.items())
 
     @th.no_grad()
-    def _log_lag_diagnostics(self) -> None:
-        """How far the data's behaviour policy is from the learner, measured before the update starts."""
+    def _log_lag_diagnostics(self, log_prob: th.Tensor) -> None:
+        """How far the data's behaviour policy is from the learner (``log_prob``: its log pi_theta of every stored
+        step), measured before the update starts."""
         buf = self.rollout_buffer
-        log_prob = self._learner_log_probs()
         old_log_prob = th.as_tensor(buf.log_probs.reshape(-1), device=log_prob.device)
         log_ratio = th.clamp(log_prob - old_log_prob, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
         ratio = th.exp(log_ratio)
@@ -409,7 +410,7 @@ class LaggedPPO(PPO):
         the end of the update instead of five per minibatch; the Gaussian maths runs on the fast path
         (:func:`fast_evaluate_actions`). Same operations in the same order: bit-identical to stock SB3.
         """
-        self._log_lag_diagnostics()  # OURS: lag diagnostics at the start of the update
+        self._log_lag_diagnostics(self._learner_log_probs())  # OURS: lag diagnostics (and pi_prox) before the update
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
@@ -480,9 +481,10 @@ class LaggedPPO(PPO):
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
 
-        # OURS: one host sync for all metrics, each averaged over all minibatches and epochs
+        # OURS: one host sync for all metrics, each over all minibatches and epochs: the maximum for *_max keys,
+        # the mean for the others
         for key, values_list in metrics.items():
-            self.logger.record(f"train/{key}", _mean(values_list))
+            self.logger.record(f"train/{key}", _max(values_list) if "_max" in key else _mean(values_list))
         if approx_kl_divs:
             self.logger.record("train/approx_kl", _mean(approx_kl_divs))
         self.logger.record("train/loss", loss.item())
@@ -499,3 +501,8 @@ class LaggedPPO(PPO):
 def _mean(values: List[th.Tensor]) -> float:
     """Mean of per-minibatch scalars in float64, as SB3's ``np.mean`` over their ``.item()`` values."""
     return float(np.mean(th.stack(values).double().cpu().numpy()))
+
+
+def _max(values: List[th.Tensor]) -> float:
+    """Maximum of per-minibatch scalars."""
+    return float(th.stack(values).max().item())

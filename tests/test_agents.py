@@ -99,7 +99,8 @@ def test_first_minibatch_ratio(policy_lag: int, expect_one: bool) -> None:
 
     "1" means up to float32 rounding (|log r| <= 1e-6): log mu was computed on a batch of n_envs observations and
     log pi on a minibatch of 32, and CPU matmul kernels may round differently for different batch sizes (stock
-    SB3 behaves the same). The first rollout is acted by the learner itself and is exactly 1.
+    SB3 behaves the same; on some CPUs even the first rollout, which the learner itself acts, is 1 only up to that
+    rounding).
     """
     first: List[float] = []
 
@@ -116,7 +117,7 @@ def test_first_minibatch_ratio(policy_lag: int, expect_one: bool) -> None:
 
     model = tiny_model(FirstRatio, "Pendulum-v1", n_envs=2, policy_lag=policy_lag, learning_rate=3e-3)
     model.learn(6 * 64 * 2)
-    assert first[0] == 0.0  # rollout 0 is acted by the initial policy, which is the learner
+    assert first[0] <= 1e-6  # rollout 0 is acted by the initial policy, which is the learner
     if expect_one:
         assert all(x <= 1e-6 for x in first)
     else:
@@ -184,13 +185,15 @@ def test_metric_keys(algo: str) -> None:
 
 
 def test_metrics_average_all_minibatches() -> None:
-    """train/pg_clipfrac is the mean over every minibatch of every epoch, not the last one."""
+    """train/pg_clipfrac is the mean over every minibatch of every epoch, not the last one; *_max keys the max."""
     values: List[float] = []
+    maxima: List[float] = []
 
     class Spy(DualClipPPO):
         def _policy_term(self, *args):
             loss, metrics = super()._policy_term(*args)
             values.append(metrics["pg_clipfrac"].item())
+            maxima.append(metrics["ratio_max_minibatch"].item())
             return loss, metrics
 
     model = Spy("MlpPolicy", "Pendulum-v1", seed=0, n_steps=128, batch_size=32, n_epochs=4, learning_rate=1e-2,
@@ -198,6 +201,7 @@ def test_metrics_average_all_minibatches() -> None:
     seen = _logged(model, 128)
     assert len(values) == 16
     assert seen["train/pg_clipfrac"][-1] == pytest.approx(np.mean(values), rel=1e-6)
+    assert seen["train/ratio_max_minibatch"][-1] == max(maxima) and len(set(maxima)) > 1
 
 
 # ------------------------------------------------------------------------------------------------ save/load
