@@ -283,8 +283,8 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     from envs import EnvError, check_env_id, is_atari, make_env
 
     if "OMP_NUM_THREADS" not in os.environ:
-        # One observation at a time: intra-op threads only add overhead, and on a busy 2-core machine OpenMP's
-        # spinning threads made a batch-1 CNN forward ~100x slower (108 ms vs 0.7 ms on one thread).
+        # One observation at a time: intra-op threads only add overhead, and on a busy machine OpenMP's spinning
+        # threads can slow a batch-1 forward pass down badly.
         import torch as th
 
         th.set_num_threads(1)

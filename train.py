@@ -154,16 +154,22 @@ def run_folder(args: argparse.Namespace) -> Path:
     return path
 
 
-def make_train_env(args: argparse.Namespace, config: Dict[str, Any], normalize: bool = True):
+def make_run_env(args: argparse.Namespace, config: Dict[str, Any], *, evaluation: bool = False,
+                 normalize: bool = True):
+    """The run's training environments (``n_envs`` copies, the run's seed), or with ``evaluation`` one copy seeded
+    apart (seed + 10000) whose normalisation statistics are not updated. ``normalize=False`` leaves VecNormalize
+    off (a resumed run restores its own)."""
     from envs import make_env
 
+    seed = args.seed + 10_000 if evaluation and args.seed is not None else args.seed
     return make_env(
         args.env,
-        n_envs=config.get("n_envs", 1),
-        seed=args.seed,
+        n_envs=1 if evaluation else config.get("n_envs", 1),
+        seed=seed,
         normalize=config.get("normalize", False) if normalize else False,
         frame_stack=config.get("frame_stack"),
         env_kwargs=config.get("env_kwargs"),
+        training=not evaluation,
     )
 
 
@@ -173,7 +179,7 @@ def make_model(args: argparse.Namespace, config: Dict[str, Any]):
     from agents.hyperparams import to_constructor_kwargs
 
     kwargs = to_constructor_kwargs(config)
-    env = make_train_env(args, config)
+    env = make_run_env(args, config)
     try:
         model = ALGOS[args.algo](
             config.get("policy", "MlpPolicy"), env, seed=args.seed, device=args.device, verbose=args.verbose, **kwargs
@@ -205,22 +211,12 @@ def callbacks(args: argparse.Namespace, config: Dict[str, Any], run_dir: Path) -
 
     from agents.callbacks import HParamCallback
     from agents.checkpoint import CHECKPOINT, CheckpointCallback
-    from envs import make_env
 
     out: list = [HParamCallback(args.algo, config), CheckpointCallback(run_dir / CHECKPOINT, args.save_freq)]
     if args.eval_freq > 0:
-        eval_env = make_env(
-            args.env,
-            n_envs=1,
-            seed=None if args.seed is None else args.seed + 10_000,
-            normalize=config.get("normalize", False),
-            frame_stack=config.get("frame_stack"),
-            env_kwargs=config.get("env_kwargs"),
-            training=False,
-        )
         out.append(
             EvalCallback(
-                eval_env,
+                make_run_env(args, config, evaluation=True),
                 n_eval_episodes=args.eval_episodes,
                 eval_freq=max(args.eval_freq // config.get("n_envs", 1), 1),
                 log_path=str(run_dir / "eval"),
@@ -321,7 +317,7 @@ def resume(args: argparse.Namespace) -> Optional[tuple]:
     if state["num_timesteps"] >= int(config["n_timesteps"]):
         print(f"{run_dir} is complete ({state['num_timesteps']} of {config['n_timesteps']} steps); nothing to do")
         return None
-    fresh = None if state["env"] is not None else make_train_env(saved, config, normalize=False)
+    fresh = None if state["env"] is not None else make_run_env(saved, config, normalize=False)
     env = restore_env(state, fresh)
     model = restore_model(ALGOS[saved.algo], state, env, saved.device)
     truncate_logs(tensorboard_dir(run_dir, saved), state["num_timesteps"])

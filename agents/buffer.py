@@ -2,7 +2,7 @@
 
 - ``segment_ids``: which episode segment a step belongs to (for the ``seq-*`` loss aggregation modes);
 - ``prox_log_probs``: the learner's log-prob of the stored action at the start of ``train()`` (the proximal
-  policy of decoupled PPO, and the source of the lag diagnostics).
+  policy of decoupled PPO).
 
 GAE and flattening are SB3's own; sampling gives SB3's minibatches value for value: the random permutation is
 drawn exactly as stock, so a run with this buffer consumes the global RNG identically to stock PPO, but the

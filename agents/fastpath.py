@@ -35,11 +35,7 @@ _HAS_SPLIT_CLIP = hasattr(th.nn.utils, "get_total_norm") and hasattr(th.nn.utils
 _HAS_ALL_TRUE = hasattr(th, "_is_all_true")
 
 
-# SB3 builds a torch ``Normal`` (with argument validation) for every forward pass; on the small MLPs of MuJoCo
-# that object construction costs about as much as the network. For the stock Gaussian actor-critic the functions
-# below run *the same tensor operations in the same order* as SB3's ``ActorCriticPolicy`` methods and torch's
-# ``Normal``, without the objects, so every value, gradient and RNG draw is bit-identical (tests/test_speedups.py).
-# Any other policy (custom subclasses, gSDE, squashed or discrete actions) takes SB3's own methods.
+# The methods a policy class must not override for the fast Gaussian path (see the module docstring).
 _GAUSSIAN_METHODS = ("forward", "evaluate_actions", "get_distribution", "extract_features", "_get_action_dist_from_latent")
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # the constant of torch's Normal.log_prob
 _ENTROPY_CONST = 0.5 + 0.5 * math.log(2 * math.pi)  # the constant of torch's Normal.entropy (added first, as there)

@@ -11,8 +11,8 @@ For one step with advantage ``A`` and ratio ``r = pi_theta(a|s) / mu(a|s)`` the 
 Worked example (the seed's): ``A = -10, r = 100, eps = 0.2, c = 3``: the PPO objective is
 ``min(-1000, -12) = -1000``; dual-clip bounds it at ``max(-1000, -30) = -30`` and its gradient w.r.t. ``r`` is 0.
 
-Everything here returns tensors (no ``.item()``), so callers can average diagnostics over many minibatches
-with a single host synchronisation.
+The losses return tensors (no ``.item()``), so callers can average diagnostics over many minibatches with a
+single host synchronisation; only ``pack_segments`` reads sizes from its segment ids.
 """
 
 from __future__ import annotations

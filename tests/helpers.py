@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,14 @@ def flat_params(model) -> th.Tensor:
 
 
 def run_script(script: str, args: List[str], cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run one of our entry points in a subprocess with this interpreter."""
+    """Run one of our entry points in a subprocess with this interpreter and one OpenMP thread (the tiny nets here
+    are fastest so, and OpenMP threads spin badly on a busy 2-core machine)."""
     return subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+def run(script: str, *args: object) -> subprocess.CompletedProcess:
+    """:func:`run_script` with the arguments given one by one (paths and numbers welcome)."""
+    return run_script(script, [str(a) for a in args])

@@ -8,31 +8,13 @@ import numpy as np
 import pytest
 
 import envs
-from tests.helpers import run_script
+from tests.helpers import run
 
 needs_ale = pytest.mark.skipif(not envs.HAS_ALE, reason="ale-py not installed: pip install -e '.[atari]'")
 
 # Three rollouts of 2 envs x 32 steps: the third is acted by the parameters of two updates ago.
 TINY = ["-n", "192", "--policy-lag", "2", "--seed", "0", "--verbose", "0",
         "-params", "n_envs:2", "n_steps:32", "batch_size:32", "n_epochs:1"]
-
-
-def run(script: str, *args: object):
-    """Run one of our scripts (train.py, evaluate.py) in a subprocess; one torch thread (see evaluate.py: the
-    tiny nets here are fastest so, and OpenMP threads spin badly on a busy 2-core machine)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        return run_script(script, [str(a) for a in args])
-
-
-def wrapper_chain(venv) -> list:
-    """Class names from the outermost gym wrapper of env 0 down to the ALE env."""
-    env, names = venv.unwrapped.envs[0], []
-    while True:
-        names.append(type(env).__name__)
-        if not hasattr(env, "env"):
-            return names
-        env = env.env
 
 
 @pytest.mark.parametrize("env_id", ["ALE/Breakout-v5", "BreakoutNoFrameskip-v4", "PongNoFrameskip-v4"])
@@ -43,7 +25,7 @@ def test_preprocessing_chain(env_id):
         assert venv.observation_space.shape == (4, 84, 84) and venv.observation_space.dtype == np.uint8
         obs = venv.reset()
         assert obs.shape == (1, 4, 84, 84) and obs.dtype == np.uint8
-        chain = wrapper_chain(venv)
+        chain = [type(w).__name__ for w in _walk(venv.unwrapped.envs[0])]  # outermost wrapper first
         expected = ["AtariWrapper", "ClipRewardEnv", "WarpFrame", "FireResetEnv", "EpisodicLifeEnv",
                     "MaxAndSkipEnv", "NoopResetEnv", "Monitor"]
         assert chain[: len(expected)] == expected, chain
@@ -56,6 +38,7 @@ def test_preprocessing_chain(env_id):
 
 
 def _walk(env):
+    """The gym wrappers of ``env`` from the outermost down to the base env."""
     while True:
         yield env
         if not hasattr(env, "env"):

@@ -9,18 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_script
+from tests.helpers import run
 
 TINY = ["-n", "256", "--policy-lag", "2", "--seed", "3", "--verbose", "0", "-params", "n_steps:64", "batch_size:64",
         "n_envs:1", "policy_kwargs:{net_arch: [16]}"]
-
-
-def run(script: str, *args: object):
-    """Run one of our scripts (train.py, evaluate.py) in a subprocess; one torch thread (see evaluate.py: the
-    tiny nets here are fastest so, and OpenMP threads spin badly on a busy 2-core machine)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        return run_script(script, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
