@@ -107,9 +107,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default=None,
                    help="JSON file to write, never an existing one (default: results/bench/bench-<UTC time>.json)")
     args = p.parse_args(argv)
-    out = Path(args.out or ROOT / "results" / "bench" / time.strftime("bench-%Y%m%d-%H%M%S.json", time.gmtime()))
-    if out.exists():
-        p.error(f"--out {out} exists: pass a new file name (published results are never overwritten)")
+    out_path = Path(args.out or ROOT / "results" / "bench" / time.strftime("bench-%Y%m%d-%H%M%S.json", time.gmtime()))
+    if out_path.exists():
+        p.error(f"--out {out_path} exists: pass a new file name (published results are never overwritten)")
 
     ctx = mp.get_context("spawn")
     results: Dict[str, Dict[str, List[dict]]] = {}
@@ -166,9 +166,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__},
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
             "repeats": args.repeats, "seed": args.seed, "threads": args.threads}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))
-    print(f"\nwritten: {out}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))
+    print(f"\nwritten: {out_path}")
     return 0
 
 

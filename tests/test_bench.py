@@ -1,0 +1,27 @@
+"""bench/bench.py end to end on a tiny budget: the JSON it writes, and that it never overwrites one."""
+
+from __future__ import annotations
+
+import json
+
+from tests.helpers import run
+
+
+def test_bench_writes_ratios_and_never_overwrites(tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--cases", "halfcheetah-tuned", "--variants", "stock-sb3", "dualclip-lag0", "dualclip-lag8",
+            "--steps", "512", "--repeats", "1", "--threads", "1", "--out", out]
+    res = run("bench/bench.py", *argv)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    case = data["summary"]["halfcheetah-tuned"]
+    assert case["stock-sb3"]["ratio_to_stock"] == 1.0
+    assert case["dualclip-lag0"]["median_steps_per_s"] > 0 and case["dualclip-lag0"]["peak_rss_mib"] > 0
+    lag = case["lag8_over_lag0"]["ratio"]
+    assert lag == case["dualclip-lag8"]["median_steps_per_s"] / case["dualclip-lag0"]["median_steps_per_s"]
+    assert all(r["steps"] == 512 for runs in data["runs"]["halfcheetah-tuned"].values() for r in runs)
+    assert data["meta"]["code"] and data["meta"]["versions"]["torch"]
+
+    before = out.read_text()
+    again = run("bench/bench.py", *argv)
+    assert again.returncode == 2 and "exists" in again.stderr and out.read_text() == before
