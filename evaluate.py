@@ -299,7 +299,9 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
         raise EvalError(f"--env {env_id}: {exc}" if args.env else str(exc)) from exc
     atari = is_atari(env_id)
     deterministic = (not atari) if args.deterministic is None else args.deterministic
-    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") % (2**31 - 1)
+    from agents.cli import draw_seed
+
+    seed = args.seed if args.seed is not None else draw_seed()
 
     model = load_model(ALGOS[algo], model_path)
 

@@ -18,7 +18,6 @@ before anything is written.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -347,7 +346,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         return 0 if resumed is None else train(*resumed)
     if args.seed is None:
-        args.seed = int.from_bytes(os.urandom(4), "little") % (2**31 - 1)
+        from agents.cli import draw_seed
+
+        args.seed = draw_seed()
     try:
         config = build_config(args)
         run_dir = run_folder(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +27,8 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(2)
+
+
+def draw_seed() -> int:
+    """A fresh random seed for a run that was given none (recorded with the run, so it can be repeated)."""
+    return int.from_bytes(os.urandom(4), "little") % (2**31 - 1)

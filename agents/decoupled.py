@@ -24,7 +24,7 @@ import torch as th
 
 from agents.buffer import LaggedRolloutBufferSamples
 from agents.dualclip import DualClipPPO
-from agents.losses import compute_decoupled_policy_loss
+from agents.losses import check_is_weight_max, compute_decoupled_policy_loss
 
 
 class DecoupledPPO(DualClipPPO):
@@ -38,8 +38,7 @@ class DecoupledPPO(DualClipPPO):
     def __init__(
         self, policy: Any, env: Any, *, is_weight_max: float = 100.0, dual_clip: Optional[float] = None, **kwargs: Any
     ) -> None:
-        if isinstance(is_weight_max, bool) or not isinstance(is_weight_max, (int, float)) or not is_weight_max > 0:
-            raise ValueError(f"is_weight_max={is_weight_max!r} must be a number > 0 (the reference uses 100)")
+        check_is_weight_max(is_weight_max)
         self.is_weight_max = float(is_weight_max)
         super().__init__(policy, env, dual_clip=dual_clip, **kwargs)
 

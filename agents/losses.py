@@ -71,6 +71,16 @@ def masked_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Ten
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def _valid(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The valid entries of ``values`` as a 1-D tensor."""
+    return values.reshape(-1) if mask is None else values[mask.bool()]
+
+
+def _max_or_nan(values: torch.Tensor) -> torch.Tensor:
+    """``values.max()``, NaN for an empty tensor (no valid step)."""
+    return values.max() if values.numel() else values.new_tensor(float("nan"))
+
+
 def agg_loss(loss_mat: torch.Tensor, mask: Optional[torch.Tensor] = None, loss_agg_mode: str = "token-mean") -> torch.Tensor:
     """Aggregate a per-step loss into a scalar.
 
@@ -114,6 +124,12 @@ def _clip_bounds(clip_range: float, clip_range_low: Optional[float], clip_range_
 def _check_dual_clip(dual_clip: Optional[float]) -> None:
     if dual_clip is not None and not dual_clip > 1.0:
         raise ValueError(f"dual_clip={dual_clip} must be > 1 (the paper uses 3.0); pass None for vanilla PPO")
+
+
+def check_is_weight_max(is_weight_max: float) -> None:
+    """w_max must be a number > 0."""
+    if isinstance(is_weight_max, bool) or not isinstance(is_weight_max, (int, float)) or not is_weight_max > 0:
+        raise ValueError(f"is_weight_max={is_weight_max!r} must be a number > 0 (the reference code uses 100)")
 
 
 def _clipped_surrogate(
@@ -164,13 +180,12 @@ def compute_policy_loss(
     loss = agg_loss(per_step, mask, loss_agg_mode)
     with torch.no_grad():
         ratio_d = ratio.detach()
-        valid_ratio = ratio_d if mask is None else ratio_d[mask.bool()]
         return PolicyLossOutput(
             loss=loss,
             clip_fraction=masked_mean(clip_active.to(ratio_d.dtype), mask),
             approx_kl=masked_mean(-log_ratio.detach(), mask),
             clip_fraction_lower=masked_mean(lower_active.to(ratio_d.dtype), mask),
-            ratio_max=valid_ratio.max() if valid_ratio.numel() else ratio_d.new_tensor(float("nan")),
+            ratio_max=_max_or_nan(_valid(ratio_d, mask)),
             ratio=ratio_d,
         )
 
@@ -205,8 +220,7 @@ def compute_decoupled_policy_loss(
     :param is_weight_max: truncation w_max of the importance weight (> 0)
     """
     _check_dual_clip(dual_clip)
-    if not is_weight_max > 0:
-        raise ValueError(f"is_weight_max={is_weight_max} must be > 0 (the reference code uses 100)")
+    check_is_weight_max(is_weight_max)
     _check_inputs(
         mask, old_log_prob=old_log_prob, prox_log_prob=prox_log_prob, log_prob=log_prob, advantages=advantages
     )
@@ -219,8 +233,7 @@ def compute_decoupled_policy_loss(
     weight = torch.clamp(raw_weight, max=is_weight_max)
     loss = agg_loss(weight * per_step, mask, loss_agg_mode)
     with torch.no_grad():
-        valid = torch.ones_like(weight, dtype=torch.bool) if mask is None else mask.bool()
-        w_valid, r_valid = weight[valid], ratio.detach()[valid]
+        w_valid = _valid(weight, mask)
         nan = weight.new_tensor(float("nan"))
         n = w_valid.numel()
         return DecoupledLossOutput(
@@ -228,9 +241,9 @@ def compute_decoupled_policy_loss(
             clip_fraction=masked_mean(clip_active.to(weight.dtype), mask),
             approx_kl=masked_mean(-log_ratio.detach(), mask),
             clip_fraction_lower=masked_mean(lower_active.to(weight.dtype), mask),
-            ratio_max=r_valid.max() if n else nan,
+            ratio_max=_max_or_nan(_valid(ratio.detach(), mask)),
             is_weight_mean=w_valid.mean() if n else nan,
-            is_weight_max=w_valid.max() if n else nan,
+            is_weight_max=_max_or_nan(w_valid),
             is_weight_truncated=masked_mean((raw_weight > is_weight_max).to(weight.dtype), mask),
             is_ess=effective_sample_size(w_valid) if n else nan,
         )
