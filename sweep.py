@@ -222,7 +222,7 @@ def fmt(value: object) -> str:
 
 
 #: columns averaged over seeds in the per-arm table
-ARM_COLUMNS = ("final_return", "behavior_kl", "would_bound", "pg_clipfrac_lower", "is_weight_truncated")
+ARM_COLUMNS = ("final_return", "behavior_kl", "ratio_p99", "would_bound", "pg_clipfrac_lower", "is_weight_truncated")
 
 
 def by_arm(rows: List[Dict[str, object]]) -> List[str]:
