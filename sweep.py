@@ -27,9 +27,9 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-from agents.cli import OneLineParser, code_version
+from agents.cli import OneLineParser, code_version, machine_info
 
 HERE = Path(__file__).resolve().parent
 #: TensorBoard scalars summarised per run: (column, tag, how)
@@ -153,7 +153,10 @@ def settings_differ(run: Path, argv: List[str]) -> Optional[str]:
 
     import train
 
-    expected = yaml.safe_load(yaml.safe_dump(train.build_config(train.parse_args(argv))))
+    try:
+        expected = yaml.safe_load(yaml.safe_dump(train.build_config(train.parse_args(argv))))
+    except (train.UsageError, ValueError) as exc:  # the grid's own files changed or an extra is missing
+        return f"this grid's config cannot be rebuilt here ({exc})"
     config = yaml.safe_load((run / "config.yml").read_text()) if (run / "config.yml").is_file() else {}
     saved = yaml.safe_load((run / "args.yml").read_text()) if (run / "args.yml").is_file() else {}
     keys = sorted(k for k in set(expected) | set(config) if expected.get(k) != config.get(k))
@@ -166,17 +169,17 @@ def settings_differ(run: Path, argv: List[str]) -> Optional[str]:
     return None
 
 
-def launch(args: argparse.Namespace, runs_dir: Path, algo: str, lag: int, seed: int) -> Tuple[str, bool]:
-    """Run (or continue, or skip) one run; returns a report line and whether the run is finished."""
+def launch(args: argparse.Namespace, runs_dir: Path, algo: str, lag: int, seed: int) -> str:
+    """Run (or continue, or skip) one run; returns a report line."""
     name = run_name(algo, lag, seed)
     run = runs_dir / name
     argv = train_argv(args, runs_dir, algo, lag, seed)
     if (run / "model.zip").is_file() or (run / "checkpoint.pkl").is_file():
         differ = settings_differ(run, argv)
         if differ:
-            return f"{name}: REFUSED, the existing run has other settings ({differ}): use another --runs-root", False
+            return f"{name}: REFUSED, the existing run has other settings ({differ}): use another --runs-root"
     if (run / "model.zip").is_file():
-        return f"{name}: done earlier, skipped", True
+        return f"{name}: done earlier, skipped"
     if (run / "checkpoint.pkl").is_file():  # cut off mid-way: continue from its checkpoint
         cmd = [sys.executable, str(HERE / "train.py"), "--resume", str(run)]
     else:
@@ -187,7 +190,7 @@ def launch(args: argparse.Namespace, runs_dir: Path, algo: str, lag: int, seed: 
     start = time.time()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     status = "ok" if res.returncode == 0 else f"FAILED rc={res.returncode}: {res.stderr.strip()[-300:]}"
-    return f"{name}: {status} ({time.time() - start:.0f} s)", res.returncode == 0
+    return f"{name}: {status} ({time.time() - start:.0f} s)"
 
 
 def summarise_run(run: Path) -> Dict[str, object]:
@@ -249,8 +252,9 @@ def by_arm(rows: List[Dict[str, object]]) -> List[str]:
     return ["Mean ± sample standard deviation over the finished seeds:", ""] + lines
 
 
-def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: List[str], code: str) -> int:
-    """Write results/<name>/ from the runs; returns the number of unfinished runs (all of them are listed)."""
+def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: List[str], code: str) -> Optional[int]:
+    """Write results/<name>/ from the runs; returns the number of unfinished runs (all of them are listed), or None
+    (and writes nothing) when no run of the grid has finished."""
     import csv
 
     import gymnasium
@@ -266,7 +270,7 @@ def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: Lis
         rows.append({"algo": algo, "lag": lag, "seed": seed, "status": status, "steps": "", "code": "", **row})
     finished = sum(r["status"] == "finished" for r in rows)
     if finished == 0:
-        raise SystemExit(f"sweep.py: no finished run under {runs_dir}: run the sweep first ({out_dir} left as it was)")
+        return None
     out_dir.mkdir(parents=True, exist_ok=True)
     fields = ["algo", "lag", "seed", "status", "steps"] + [c for c, _, _ in COLUMNS] + ["code"]
     with open(out_dir / "summary.csv", "w", newline="") as f:
@@ -286,8 +290,7 @@ def summarise(args: argparse.Namespace, runs_dir: Path, out_dir: Path, argv: Lis
         "code_at_start": code,
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                      "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__},
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
-                    "torch_threads_per_run": 1, "parallel_runs": args.jobs},
+        "machine": {**machine_info(), "torch_threads_per_run": 1, "parallel_runs": args.jobs},
         "columns": {c: f"{how} of {tag}" for c, tag, how in COLUMNS},
     }
     with open(out_dir / "sweep.yml", "w") as f:
@@ -312,9 +315,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             runs_dir.mkdir(parents=True, exist_ok=True)
             grid = list(itertools.product(spec.algos, spec.lags, spec.seeds))
             with ThreadPoolExecutor(max_workers=spec.jobs) as pool:
-                for line, _ in pool.map(lambda g: launch(spec, runs_dir, *g), grid):
+                for line in pool.map(lambda g: launch(spec, runs_dir, *g), grid):
                     print(line, flush=True)
         missing = summarise(spec, runs_dir, out_dir, argv, code)
+        if missing is None:
+            print(f"sweep.py: no finished run of {spec.name} under {runs_dir}: run the sweep first "
+                  f"({out_dir} left as it was)", file=sys.stderr)
+            unfinished += 1
+            continue
         unfinished += missing
         print(f"summary: {out_dir / 'summary.md'}" + (f" ({missing} runs unfinished, listed)" if missing else ""))
     return 1 if unfinished else 0

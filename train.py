@@ -109,13 +109,18 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
     for item in args.hyperparams:
         key, value = parse_override(item)
         config[key] = value
+    for key, flag in (("policy_lag", "--policy-lag"), ("lag_mode", "--lag-mode")):
+        if key in config:  # the run name records the flags' values: they are the only way to set these
+            raise UsageError(f"{key} in {conf_path.name} or -params: set it with {flag} (the run name records it)")
     config["policy_lag"] = args.policy_lag
     config["lag_mode"] = args.lag_mode
     # --dual-clip: the bound of dualclip (default 3), opt-in for decoupled, the diagnostic's c for ppo. A flag
     # that is given wins over the file and -params; one that is not leaves their value, else the default.
     c = args.dual_clip
     if args.algo == "ppo":
-        config["would_bound_c"] = 3.0 if c is None else c
+        if c is not None:
+            config["would_bound_c"] = c
+        config.setdefault("would_bound_c", 3.0)
     else:
         if c is not None:
             config["dual_clip"] = c
@@ -185,7 +190,8 @@ def make_model(args: argparse.Namespace, config: Dict[str, Any]):
         )
     except (TypeError, AssertionError) as exc:  # SB3 checks its arguments with assert; a wrong type raises TypeError
         env.close()
-        raise UsageError(f"{args.algo} rejected the hyperparameters ({str(exc).splitlines()[0] or type(exc).__name__}): "
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"{args.algo} rejected the hyperparameters ({reason}): "
                          f"check the values in {args.conf_file} and -params") from exc
     return model, env
 
@@ -275,7 +281,8 @@ def train(model: Any, env: Any, run_dir: Path, args: argparse.Namespace, config:
 
 
 #: args.yml keys that --resume relies on
-RESUME_KEYS = ("algo", "env", "seed", "device", "verbose", "tensorboard_log", "progress", "save_freq", "eval_freq")
+RESUME_KEYS = ("algo", "env", "seed", "device", "verbose", "tensorboard_log", "progress", "save_freq", "eval_freq",
+               "eval_episodes")
 
 
 def read_run_files(run_dir: Path) -> tuple:

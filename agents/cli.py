@@ -13,12 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def code_version() -> str:
-    """``git describe --always --dirty`` of this checkout (``-dirty``: uncommitted changes), or ``unknown``."""
+    """``git describe --always`` of this checkout, ``-dirty`` when a tracked file outside ``results/`` has uncommitted
+    changes (a sweep writing its summaries does not make the code of its later runs dirty), or ``unknown``."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
+        described = git("describe", "--always")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     except OSError:
         return "unknown"
+    if not described:
+        return "unknown"
+    return described + ("-dirty" if changed else "")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -32,3 +39,15 @@ class OneLineParser(argparse.ArgumentParser):
 def draw_seed() -> int:
     """A fresh random seed for a run that was given none (recorded with the run, so it can be repeated)."""
     return int.from_bytes(os.urandom(4), "little") % (2**31 - 1)
+
+
+def machine_info() -> dict:
+    """Platform, CPU model (from /proc/cpuinfo where there is one) and core count, for result files."""
+    import platform
+
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("model name")), "")
+    return {"platform": platform.platform(), "cpu": model or platform.processor(), "cpus": os.cpu_count()}

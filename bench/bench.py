@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import platform
 import resource
 import statistics
@@ -86,11 +85,12 @@ def run_child(ctx: Any, case: str, variant: str, steps: int, seed: int, threads:
     proc = ctx.Process(target=measure, args=(case, variant, steps, seed, threads, queue))
     proc.start()
     while True:
+        alive = proc.is_alive()  # checked before waiting: a child that reported and then exited is not lost
         try:
             out = queue.get(timeout=5)
             break
         except Empty:
-            if not proc.is_alive():
+            if not alive:
                 raise SystemExit(f"bench.py: the {case}/{variant} measurement died (exit code {proc.exitcode})")
     proc.join()
     return out
@@ -158,13 +158,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     import stable_baselines3
     import torch
 
-    from agents.cli import code_version
+    from agents.cli import code_version, machine_info
 
     meta = {"command": " ".join(["python", "bench/bench.py", *(argv if argv is not None else sys.argv[1:])]),
             "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "code": code_version(),
             "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                          "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__},
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "machine": machine_info(),
             "repeats": args.repeats, "seed": args.seed, "threads": args.threads}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))

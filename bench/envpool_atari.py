@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.cli import code_version  # noqa: E402
+from agents.cli import code_version, machine_info  # noqa: E402
 
 GYM_ID, POOL_ID = "BreakoutNoFrameskip-v4", "Breakout-v5"
 #: EnvPool options equal to SB3's AtariWrapper defaults (its own defaults differ: no episodic life, no clip).
@@ -69,6 +69,7 @@ def throughput(n_envs: int, steps: int, repeats: int, seed: int) -> Dict[str, An
         runs["ours (SB3 AtariWrapper, DummyVecEnv)"].append(steps_per_s(a, n_envs, steps, rng))
         runs["envpool"].append(steps_per_s(b, n_envs, steps, rng))
     a.close()
+    b.close()
     base = statistics.median(runs["ours (SB3 AtariWrapper, DummyVecEnv)"])
     return {name: {"median_steps_per_s": statistics.median(v), "ratio_to_ours": statistics.median(v) / base,
                    "all": v} for name, v in runs.items()}
@@ -142,7 +143,7 @@ def main() -> None:
                  "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "code": code_version(),
                  "versions": {"python": platform.python_version(), "envpool": envpool.__version__,
                               "gymnasium": gymnasium.__version__, "stable_baselines3": stable_baselines3.__version__},
-                 "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()},
+                 "machine": machine_info(),
                  "pool_options": POOL_OPTIONS, "n_envs": args.n_envs, "steps": args.steps,
                  "repeats": args.repeats},
         "throughput": throughput(args.n_envs, args.steps, args.repeats, args.seed),

@@ -44,12 +44,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import stable_baselines3
 
-    from agents.cli import code_version
+    from agents.cli import code_version, machine_info
 
     print(f"command: python bench/profile_learn.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"versions: python {platform.python_version()}, torch {torch.__version__}, stable_baselines3 "
-          f"{stable_baselines3.__version__}; code {code_version()}; machine {platform.platform()}, "
-          f"{__import__('os').cpu_count()} cpus; written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
+          f"{stable_baselines3.__version__}; code {code_version()}; machine {machine_info()}; "
+          f"written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
     prof = cProfile.Profile()
     start = time.perf_counter()
     prof.enable()

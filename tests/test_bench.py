@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.helpers import run
 
 
 def test_bench_writes_ratios_and_never_overwrites(tmp_path) -> None:
+    pytest.importorskip("mujoco", reason="MuJoCo extra not installed")
     out = tmp_path / "bench.json"
     argv = ["--cases", "halfcheetah-tuned", "--variants", "stock-sb3", "dualclip-lag0", "dualclip-lag8",
             "--steps", "512", "--repeats", "1", "--threads", "1", "--out", out]

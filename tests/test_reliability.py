@@ -153,7 +153,7 @@ def test_resume_refuses_damaged_run_files(tmp_path: Path, args_text: str, named:
 
 def test_resume_refuses_a_corrupt_checkpoint(tmp_path: Path) -> None:
     args = {"algo": "ppo", "env": "CartPole-v1", "seed": 1, "device": "cpu", "verbose": 0, "tensorboard_log": None,
-            "progress": False, "save_freq": 0, "eval_freq": -1}
+            "progress": False, "save_freq": 0, "eval_freq": -1, "eval_episodes": 5}
     (tmp_path / "args.yml").write_text(yaml.safe_dump(args))
     (tmp_path / "config.yml").write_text("n_timesteps: 128\n")
     (tmp_path / "checkpoint.pkl").write_bytes(b"\x80\x04truncated")

@@ -65,6 +65,7 @@ BAD_INPUT = [
     (["--algo", "ppo", "--env", "CartPole-v1", "-params", "n_steps:abc"], "ppo rejected the hyperparameters"),
     (["--algo", "ppo", "--env", "CartPole-v1", "--loss-agg-mode", "seq-mean-token-sum"], "seq-mean-token-sum"),
     (["--algo", "ppo", "--env", "CartPole-v1", "-conf", "broken.yml"], "broken.yml is not valid YAML"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-params", "policy_lag:4"], "set it with --policy-lag"),
 ]
 
 

@@ -1,0 +1,29 @@
+"""agents.cli: the code version recorded with every run and result."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from agents import cli
+
+
+def test_code_version_ignores_results_but_not_code(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "summary.md").write_text("old\n")
+    (tmp_path / "train.py").write_text("print(1)\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    monkeypatch.setattr(cli, "ROOT", tmp_path)
+    clean = cli.code_version()
+    assert clean and not clean.endswith("-dirty") and clean != "unknown"
+    (tmp_path / "results" / "summary.md").write_text("new\n")  # a sweep wrote its summary
+    assert cli.code_version() == clean
+    (tmp_path / "train.py").write_text("print(2)\n")
+    assert cli.code_version() == clean + "-dirty"
