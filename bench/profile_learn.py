@@ -63,9 +63,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.out:
         stats.dump_stats(args.out)
     total = stats.total_tt  # type: ignore[attr-defined]
+    # Per name the function with the largest cumulative time: wrappers of one name (VecEnv.step_wait of each
+    # VecEnvWrapper) nest, so a sum would count the same time several times.
     for name in ("collect_rollouts", "train", "_log_lag_diagnostics", "step_wait", "evaluate_actions", "get"):
-        cum = sum(v[3] for k, v in stats.stats.items() if k[2] == name)  # type: ignore[attr-defined]
-        print(f"  cumulative in {name:22s} {cum:7.2f} s  ({100 * cum / total:5.1f}% of profiled time)")
+        found = [(v[3], k) for k, v in stats.stats.items() if k[2] == name]  # type: ignore[attr-defined]
+        if not found:
+            continue
+        cum, (path, line, _) = max(found)
+        where = f"{Path(path).name}:{line}"
+        print(f"  cumulative in {name:22s} {cum:7.2f} s  ({100 * cum / total:5.1f}% of profiled time; {where})")
     for key in ("tottime", "cumulative"):
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(args.top)
