@@ -6,11 +6,12 @@ policy's parameters after update t-K (the initial parameters while t < K), and t
 log mu(a|s) as ``old_log_prob``, so every PPO ratio downstream is pi_theta / mu. Nothing recomputes it.
 
 ``collect_rollouts`` differs from SB3 in the lines marked ``# LAG``; ``train`` is SB3's with the start-of-update
-diagnostics added and the lines marked ``# OURS`` changed for speed and metrics. With ``policy_lag=0`` training is bit-identical to stock PPO (tests/test_agents.py), only faster: ``train`` is
-SB3's ``PPO.train`` line for line with the host syncs moved out of the minibatch loop, and the "fast path" below
-(Gaussian maths without distribution objects, plain layers without ``nn.Module.__call__``, torch's Adam arithmetic
-without its per-call overhead, the buffer converted to torch once per rollout) runs the same tensor operations
-in the same order as SB3 and torch (tests/test_speedups.py).
+diagnostics added and the lines marked ``# OURS`` changed for speed and metrics. With ``policy_lag=0`` training is
+bit-identical to stock PPO (tests/test_agents.py), only faster: ``train`` is SB3's ``PPO.train`` line for line
+with the host syncs moved out of the minibatch loop, and the "fast path" below (Gaussian maths without
+distribution objects, plain layers without ``nn.Module.__call__``, torch's Adam arithmetic without its per-call
+overhead, the buffer converted to torch once per rollout) runs the same tensor operations in the same order as SB3
+and torch (tests/test_speedups.py).
 """
 
 from __future__ import annotations
