@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import List, NoReturn, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,3 +51,29 @@ def machine_info() -> dict:
         model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                       if line.startswith("model name")), "")
     return {"platform": platform.platform(), "cpu": model or platform.processor(), "cpus": os.cpu_count()}
+
+
+def provenance(script: str, argv: List[str], **extra_versions: str) -> dict:
+    """What a result file records about its making: command, time, code version, library versions, machine."""
+    import platform
+    import time
+
+    import gymnasium
+    import stable_baselines3
+    import torch
+
+    return {
+        "command": " ".join(["python", script, *argv]),
+        "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "code": code_version(),
+        "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
+                     "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__,
+                     **extra_versions},
+        "machine": machine_info(),
+    }
+
+
+def refuse_existing(parser: argparse.ArgumentParser, path: Optional[Path]) -> None:
+    """Usage error (exit 2) when a result file would be overwritten."""
+    if path is not None and Path(path).exists():
+        parser.error(f"--out {path} exists: pass a new file name (results are never overwritten)")

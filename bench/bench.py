@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import resource
 import statistics
 import sys
@@ -108,8 +107,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="JSON file to write, never an existing one (default: results/bench/bench-<UTC time>.json)")
     args = p.parse_args(argv)
     out_path = Path(args.out or ROOT / "results" / "bench" / time.strftime("bench-%Y%m%d-%H%M%S.json", time.gmtime()))
-    if out_path.exists():
-        p.error(f"--out {out_path} exists: pass a new file name (published results are never overwritten)")
+    from agents.cli import refuse_existing
+
+    refuse_existing(p, out_path)
 
     ctx = mp.get_context("spawn")
     results: Dict[str, Dict[str, List[dict]]] = {}
@@ -154,17 +154,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             summary[case]["lag8_over_lag0"] = {"ratio": r, "cpu_ratio": cpu_r}
             print(f"{case:26s} lag 8 / lag 0: x{r:.3f} | x{cpu_r:.3f}")
 
-    import gymnasium
-    import stable_baselines3
-    import torch
+    from agents.cli import provenance
 
-    from agents.cli import code_version, machine_info
-
-    meta = {"command": " ".join(["python", "bench/bench.py", *(argv if argv is not None else sys.argv[1:])]),
-            "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "code": code_version(),
-            "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
-                         "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__},
-            "machine": machine_info(),
+    meta = {**provenance("bench/bench.py", argv if argv is not None else sys.argv[1:]),
             "repeats": args.repeats, "seed": args.seed, "threads": args.threads}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.cli import code_version, machine_info  # noqa: E402
+from agents.cli import provenance, refuse_existing  # noqa: E402
 
 GYM_ID, POOL_ID = "BreakoutNoFrameskip-v4", "Breakout-v5"
 #: EnvPool options equal to SB3's AtariWrapper defaults (its own defaults differ: no episodic life, no clip).
@@ -129,21 +128,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON file to write (refuses an existing one)")
     args = p.parse_args()
-    if args.out is not None and args.out.exists():
-        p.error(f"--out {args.out} exists: pass a new file name (results are never overwritten)")
+    refuse_existing(p, args.out)
     try:
         import envpool
     except ImportError:
         p.error("envpool is not installed: pip install envpool")
-    import gymnasium
-    import stable_baselines3
-
     result = {
-        "meta": {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-                 "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "code": code_version(),
-                 "versions": {"python": platform.python_version(), "envpool": envpool.__version__,
-                              "gymnasium": gymnasium.__version__, "stable_baselines3": stable_baselines3.__version__},
-                 "machine": machine_info(),
+        "meta": {**provenance("bench/envpool_atari.py", sys.argv[1:], envpool=envpool.__version__),
                  "pool_options": POOL_OPTIONS, "n_envs": args.n_envs, "steps": args.steps,
                  "repeats": args.repeats},
         "throughput": throughput(args.n_envs, args.steps, args.repeats, args.seed),

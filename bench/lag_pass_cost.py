@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,13 +30,10 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=4096)
     p.add_argument("--out", type=Path, default=None, help="JSON file to write (refuses an existing one)")
     args = p.parse_args()
-    if args.out is not None and args.out.exists():
-        p.error(f"--out {args.out} exists: pass a new file name (results are never overwritten)")
+    from agents.cli import provenance, refuse_existing
 
-    import torch
-
+    refuse_existing(p, args.out)
     import agents.lagged as lagged
-    from agents.cli import code_version, machine_info
 
     spent = [0.0]
     original = lagged.LaggedPPO._learner_values
@@ -61,10 +57,7 @@ def main() -> int:
                          "learner_pass_seconds": spent[0], "learner_pass_share": spent[0] / total})
             print(f"{case:26s} chunk {chunk:5d}: learner pass {spent[0]:.3f} s of {total:.2f} s "
                   f"({100 * spent[0] / total:.1f} %)", flush=True)
-    meta = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-            "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "code": code_version(),
-            "versions": {"python": platform.python_version(), "torch": str(torch.__version__)},
-            "machine": machine_info(), "torch_threads": 1, "variant": "dualclip-lag8"}
+    meta = {**provenance("bench/lag_pass_cost.py", sys.argv[1:]), "torch_threads": 1, "variant": "dualclip-lag8"}
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
