@@ -2,13 +2,15 @@
 
 - the Gaussian policy maths without distribution objects or ``nn.Module.__call__`` (``agents.fastpath``);
 - the buffer's torch-once-per-rollout sampling (``LaggedRolloutBuffer.get``);
-- ``adam_step`` (torch's Adam arithmetic without the optimizer's per-call overhead) and ``clip_grad_norm``;
+- ``adam_step`` (torch's Adam arithmetic without the optimizer's per-call overhead, over flat buffers when it can)
+  and ``clip_grad_norm``;
 - whole runs with the fast path on and off (lagged, dual-clip, decoupled), which the stock equivalence test in
   tests/test_agents.py cannot cover (there is no stock counterpart of a lagged run).
 """
 
 from __future__ import annotations
 
+import copy
 
 import numpy as np
 import pytest
@@ -188,6 +190,52 @@ def test_adam_step_and_clip_bit_identical(kwargs: dict, max_norm: float) -> None
     for key in s0["state"]:
         for name, value in s0["state"][key].items():
             assert value.dtype == s1["state"][key][name].dtype and th.equal(value, s1["state"][key][name])
+
+
+def _adam_pair(freeze_bias: bool = False):
+    nets = [_net(), _net()]
+    if freeze_bias:  # a parameter of the group never gets a gradient: the per-parameter (multi-tensor) path
+        for net in nets:
+            net[2].bias.requires_grad_(False)
+    return nets, [th.optim.Adam(n.parameters(), lr=3e-3, eps=1e-5) for n in nets]
+
+
+def _train_pair(nets, opts, steps: int, gen: th.Generator) -> None:
+    for _ in range(steps):
+        x = th.randn(16, 5, generator=gen)
+        for i, (net, opt) in enumerate(zip(nets, opts)):
+            opt.zero_grad()
+            (net(x) ** 2).mean().backward()
+            opt.step() if i == 0 else adam_step(opt)
+
+
+def _assert_same_adam(nets, opts) -> None:
+    assert th.equal(th.cat([p.flatten() for p in nets[0].parameters()]), th.cat([p.flatten() for p in nets[1].parameters()]))
+    s0, s1 = opts[0].state_dict()["state"], opts[1].state_dict()["state"]
+    assert s0.keys() == s1.keys()
+    for key in s0:
+        for name, value in s0[key].items():
+            assert value.shape == s1[key][name].shape and th.equal(value, s1[key][name]), (key, name)
+
+
+@pytest.mark.parametrize("freeze_bias", [False, True])
+def test_flat_adam_state_survives_load_state_dict(freeze_bias: bool) -> None:
+    """The flat buffers hold every parameter's state as views; loading a state dict (a checkpoint) replaces those
+    views, and the next step rebuilds the buffers from the loaded values: still torch's Adam bit for bit."""
+    from agents.fastpath import _FLAT_STATES
+
+    nets, opts = _adam_pair(freeze_bias)
+    gen = th.Generator().manual_seed(2)
+    _train_pair(nets, opts, 5, gen)
+    flat = _FLAT_STATES.get(opts[1], [None])[0]
+    assert (flat is None) == freeze_bias  # flat only when every parameter of the group has a gradient
+    _assert_same_adam(nets, opts)
+    saved = [copy.deepcopy(o.state_dict()) for o in opts]
+    _train_pair(nets, opts, 3, gen)
+    for opt, state in zip(opts, saved):  # back to the checkpoint, then on
+        opt.load_state_dict(state)
+    _train_pair(nets, opts, 5, gen)
+    _assert_same_adam(nets, opts)
 
 
 # ------------------------------------------------------------------------------------------------ whole runs
