@@ -3,8 +3,9 @@
 On the small MLPs of MuJoCo most of PPO's time is Python overhead, not arithmetic: building a torch ``Normal``
 (with argument validation) per forward pass, ``nn.Module.__call__`` per layer, the optimizer's per-call machinery.
 The functions here issue *the same tensor operations in the same order* as SB3's ``ActorCriticPolicy`` methods,
-torch's ``Normal``, ``clip_grad_norm_`` and ``Adam`` (multi-tensor branch), without that overhead, so every value,
-gradient, optimizer state and RNG draw is identical (tests/test_speedups.py). Anything they do not cover (custom
+torch's ``Normal``, ``clip_grad_norm_`` and ``Adam`` (multi-tensor branch; its elementwise ops run once over flat
+buffers of all parameters instead of once per parameter), without that overhead, so every value, gradient,
+optimizer state and RNG draw is identical (tests/test_speedups.py). Anything they do not cover (custom
 policies, hooks, gSDE, discrete or squashed actions, fused/capturable/GPU optimizers, a torch without the
 functions used) falls back to SB3's and torch's own calls.
 """
