@@ -310,6 +310,9 @@ def resume(args: argparse.Namespace) -> Optional[tuple]:
     from agents import ALGOS
     from agents.checkpoint import CHECKPOINT, read_checkpoint, restore_env, restore_model, restore_pending_logs
     from agents.checkpoint import truncate_logs
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from envs import fast_statistics
 
     run_dir = Path(args.resume)
     needed = [run_dir / "args.yml", run_dir / "config.yml", run_dir / CHECKPOINT]
@@ -325,6 +328,8 @@ def resume(args: argparse.Namespace) -> Optional[tuple]:
         return None
     fresh = None if state["env"] is not None else make_run_env(saved, config, normalize=False)
     env = restore_env(state, fresh)
+    if isinstance(env, VecNormalize):
+        fast_statistics(env)  # the pickled statistics come back as SB3's classes
     model = restore_model(ALGOS[saved.algo], state, env, saved.device)
     truncate_logs(tensorboard_dir(run_dir, saved), state["num_timesteps"])
     truncate_logs(run_dir, state["num_timesteps"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch as th
 from stable_baselines3.common.distributions import DiagGaussianDistribution, sum_independent_dims
@@ -59,19 +59,53 @@ def _gaussian(policy: ActorCriticPolicy, latent_pi: th.Tensor) -> Tuple[th.Tenso
     mean_actions = _run(policy.action_net, latent_pi)
     action_std = th.ones_like(mean_actions) * policy.log_std.exp()
     loc, scale = th.broadcast_tensors(mean_actions, action_std)  # Normal's broadcast_all
-    valid = (loc == loc).all() & (scale > 0).all()
+    _validate(loc, (loc == loc).all() & (scale > 0).all(), scale)
+    return loc, scale
+
+
+def _validate(loc: th.Tensor, valid: Any, scale: th.Tensor) -> None:
     if Distribution._validate_args and not (th._is_all_true(valid) if _HAS_ALL_TRUE else bool(valid)):
         # what Normal's argument validation would raise (a diverged network), so failures stay loud
         raise ValueError(f"Expected parameters loc and scale of Normal to satisfy Real() and GreaterThan(0), "
                          f"but found invalid values:\nloc={loc}\nscale={scale}")
-    return loc, scale
 
 
 def _gaussian_log_prob(loc: th.Tensor, scale: th.Tensor, value: th.Tensor) -> th.Tensor:
     """``sum_independent_dims(Normal(loc, scale).log_prob(value))`` op for op."""
-    var = scale**2
-    log_scale = scale.log()
+    return _log_prob_from(loc, value, scale**2, scale.log())
+
+
+def _log_prob_from(loc: th.Tensor, value: th.Tensor, var: th.Tensor, log_scale: th.Tensor) -> th.Tensor:
     return sum_independent_dims(-((value - loc) ** 2) / (2 * var) - log_scale - _LOG_SQRT_2PI)
+
+
+class _ActingScale(NamedTuple):
+    """What the Gaussian's scale contributes to acting, for one ``log_std`` and batch shape."""
+
+    log_std: th.Tensor  #: the values it was computed from (a copy)
+    scale: th.Tensor  #: ``ones_like(mean) * log_std.exp()``, as ``_gaussian``
+    scale_valid: th.Tensor  #: ``(scale > 0).all()``
+    var: th.Tensor  #: ``scale**2``
+    log_scale: th.Tensor  #: ``scale.log()``
+
+
+# While acting (no autograd) log_std is constant over a rollout: the scale terms are computed once per log_std value
+# (and batch shape) instead of once per step, by the same ops, so they are the same tensors bit for bit. Keyed by
+# id(log_std) (a tensor cannot be a dict key: == is elementwise), the entry dropped when the tensor is.
+_ACTING_SCALES: Dict[int, _ActingScale] = {}
+
+
+def _acting_scale(log_std: th.Tensor, mean_actions: th.Tensor) -> _ActingScale:
+    key = id(log_std)
+    cached = _ACTING_SCALES.get(key)
+    if cached is not None and cached.scale.shape == mean_actions.shape and th.equal(cached.log_std, log_std):
+        return cached  # (an id reused by a new tensor is caught by the value check as well)
+    if cached is None:
+        weakref.finalize(log_std, _ACTING_SCALES.pop, key, None)
+    scale = th.ones_like(mean_actions) * log_std.exp()
+    cached = _ActingScale(log_std.clone(), scale, (scale > 0).all(), scale**2, scale.log())
+    _ACTING_SCALES[key] = cached
+    return cached
 
 
 # nn.Module.__call__ costs several microseconds per module (hook bookkeeping), as much as a 256x256 matmul on one
@@ -134,10 +168,16 @@ def fast_forward(policy: ActorCriticPolicy, obs: th.Tensor) -> Tuple[th.Tensor, 
     """``ActorCriticPolicy.forward(obs)`` (stochastic) for a plain Gaussian policy; same RNG draws."""
     latent_pi, latent_vf = _latents(policy, obs)
     values = _run(policy.value_net, latent_vf)
-    loc, scale = _gaussian(policy, latent_pi)
+    if th.is_grad_enabled():
+        loc, scale = _gaussian(policy, latent_pi)
+        var, log_scale = scale**2, scale.log()
+    else:  # acting: _gaussian's ops with the scale terms reused across steps
+        loc = _run(policy.action_net, latent_pi)
+        scale, scale_valid, var, log_scale = _acting_scale(policy.log_std, loc)[1:]
+        _validate(loc, (loc == loc).all() & scale_valid, scale)
     eps = th.empty(loc.shape, dtype=loc.dtype, device=loc.device).normal_()  # Normal.rsample
     actions = loc + eps * scale
-    log_prob = _gaussian_log_prob(loc, scale, actions)
+    log_prob = _log_prob_from(loc, actions, var, log_scale)
     return actions.reshape((-1, *policy.action_space.shape)), values, log_prob  # type: ignore[misc]
 
 

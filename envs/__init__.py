@@ -9,11 +9,14 @@ evaluation report the true game score of whole games, not clipped per-life rewar
 
 from __future__ import annotations
 
+import copyreg
 import difflib
 from typing import Any, Dict, Optional, Union
 
 import gymnasium as gym
+import numpy as np
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize, VecTransposeImage
 
 
@@ -76,6 +79,7 @@ def make_env(
     env_kwargs: Optional[Dict[str, Any]] = None,
     training: bool = True,
     render_mode: Optional[str] = None,
+    fast: bool = True,
 ) -> VecEnv:
     """Build the vectorised environment for ``env_id``.
 
@@ -86,6 +90,7 @@ def make_env(
     :param env_kwargs: passed to ``gym.make``
     :param training: False for evaluation: VecNormalize statistics frozen, rewards not normalised
     :param render_mode: e.g. ``"rgb_array"`` for video recording
+    :param fast: our bit-identical speed-up of SB3's classes (:class:`RowRunningMeanStd`); False: SB3's classes only
     """
     check_env_id(env_id)
     env_kwargs = dict(env_kwargs or {})
@@ -112,4 +117,32 @@ def make_env(
         if not training:
             kwargs.update(training=False, norm_reward=False)
         venv = VecNormalize(venv, **kwargs)
+        if fast:
+            fast_statistics(venv)
+    return venv
+
+
+class RowRunningMeanStd(RunningMeanStd):
+    """SB3's ``RunningMeanStd``, minus ``np.mean`` / ``np.var`` for a batch of one finite float row (one environment):
+    there they return the row itself and exact zeros, so the statistics are SB3's bit for bit, about 30 us sooner
+    per step (tests/test_speedups.py). It pickles as SB3's own class: ``vecnormalize.pkl`` stays plain SB3."""
+
+    def update(self, arr: np.ndarray) -> None:
+        if len(arr) != 1 or arr.dtype not in (np.float32, np.float64) or not np.isfinite(arr).all():
+            return super().update(arr)
+        zeros = np.zeros(arr.shape[1:], dtype=arr.dtype)
+        self.update_from_moments(arr[0], zeros[()] if arr.ndim == 1 else zeros, 1)  # np.var gives a scalar for 1-D
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return copyreg._reconstructor, (RunningMeanStd, object, None), self.__dict__.copy()  # type: ignore[attr-defined]
+
+
+def fast_statistics(venv: VecNormalize) -> VecNormalize:
+    """``venv`` with its running statistics (observations, returns) as :class:`RowRunningMeanStd`."""
+    for name in ("obs_rms", "ret_rms"):
+        rms = getattr(venv, name, None)
+        if type(rms) is RunningMeanStd:
+            fast = RowRunningMeanStd.__new__(RowRunningMeanStd)
+            fast.__dict__.update(rms.__dict__)
+            setattr(venv, name, fast)
     return venv

@@ -82,6 +82,33 @@ def test_fast_gaussian_maths_bit_identical(policy_kwargs: dict) -> None:
             assert th.equal(stock_next, th.randn(4))
 
 
+def test_acting_reuses_scale_terms_only_for_the_same_log_std() -> None:
+    """Acting reuses exp(log_std) and its square and log across steps; any change of log_std (an update, a load, a
+    write through ``.data`` that autograd's version counter does not see, another batch size) recomputes them."""
+    policy = _policy(dict(net_arch=[16]))
+    obs = th.randn(5, 3)
+
+    def same_as_stock(batch) -> None:
+        th.manual_seed(11)
+        stock_out = policy(batch)
+        th.manual_seed(11)
+        for a, b in zip(stock_out, fast_forward(policy, batch)):
+            assert th.equal(a, b)
+
+    with th.no_grad():
+        same_as_stock(obs)
+        same_as_stock(obs)  # from the cache
+        policy.log_std.data.add_(0.25)
+        same_as_stock(obs)
+        policy.log_std.add_(-0.5)
+        same_as_stock(obs)
+        same_as_stock(obs[:2])
+        policy.log_std.data.fill_(float("-inf"))  # scale 0: Normal's validation raises, cached or not
+        for _ in range(2):
+            with pytest.raises(ValueError):
+                fast_forward(policy, obs)
+
+
 def test_fast_path_keeps_nan_check() -> None:
     """Normal's argument validation (NaN parameters raise) survives on the fast path."""
     policy = _policy(dict(net_arch=[16]))
@@ -157,6 +184,55 @@ def test_buffer_minibatches_equal_sb3(action_space: spaces.Space, batch_size) ->
             ref = ours._get_samples(inds)
             assert th.equal(ref.segment_ids, o.segment_ids) and th.equal(ref.prox_log_prob, o.prox_log_prob)
             start += len(o.advantages)
+
+
+# ------------------------------------------------------------------------------------ normalisation statistics
+@pytest.mark.parametrize("shape, dtype", [((17,), np.float32), ((), np.float64), ((3,), np.float64)])
+def test_row_running_mean_std_equals_sb3(shape, dtype) -> None:
+    """One-row batches skip np.mean / np.var; every other batch (several rows, non-finite values) goes to SB3's
+    code; the statistics are SB3's bit for bit, values and numpy types."""
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+    from envs import RowRunningMeanStd
+
+    rng = np.random.default_rng(0)
+    stock, fast = RunningMeanStd(shape=shape), RowRunningMeanStd(shape=shape)
+    for i in range(300):
+        rows = 3 if i % 50 == 7 else 1
+        arr = (rng.standard_normal((rows, *shape)) * 10.0 ** rng.integers(-3, 4)).astype(dtype)
+        if i == 200:
+            arr[0, ...] = np.inf  # SB3's own code: the mean becomes inf, the variance NaN
+        for rms in (stock, fast):
+            rms.update(arr)
+        for name in ("mean", "var", "count"):
+            a, b = getattr(stock, name), getattr(fast, name)
+            assert type(a) is type(b) and np.array_equal(a, b, equal_nan=True), (i, name)
+
+
+def test_fast_statistics_in_make_env_identical_and_pickled_as_sb3(tmp_path) -> None:
+    """make_env's VecNormalize gives SB3's observations and rewards; its pickle loads as SB3's classes."""
+    import pickle
+
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from envs import RowRunningMeanStd, make_env
+
+    ours = make_env("Pendulum-v1", n_envs=1, seed=3, normalize=True)
+    stock = VecNormalize(make_vec_env("Pendulum-v1", n_envs=1, seed=3))
+    assert type(ours.obs_rms) is RowRunningMeanStd and type(ours.ret_rms) is RowRunningMeanStd
+    assert np.array_equal(ours.reset(), stock.reset())
+    rng = np.random.default_rng(1)
+    for _ in range(450):  # two episodes and a half: the time-limit resets included
+        action = rng.uniform(-2, 2, size=(1, 1)).astype(np.float32)
+        a, b = ours.step(action), stock.step(action)
+        for x, y in zip(a[:3], b[:3]):
+            assert np.array_equal(x, y)
+    ours.save(str(tmp_path / "vecnormalize.pkl"))
+    with open(tmp_path / "vecnormalize.pkl", "rb") as f:
+        loaded = pickle.load(f)
+    assert type(loaded.obs_rms) is RunningMeanStd and np.array_equal(loaded.obs_rms.var, stock.obs_rms.var)
 
 
 # ------------------------------------------------------------------------------------------- optimizer step
