@@ -123,7 +123,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--rounds", type=int, default=12, help="interleaved rounds per case")
+    p.add_argument("--rounds", type=int, default=20, help="interleaved rounds per case")
     p.add_argument("--chunk", type=int, default=None, help="env steps per variant and round (default: per case)")
     p.add_argument("--steps", type=int, default=None, help="env steps of the standalone memory run (default: per case)")
     p.add_argument("--seed", type=int, default=0)
