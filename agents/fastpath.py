@@ -364,14 +364,27 @@ def clip_grad_norm(parameters: Any, max_norm: float) -> th.Tensor:
 
     torch always multiplies every gradient by ``clamp(max_norm / (total_norm + 1e-6), max=1)`` to avoid a device
     synchronisation; on CPU that check is free, and ``g * 1.0 == g`` exactly, so when the norm is below
-    ``max_norm`` the pass over all gradients is skipped. Everything else is torch's own code (same total norm).
+    ``max_norm`` the pass over all gradients is skipped. For plain CPU gradients of one dtype (one group in torch's
+    grouping by device and dtype) torch's foreach branch is issued directly: the norm of the stacked per-tensor
+    norms, then one ``_foreach_mul_``; anything else calls torch's functions.
     """
     params = list(parameters)
     grads = [p.grad for p in params if p.grad is not None]
     if not grads or grads[0].device.type != "cpu" or not _HAS_SPLIT_CLIP:
         return th.nn.utils.clip_grad_norm_(params, max_norm)
-    total_norm = th.nn.utils.get_total_norm(grads, 2.0, False, None)
+    max_norm = float(max_norm)
+    dtype = grads[0].dtype
+    one_group = all(type(g) is th.Tensor and g.dtype == dtype and g.device.type == "cpu" and g.layout == th.strided
+                    for g in grads)
+    if one_group:
+        total_norm = th.linalg.vector_norm(th.stack(th._foreach_norm(grads, 2.0)), 2.0)
+    else:
+        total_norm = th.nn.utils.get_total_norm(grads, 2.0, False, None)
     clip_coef_clamped = th.clamp(max_norm / (total_norm + 1e-6), max=1.0)
-    if not bool(clip_coef_clamped == 1.0):  # NaN included: then torch's multiplication runs, as stock
+    if bool(clip_coef_clamped == 1.0):
+        return total_norm
+    if one_group:  # NaN included: then torch's multiplication runs, as stock
+        th._foreach_mul_(grads, clip_coef_clamped)
+    else:
         th.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
     return total_norm
