@@ -341,6 +341,10 @@ def resume(args: argparse.Namespace) -> Optional[tuple]:
 
 
 def set_threads(n: int) -> None:
+    """torch's CPU threads (``n > 0``), and glibc's malloc set to keep freed memory for reuse (agents.cli)."""
+    from agents.cli import keep_freed_memory
+
+    keep_freed_memory()
     if n > 0:
         import torch
 

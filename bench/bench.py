@@ -53,6 +53,9 @@ def build_model(case: str, variant: str, seed: int, threads: Optional[int]):
     from agents.hyperparams import load_hyperparams, to_constructor_kwargs
     from envs import is_atari, make_env
 
+    from agents.cli import keep_freed_memory
+
+    keep_freed_memory()  # as train.py does; in the shared process of the interleaved rounds it applies to all
     if threads:
         torch.set_num_threads(threads)
     env_id, conf = CASES[case][:2]

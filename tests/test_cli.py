@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
+import sys
 
 import pytest
 
@@ -27,3 +29,11 @@ def test_code_version_ignores_results_but_not_code(tmp_path, monkeypatch: pytest
     assert cli.code_version() == clean
     (tmp_path / "train.py").write_text("print(2)\n")
     assert cli.code_version() == clean + "-dirty"
+
+
+def test_keep_freed_memory_applies_on_glibc() -> None:
+    """train.py and the benchmark set glibc's malloc thresholds through ctypes; elsewhere it is a no-op."""
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+        assert cli.keep_freed_memory() is False
+        return
+    assert cli.keep_freed_memory() is True and cli.keep_freed_memory() is True  # idempotent
