@@ -278,16 +278,19 @@ _FLAT_STATES: "weakref.WeakKeyDictionary[th.optim.Optimizer, List[Optional[_Flat
 def _flat_state(optimizer: th.optim.Optimizer, index: int, group: dict, params: List[th.Tensor]) -> Optional[_FlatAdamState]:
     """The flat buffers of a group whose parameters all have a gradient, share one dtype, are contiguous and have
     taken the same number of steps; None otherwise (then the per-parameter path runs)."""
-    if len(params) != len(group["params"]) or len({p.dtype for p in params}) != 1:
-        return None
-    if not all(p.is_contiguous() and p.grad.is_contiguous() and p.grad.dtype == p.dtype for p in params):
-        return None
     cache = _FLAT_STATES.setdefault(optimizer, [])
     cache.extend([None] * (index + 1 - len(cache)))
+    usable = (
+        len(params) == len(group["params"])
+        and len({p.dtype for p in params}) == 1
+        and all(p.is_contiguous() and p.grad.is_contiguous() and p.grad.dtype == p.dtype for p in params)
+    )
     flat = cache[index]
-    if flat is not None and flat.valid(optimizer, group):
+    if usable and flat is not None and flat.valid(optimizer, group):
         return flat
-    if len({float(optimizer.state[p]["step"]) for p in params}) != 1:
+    # Rebuilt only from equal step counts: the per-parameter path may have stepped some parameters only.
+    if not usable or len({float(optimizer.state[p]["step"]) for p in params}) != 1:
+        cache[index] = None
         return None
     cache[index] = _FlatAdamState(optimizer, group)
     return cache[index]
