@@ -384,9 +384,9 @@ def clip_grad_norm(parameters: Any, max_norm: float) -> th.Tensor:
     else:
         total_norm = th.nn.utils.get_total_norm(grads, 2.0, False, None)
     clip_coef_clamped = th.clamp(max_norm / (total_norm + 1e-6), max=1.0)
-    if bool(clip_coef_clamped == 1.0):
+    if bool(clip_coef_clamped == 1.0):  # (a NaN norm is not 1.0: then the multiplication runs, as stock)
         return total_norm
-    if one_group:  # NaN included: then torch's multiplication runs, as stock
+    if one_group:
         th._foreach_mul_(grads, clip_coef_clamped)
     else:
         th.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
