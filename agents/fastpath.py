@@ -238,8 +238,7 @@ class _FlatAdamState:
     def __init__(self, optimizer: th.optim.Optimizer, group: dict) -> None:
         self.params: List[th.Tensor] = list(group["params"])
         state = optimizer.state
-        sizes = [p.numel() for p in self.params]
-        self.exp_avg = th.zeros(sum(sizes), dtype=self.params[0].dtype)
+        self.exp_avg = th.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype)
         self.exp_avg_sq = th.zeros_like(self.exp_avg)
         self.denom = th.empty_like(self.exp_avg)
         self.grad = th.empty_like(self.exp_avg)

@@ -10,8 +10,8 @@ diagnostics added and the lines marked ``# OURS`` changed for speed and metrics.
 bit-identical to stock PPO (tests/test_agents.py), only faster: ``train`` is SB3's ``PPO.train`` line for line
 with the host syncs moved out of the minibatch loop, and the "fast path" below (Gaussian maths without
 distribution objects, plain layers without ``nn.Module.__call__``, torch's Adam arithmetic without its per-call
-overhead and over flat buffers, the buffer converted to torch once per rollout) runs the same tensor operations in the same order as SB3
-and torch (tests/test_speedups.py).
+overhead and over flat buffers, the buffer converted to torch once per rollout) runs the same tensor operations in
+the same order as SB3 and torch (tests/test_speedups.py).
 """
 
 from __future__ import annotations

@@ -151,8 +151,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          f"{case} interleaved")
         rounds[case] = rows
         standalone[case] = {}
+        steps = args.steps or CASES[case][2]
         for variant in args.variants:
-            steps = args.steps or CASES[case][2]
             standalone[case][variant] = run_child(ctx, measure, (case, variant, steps, args.seed, args.threads),
                                                   f"{case}/{variant}")
         summary[case] = {}
