@@ -32,7 +32,8 @@ class UsageError(Exception):
     """Bad input: reported as one line, exit code 2, nothing written."""
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """train.py's flags (sweep.py also reads them: a grid axis named like a flag is passed as that flag)."""
     from agents.cli import OneLineParser
 
     from agents import ALGOS, LAG_MODES
@@ -66,11 +67,18 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default auto)")
     p.add_argument("--num-threads", type=int, default=1,
                    help="torch CPU threads (default 1: fastest for these small nets on 2 cores; -1: torch's default)")
-    p.add_argument("--eval-freq", type=int, default=-1, help="evaluate every N env steps (default: never)")
+    p.add_argument("--eval-freq", type=int, default=-1,
+                   help="evaluate the learner (deterministic) every N env steps into eval/evaluations.npz "
+                        "(default: never)")
     p.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)")
     p.add_argument("--run-name", default=None, help="run folder name (default: <algo>_<env>_lag<K>_s<seed>)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: SB3 tables on stdout")
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.resume is None and (args.algo is None or args.env is None):
         p.error("--algo and --env are required (or --resume RUN_FOLDER)")
@@ -212,24 +220,14 @@ def make_logger(run_dir: Path, args: argparse.Namespace, csv_suffix: str = ""):
 
 
 def callbacks(args: argparse.Namespace, config: Dict[str, Any], run_dir: Path) -> list:
-    from stable_baselines3.common.callbacks import EvalCallback
-
-    from agents.callbacks import HParamCallback
+    from agents.callbacks import HParamCallback, LearnerEvalCallback
     from agents.checkpoint import CHECKPOINT, CheckpointCallback
 
     out: list = [HParamCallback(args.algo, config), CheckpointCallback(run_dir / CHECKPOINT, args.save_freq)]
-    if args.eval_freq > 0:
-        out.append(
-            EvalCallback(
-                make_run_env(args, config, evaluation=True),
-                n_eval_episodes=args.eval_episodes,
-                eval_freq=max(args.eval_freq // config.get("n_envs", 1), 1),
-                log_path=str(run_dir / "eval"),
-                best_model_save_path=str(run_dir / "best"),
-                deterministic=True,
-                verbose=args.verbose,
-            )
-        )
+    if args.eval_freq > 0:  # the learner itself, deterministic, every eval_freq env steps (and at start and end)
+        out.append(LearnerEvalCallback(make_run_env(args, config, evaluation=True), eval_freq=args.eval_freq,
+                                       n_eval_episodes=args.eval_episodes, log_path=str(run_dir / "eval"),
+                                       seed=args.seed + 10_000))
     return out
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict
 
-from stable_baselines3.common.callbacks import BaseCallback
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import HParam
+from stable_baselines3.common.vec_env import sync_envs_normalization
 
 #: Metrics shown beside the hyperparameters in TensorBoard's HParams tab.
 HPARAM_METRICS = ("rollout/ep_rew_mean", "train/value_loss", "train/behavior_kl")
@@ -28,3 +32,75 @@ class HParamCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         return True
+
+
+class LearnerEvalCallback(EvalCallback):
+    """Evaluate the *learner* every ``eval_freq`` environment steps (deterministic actions, one copy of the env).
+
+    Under policy lag (or exploring actors) ``rollout/ep_rew_mean`` is the return of the behaviour policy mu that
+    acted, not of the policy being trained; this callback measures the policy being trained. It is SB3's
+    ``EvalCallback`` with three changes that make evaluations comparable across runs and exact across resumes:
+
+    - evaluations fall on multiples of ``eval_freq`` *environment steps* (SB3 counts callback calls, which restart
+      from 0 on resume), plus one at the start (step 0) and one at the end of training (which also writes the last update's
+      ``train/*`` values, which stock SB3 never dumps);
+    - evaluation ``k`` resets the evaluation env with seed ``seed + k``, so the episodes evaluated at a given step
+      do not depend on how many evaluations a resumed process has run before;
+    - ``log_path/evaluations.npz`` (SB3's format: ``timesteps``, ``results``, ``ep_lengths``) keeps the rows of an
+      interrupted run up to the step it resumes from, instead of starting a new file.
+
+    The eval env's observation statistics are copied from the training env before each evaluation and frozen
+    (``VecNormalize(training=False)``), as in SB3. Episode returns are the raw ``Monitor`` returns. Logged as
+    ``eval/mean_reward`` and ``eval/mean_ep_length`` (SB3's keys); no best model is saved.
+    """
+
+    def __init__(self, eval_env: Any, eval_freq: int, n_eval_episodes: int, log_path: str, seed: int = 0) -> None:
+        super().__init__(eval_env, n_eval_episodes=n_eval_episodes, eval_freq=eval_freq, log_path=log_path,
+                         deterministic=True, verbose=0, warn=False)
+        self.seed = int(seed)
+        self._last_eval_step = -1
+
+    def _init_callback(self) -> None:
+        super()._init_callback()
+        start = self.model.num_timesteps
+        if self.log_path is not None and os.path.isfile(self.log_path + ".npz"):
+            with np.load(self.log_path + ".npz") as old:
+                keep = old["timesteps"] <= start
+                self.evaluations_timesteps = [int(t) for t in old["timesteps"][keep]]
+                self.evaluations_results = [list(r) for r in old["results"][keep]]
+                self.evaluations_length = [list(r) for r in old["ep_lengths"][keep]]
+        self._last_eval_step = self.evaluations_timesteps[-1] if self.evaluations_timesteps else -1
+
+    def _on_training_start(self) -> None:
+        if self.model.num_timesteps == 0:
+            self._evaluate()
+
+    def _on_step(self) -> bool:
+        step = self.model.num_timesteps
+        if step // self.eval_freq > max(self._last_eval_step, 0) // self.eval_freq:
+            self._evaluate()
+        return True
+
+    def _on_training_end(self) -> None:
+        if self._last_eval_step != self.model.num_timesteps:
+            self._evaluate()
+        # SB3 dumps before each update, so the last update's train/* values would never be written: dump them (a
+        # second event at the last step; studies.records places them in the last update's row)
+        self.logger.dump(self.model.num_timesteps)
+
+    def _evaluate(self) -> None:
+        step = self.model.num_timesteps
+        if self.model.get_vec_normalize_env() is not None:
+            sync_envs_normalization(self.training_env, self.eval_env)
+        self.eval_env.seed(self.seed + len(self.evaluations_timesteps))
+        returns, lengths = evaluate_policy(self.model, self.eval_env, n_eval_episodes=self.n_eval_episodes,
+                                           deterministic=True, return_episode_rewards=True, warn=False)
+        self._last_eval_step = step
+        self.evaluations_timesteps.append(step)
+        self.evaluations_results.append(list(returns))
+        self.evaluations_length.append(list(lengths))
+        if self.log_path is not None:
+            np.savez(self.log_path, timesteps=self.evaluations_timesteps, results=self.evaluations_results,
+                     ep_lengths=self.evaluations_length)
+        self.logger.record("eval/mean_reward", float(np.mean(returns)))
+        self.logger.record("eval/mean_ep_length", float(np.mean(lengths)))

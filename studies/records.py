@@ -1,0 +1,169 @@
+"""Per-run records: what a finished run leaves in ``results/<study>/runs/<name>.json`` (committed).
+
+A record is small (tens of KB: no model, no event file) and holds everything the report needs:
+
+- ``meta``: the run's name, study, axis values, seed, full config (``config.yml``), the train.py command, code
+  version, library versions, CPU model, wall time and which training path produced it;
+- ``updates``: one row per update, column by column: ``step`` (env steps) and every ``rollout/*``, ``train/*`` and
+  ``time/fps`` scalar the run logged (``rollout/ep_rew_mean`` is the training return, i.e. the return of the
+  behaviour policy; ``rollout/policy_lag`` the lag its data actually had); ``null`` where a value was not logged;
+- ``eval``: the periodic evaluations of the learner itself (deterministic actions, frozen normalisation):
+  ``steps`` and per-episode ``returns`` and ``lengths``.
+
+A run with a record counts as finished: a study continues on any machine from its records alone, and the report is
+made from records alone.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+#: record format version (bump when a field changes meaning)
+FORMAT = 1
+#: TensorBoard tags kept per update (prefixes)
+UPDATE_PREFIXES = ("rollout/", "train/", "time/fps")
+
+
+def _round(value: float) -> Optional[float]:
+    """Six significant digits (plenty for curves and diagnostics, a third of the text); None for NaN."""
+    if value is None or not np.isfinite(value):
+        return None
+    return float(f"{value:.6g}")
+
+
+def library_versions() -> Dict[str, str]:
+    import gymnasium
+    import stable_baselines3
+    import torch
+
+    out = {"python": platform.python_version(), "torch": str(torch.__version__),
+           "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__,
+           "numpy": np.__version__}
+    for name in ("mujoco", "ale_py"):
+        try:
+            out[name] = __import__(name).__version__
+        except (ImportError, AttributeError):
+            pass
+    return out
+
+
+def update_rows(run_dir: Path) -> Dict[str, List[Optional[float]]]:
+    """The run's per-update scalars from its TensorBoard events, one row per rollout: ``step`` (env steps at the
+    rollout's end), its ``rollout/*`` and ``time/fps`` values, and the ``train/*`` values of the update made on it.
+
+    SB3 dumps the logger *before* each update, so the ``train/*`` values written at step ``s`` belong to the
+    previous rollout's update; here they are moved back to that rollout's row. The last update's values are only
+    in the events when something dumped after training (the learner evaluation's final dump, a second event at the
+    last step), and are then placed in the last row. A resumed run's events were trimmed to its checkpoint on
+    resume, so no step appears twice otherwise.
+    """
+    from tbparse import SummaryReader
+
+    scalars = SummaryReader(str(run_dir), extra_columns={"wall_time"}).scalars
+    if len(scalars) == 0:
+        return {"step": []}
+    scalars = scalars[scalars.tag.map(lambda t: t.startswith(UPDATE_PREFIXES))].sort_values(["step", "wall_time"])
+    rollout = scalars[~scalars.tag.str.startswith("train/")]
+    steps = sorted(int(s) for s in rollout.step.unique())
+    index = {s: i for i, s in enumerate(steps)}
+    rows: Dict[str, List[Optional[float]]] = {"step": list(steps)}
+    for tag, events in scalars.groupby("tag", sort=True):
+        column: List[Optional[float]] = [None] * len(steps)
+        occurrence: Dict[int, int] = {}
+        for step, value in zip(events.step.astype(int), events.value.astype(float)):
+            seen = occurrence.get(step, 0)
+            occurrence[step] = seen + 1
+            if not tag.startswith("train/"):
+                column[index[step]] = _round(value)
+                continue
+            if seen:  # a dump after training: the last update's values
+                row = index.get(step)
+            else:  # SB3's dump before an update: the previous rollout's update
+                earlier = [s for s in steps if s < step]
+                row = index[earlier[-1]] if earlier else None
+            if row is not None:
+                column[row] = _round(value)
+        rows[tag] = column
+    return rows
+
+
+def wall_time(run_dir: Path) -> float:
+    """Seconds spent learning, from SB3's ``time/time_elapsed`` (it restarts at each resume: the parts are added)."""
+    from tbparse import SummaryReader
+
+    scalars = SummaryReader(str(run_dir)).scalars
+    elapsed = scalars[scalars.tag == "time/time_elapsed"].sort_values("step")["value"].to_numpy()
+    if len(elapsed) == 0:
+        return 0.0
+    restarts = np.flatnonzero(np.diff(elapsed) < 0)  # a resumed part starts again near 0
+    return float(sum(elapsed[i] for i in restarts) + elapsed[-1])
+
+
+def eval_rows(run_dir: Path) -> Dict[str, list]:
+    path = run_dir / "eval" / "evaluations.npz"
+    if not path.is_file():
+        return {"steps": [], "returns": [], "lengths": []}
+    with np.load(path) as data:
+        return {"steps": [int(s) for s in data["timesteps"]],
+                "returns": [[_round(float(v)) for v in row] for row in data["results"]],
+                "lengths": [[int(v) for v in row] for row in data["ep_lengths"]]}
+
+
+def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str], path: str = "single-run",
+                 **meta: Any) -> Dict[str, Any]:
+    """The record of the finished run in ``run_dir`` (see the module docstring)."""
+    import yaml
+
+    from agents.cli import machine_info
+
+    args = yaml.safe_load((run_dir / "args.yml").read_text())
+    config = yaml.safe_load((run_dir / "config.yml").read_text())
+    updates = update_rows(run_dir)
+    return {
+        "format": FORMAT,
+        "meta": {
+            "name": run_dir.name, "study": study, "axes": axes, "seed": args.get("seed"), "algo": args.get("algo"),
+            "env": args.get("env"), "steps": updates["step"][-1] if updates["step"] else 0,
+            "n_timesteps": int(config["n_timesteps"]), "config": config, "train_argv": list(argv),
+            "command": (run_dir / "command.txt").read_text().strip().splitlines(),
+            "code": args.get("code", "unknown"), "versions": library_versions(), "machine": machine_info(),
+            "torch_threads": args.get("num_threads"), "wall_time_s": round(wall_time(run_dir), 1), "path": path,
+            "recorded": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), **meta,
+        },
+        "updates": updates,
+        "eval": eval_rows(run_dir),
+    }
+
+
+def record_path(results_dir: Path, name: str) -> Path:
+    return Path(results_dir) / "runs" / f"{name}.json"
+
+
+def write_record(results_dir: Path, record: Dict[str, Any]) -> Path:
+    """Write ``record`` under ``results_dir/runs/`` (one JSON line per field of ``updates``: small diffs)."""
+    path = record_path(results_dir, record["meta"]["name"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["{", f'"format": {json.dumps(record["format"])},', f'"meta": {json.dumps(record["meta"], sort_keys=True)},',
+             '"updates": {']
+    cols = list(record["updates"].items())
+    lines += [f"  {json.dumps(k)}: {json.dumps(v)}" + ("," if i < len(cols) - 1 else "") for i, (k, v) in enumerate(cols)]
+    lines += ["},", f'"eval": {json.dumps(record["eval"])}', "}"]
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_record(path: Path) -> Dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def read_records(results_dir: Path) -> List[Dict[str, Any]]:
+    """Every record of a study, by name."""
+    return [read_record(p) for p in sorted((Path(results_dir) / "runs").glob("*.json"))]
