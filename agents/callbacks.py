@@ -42,16 +42,15 @@ class LearnerEvalCallback(EvalCallback):
     ``EvalCallback`` with three changes that make evaluations comparable across runs and exact across resumes:
 
     - evaluations fall on multiples of ``eval_freq`` *environment steps* (SB3 counts callback calls, which restart
-      from 0 on resume), plus one at the start (step 0) and one at the end of training (which also writes the last update's
-      ``train/*`` values, which stock SB3 never dumps);
+      from 0 on resume), plus one at the start (step 0) and one at the end of training;
     - evaluation ``k`` resets the evaluation env with seed ``seed + k``, so the episodes evaluated at a given step
       do not depend on how many evaluations a resumed process has run before;
     - ``log_path/evaluations.npz`` (SB3's format: ``timesteps``, ``results``, ``ep_lengths``) keeps the rows of an
       interrupted run up to the step it resumes from, instead of starting a new file.
 
     The eval env's observation statistics are copied from the training env before each evaluation and frozen
-    (``VecNormalize(training=False)``), as in SB3. Episode returns are the raw ``Monitor`` returns. Logged as
-    ``eval/mean_reward`` and ``eval/mean_ep_length`` (SB3's keys); no best model is saved.
+    (``VecNormalize(training=False)``), as in SB3. Episode returns are the raw ``Monitor`` returns. Logged at the
+    evaluation's own step as ``eval/mean_reward`` and ``eval/mean_ep_length`` (SB3's keys); no best model is saved.
     """
 
     def __init__(self, eval_env: Any, eval_freq: int, n_eval_episodes: int, log_path: str, seed: int = 0) -> None:
@@ -84,9 +83,6 @@ class LearnerEvalCallback(EvalCallback):
     def _on_training_end(self) -> None:
         if self._last_eval_step != self.model.num_timesteps:
             self._evaluate()
-        # SB3 dumps before each update, so the last update's train/* values would never be written: dump them (a
-        # second event at the last step; studies.records places them in the last update's row)
-        self.logger.dump(self.model.num_timesteps)
 
     def _evaluate(self) -> None:
         step = self.model.num_timesteps
@@ -102,5 +98,19 @@ class LearnerEvalCallback(EvalCallback):
         if self.log_path is not None:
             np.savez(self.log_path, timesteps=self.evaluations_timesteps, results=self.evaluations_results,
                      ep_lengths=self.evaluations_length)
-        self.logger.record("eval/mean_reward", float(np.mean(returns)))
-        self.logger.record("eval/mean_ep_length", float(np.mean(lengths)))
+        self._dump_alone(step, {"eval/mean_reward": float(np.mean(returns)),
+                                "eval/mean_ep_length": float(np.mean(lengths))})
+
+    def _dump_alone(self, step: int, values: Dict[str, float]) -> None:
+        """Write ``values`` at ``step`` now, and nothing else: values other code recorded but not yet dumped (the
+        last update's ``train/*``) are held back for SB3's next dump, so they land where they would without
+        evaluation (SB3's EvalCallback dumps them at the evaluation step instead)."""
+        tables = (self.logger.name_to_value, self.logger.name_to_excluded, self.logger.name_to_count)
+        held = [dict(t) for t in tables]
+        for table in tables:
+            table.clear()
+        for key, value in values.items():
+            self.logger.record(key, value)
+        self.logger.dump(step)
+        for table, saved in zip(tables, held):
+            table.update(saved)

@@ -58,37 +58,33 @@ def update_rows(run_dir: Path) -> Dict[str, List[Optional[float]]]:
     rollout's end), its ``rollout/*`` and ``time/fps`` values, and the ``train/*`` values of the update made on it.
 
     SB3 dumps the logger *before* each update, so the ``train/*`` values written at step ``s`` belong to the
-    previous rollout's update; here they are moved back to that rollout's row. The last update's values are only
-    in the events when something dumped after training (the learner evaluation's final dump, a second event at the
-    last step), and are then placed in the last row. A resumed run's events were trimmed to its checkpoint on
-    resume, so no step appears twice otherwise.
+    previous rollout's update; here they are moved back to that rollout's row. The last update's values are never
+    written (stock SB3 behaviour), so the last row has none. A resumed run's events were trimmed to its checkpoint
+    on resume, so no step appears twice.
     """
     from tbparse import SummaryReader
 
-    scalars = SummaryReader(str(run_dir), extra_columns={"wall_time"}).scalars
+    scalars = SummaryReader(str(run_dir)).scalars
     if len(scalars) == 0:
         return {"step": []}
-    scalars = scalars[scalars.tag.map(lambda t: t.startswith(UPDATE_PREFIXES))].sort_values(["step", "wall_time"])
+    scalars = scalars[scalars.tag.map(lambda t: t.startswith(UPDATE_PREFIXES))].sort_values("step", kind="stable")
     rollout = scalars[~scalars.tag.str.startswith("train/")]
     steps = sorted(int(s) for s in rollout.step.unique())
     index = {s: i for i, s in enumerate(steps)}
     rows: Dict[str, List[Optional[float]]] = {"step": list(steps)}
     for tag, events in scalars.groupby("tag", sort=True):
         column: List[Optional[float]] = [None] * len(steps)
-        occurrence: Dict[int, int] = {}
+        seen = set()
         for step, value in zip(events.step.astype(int), events.value.astype(float)):
-            seen = occurrence.get(step, 0)
-            occurrence[step] = seen + 1
-            if not tag.startswith("train/"):
-                column[index[step]] = _round(value)
-                continue
-            if seen:  # a dump after training: the last update's values
-                row = index.get(step)
-            else:  # SB3's dump before an update: the previous rollout's update
-                earlier = [s for s in steps if s < step]
-                row = index[earlier[-1]] if earlier else None
-            if row is not None:
-                column[row] = _round(value)
+            if tag.startswith("train/") and step not in seen:  # written before the next update: the previous
+                earlier = [s for s in steps if s < step]      # rollout's update
+                seen.add(step)
+                if not earlier:
+                    continue
+                step = earlier[-1]
+            # (a second value at the same step came from a dump after the last update: that update's own row;
+            # code before b86d8f0's successor wrote one at the end of training)
+            column[index[step]] = _round(value)
         rows[tag] = column
     return rows
 

@@ -35,7 +35,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     CartPole's state pickles faithfully, so the resumed run is exact (see agents/checkpoint.py for MuJoCo/ALE).
     """
     args = ["--algo", "dualclip", "--env", "CartPole-v1", "-n", "8192", "--seed", "5", "--policy-lag", "2",
-            "--save-freq", "512", "--verbose", "0", "-f", str(tmp_path), *TINY]
+            "--save-freq", "512", "--verbose", "0", "-f", str(tmp_path), "--eval-freq", "1000", "--eval-episodes", "2",
+            *TINY]
     cmd = [sys.executable, str(ROOT / "train.py"), *args]
     victim = subprocess.Popen([*cmd, "--run-name", "killed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / "killed" / "checkpoint.pkl"
@@ -60,6 +61,11 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert not b.duplicated(["tag", "step"]).any()  # nothing logged twice ...
     assert a[["tag", "step"]].equals(b[["tag", "step"]])  # ... nor missing
     assert np.array_equal(a["value"].to_numpy(), b["value"].to_numpy())
+    # the learner's evaluations: the same steps and returns (evaluation k resets its env with seed + k)
+    evals = [np.load(tmp_path / run / "eval" / "evaluations.npz") for run in ("full", "killed")]
+    assert list(evals[0]["timesteps"]) == [*range(0, 8001, 1000), 8192]  # multiples of 1000 steps, then the end
+    for key in ("timesteps", "results", "ep_lengths"):
+        assert np.array_equal(evals[0][key], evals[1][key])
     assert "resumed at step" in (tmp_path / "killed" / "command.txt").read_text()
     # resuming a finished run changes nothing
     done = run_script("train.py", ["--resume", str(tmp_path / "killed")])

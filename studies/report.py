@@ -1,0 +1,607 @@
+"""The report of a study, from its committed records alone: ``python sweep.py report results/<study>``.
+
+Writes into ``results/<study>/``: ``summary.md`` (tables and figures), ``summary.csv`` (one row per run) and PNG
+figures under ``figures/``. Nothing else is read: no run folder, no event file.
+
+Terms used throughout:
+
+- a *setting* is what the data are (env, policy lag, lag mode, behaviour temperature, any other axis but the seed
+  and the arm's own options); a *variant* is how they are used: the algorithm and its options (``dual_clip``,
+  ``is_weight_mode``, ``is_weight_max``, ``loss_agg_mode``); options at their defaults are not shown in its label;
+- the headline metric is the **final evaluation return**: the mean over episodes of the learner's last evaluation
+  (deterministic actions, at the end of training); the training return (``rollout/ep_rew_mean``, the behaviour
+  policy's) is a second column;
+- diagnostics (``behavior_kl``, ratio p99, the share of samples the dual-clip bound acts on, ...) are averaged over
+  the updates whose data reached the requested lag: the first K updates of a lag-K run have no snapshot that old
+  and run at smaller lags, so they are left out (update index >= K);
+- intervals are 95 % bootstrap confidence intervals from rliable (stratified bootstrap over seeds); curves show the
+  mean over seeds with a 95 % bootstrap band; the aggregate view is rliable's IQM and probability of improvement.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from studies.records import read_records
+
+#: options of an arm (they make a variant); every other axis but the seed makes the setting
+ARM_KEYS = ("algo", "dual_clip", "is_weight_mode", "is_weight_max", "loss_agg_mode")
+#: option defaults, not shown in variant labels
+ARM_DEFAULTS = {"is_weight_mode": "truncate", "is_weight_max": 100.0, "loss_agg_mode": "token-mean"}
+DEFAULT_C = {"dualclip": 3.0}
+#: setting keys with their defaults (a record without the axis has the default)
+SETTING_DEFAULTS = {"policy_lag": 0, "lag_mode": "fixed", "behavior_temperature": 1.0}
+#: diagnostics summarised per run: column -> (record tag, how to read it)
+DIAGNOSTICS = {
+    "behavior_kl": "train/behavior_kl",
+    "ratio_p99": "train/ratio_p99",
+    "would_bound": "train/dual_clip_would_bound",
+    "bound_active": "train/pg_clipfrac_lower",
+    "clip_fraction": "train/clip_fraction",
+    "ppo_kl": "train/ppo_kl",
+    "is_ess": "train/is_ess",
+    "is_truncated": "train/is_weight_truncated",
+    "is_filtered": "train/is_weight_filtered",
+}
+BOOTSTRAP_REPS = 2000
+ALGO_ORDER = ("ppo", "dualclip", "decoupled")
+
+
+# ----------------------------------------------------------------------------------------------- runs as rows
+def effective(record: Dict[str, Any], key: str) -> Any:
+    """The value of ``key`` for this run: its axis value, else its config value, else the default."""
+    meta = record["meta"]
+    if key in meta["axes"]:
+        value = meta["axes"][key]
+    elif key == "dual_clip":
+        value = None if meta["algo"] == "ppo" else meta["config"].get("dual_clip", DEFAULT_C.get(meta["algo"]))
+    else:
+        value = meta["config"].get(key, SETTING_DEFAULTS.get(key, ARM_DEFAULTS.get(key)))
+    if key == "dual_clip" and meta["algo"] == "ppo":
+        value = None  # ppo's --dual-clip only sets the would-bound diagnostic
+    if key in ("is_weight_mode", "is_weight_max") and meta["algo"] != "decoupled":
+        value = None
+    return float(value) if isinstance(value, int) and key in ("dual_clip", "is_weight_max",
+                                                              "behavior_temperature") else value
+
+
+def variant_label(row: Dict[str, Any]) -> str:
+    parts = [row["algo"]]
+    c = row.get("dual_clip")
+    if c is not None and c != DEFAULT_C.get(row["algo"]):
+        parts.append(f"c={c:g}")
+    if row["algo"] == "decoupled":
+        mode, cap = row.get("is_weight_mode") or "truncate", row.get("is_weight_max")
+        if mode != "truncate" or (cap is not None and cap != ARM_DEFAULTS["is_weight_max"]):
+            parts.append(f"{mode}@{cap:g}" if cap is not None else mode)
+    if row.get("loss_agg_mode") not in (None, "token-mean"):
+        parts.append(str(row["loss_agg_mode"]))
+    return " ".join(parts)
+
+
+def setting_label(setting: Tuple[Tuple[str, Any], ...]) -> str:
+    names = {"policy_lag": "lag", "behavior_temperature": "τ", "lag_mode": "mode"}
+    shown = [(k, v) for k, v in setting if k != "env" and not (k in SETTING_DEFAULTS and k != "policy_lag"
+                                                               and v == SETTING_DEFAULTS[k])]
+    return ", ".join(f"{names.get(k, k)} {v:g}" if isinstance(v, float) else f"{names.get(k, k)} {v}"
+                     for k, v in shown) or "default"
+
+
+def full_lag_mean(record: Dict[str, Any], tag: str) -> Optional[float]:
+    """Mean of ``tag`` over the updates whose data reached the requested lag (update index >= K)."""
+    values = record["updates"].get(tag)
+    if not values:
+        return None
+    k = int(record["meta"]["config"].get("policy_lag", 0))
+    kept = [v for v in values[k:] if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def final_eval(record: Dict[str, Any]) -> Optional[float]:
+    returns = record["eval"]["returns"]
+    if not returns or record["eval"]["steps"][-1] < record["meta"]["n_timesteps"]:
+        return None
+    return float(np.mean(returns[-1]))
+
+
+def run_rows(records: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """One row per record (axis values, setting, variant, metrics) and the setting keys of the study."""
+    axis_keys = sorted({k for r in records for k in r["meta"]["axes"]} - {"seed"} - set(ARM_KEYS))
+    setting_keys = ["env"] + [k for k in ("policy_lag", "lag_mode", "behavior_temperature") if k not in axis_keys
+                              and any(k in r["meta"]["axes"] for r in records)]
+    setting_keys += [k for k in axis_keys if k not in setting_keys]
+    if "policy_lag" not in setting_keys:
+        setting_keys.insert(1, "policy_lag")
+    rows = []
+    for rec in records:
+        meta = rec["meta"]
+        row: Dict[str, Any] = {"name": meta["name"], "algo": meta["algo"], "seed": meta["seed"], "env": meta["env"]}
+        for key in setting_keys[1:] + list(ARM_KEYS[1:]):
+            row[key] = effective(rec, key)
+        row["setting"] = tuple((k, row[k]) for k in setting_keys)
+        row["variant"] = variant_label(row)
+        ep = rec["updates"].get("rollout/ep_rew_mean") or [None]
+        row["final_eval"] = final_eval(rec)
+        row["final_train"] = ep[-1]
+        for column, tag in DIAGNOSTICS.items():
+            row[column] = full_lag_mean(rec, tag)
+        row.update(steps=meta["steps"], wall_time_s=meta["wall_time_s"], code=meta["code"], path=meta["path"],
+                   cpu=meta["machine"]["cpu"])
+        row["record"] = rec
+        rows.append(row)
+    return rows, setting_keys
+
+
+def variant_order(variants: Sequence[str]) -> List[str]:
+    def key(v: str) -> Tuple[int, str]:
+        algo = v.split()[0]
+        return (ALGO_ORDER.index(algo) if algo in ALGO_ORDER else len(ALGO_ORDER), v)
+
+    return sorted(set(variants), key=key)
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def mean_ci(values: Sequence[float], seed: int = 0) -> Tuple[float, float, float]:
+    """Mean and its 95 % stratified-bootstrap interval (rliable); one value: no interval (NaN)."""
+    from rliable import library as rly
+
+    arr = np.asarray(values, dtype=float).reshape(-1, 1)
+    if len(arr) < 2:
+        return float(arr.mean()), math.nan, math.nan
+    point, interval = rly.get_interval_estimates({"x": arr}, lambda s: np.array([np.mean(s)]), reps=BOOTSTRAP_REPS,
+                                                 random_state=np.random.RandomState(seed))
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def iqm_ci(values: Sequence[float], seed: int = 0) -> Tuple[float, float, float]:
+    from rliable import library as rly
+    from rliable import metrics
+
+    arr = np.asarray(values, dtype=float).reshape(-1, 1)
+    if len(arr) < 2:
+        return float(arr.mean()), math.nan, math.nan
+    point, interval = rly.get_interval_estimates({"x": arr}, lambda s: np.array([metrics.aggregate_iqm(s)]),
+                                                 reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(seed))
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def improvement_ci(x: Sequence[float], y: Sequence[float], seed: int = 0) -> Tuple[float, float, float]:
+    """rliable's probability that a run of X beats a run of Y (ties count half), with its 95 % interval."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    a, b = (np.asarray(v, dtype=float).reshape(-1, 1) for v in (x, y))
+    point, interval = rly.get_interval_estimates({"p": (a, b)}, metrics.probability_of_improvement,
+                                                 reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(seed))
+    lo, hi = np.ravel(interval["p"])
+    return float(np.ravel(point["p"])[0]), float(lo), float(hi)
+
+
+def curve_band(curves: np.ndarray, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over seeds (rows) at each point (columns) and a 95 % bootstrap band (rliable)."""
+    from rliable import library as rly
+
+    if len(curves) < 2:
+        return curves.mean(0), curves.mean(0), curves.mean(0)
+    scores = curves[:, None, :]  # runs x tasks (1) x points
+
+    def mean_per_point(s: np.ndarray) -> np.ndarray:
+        return s.mean(axis=(0, 1))
+
+    point, interval = rly.get_interval_estimates({"x": scores}, mean_per_point, reps=BOOTSTRAP_REPS // 2,
+                                                 random_state=np.random.RandomState(seed))
+    return point["x"], interval["x"][0], interval["x"][1]
+
+
+# ------------------------------------------------------------------------------------------------------ cells
+def cells(rows: List[Dict[str, Any]]) -> Dict[Tuple[Any, str], List[Dict[str, Any]]]:
+    out: Dict[Tuple[Any, str], List[Dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault((row["setting"], row["variant"]), []).append(row)
+    return out
+
+
+def fmt(x: Optional[float], digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return f"{x:.{digits}g}"
+
+
+def fmt_ci(point: float, lo: float, hi: float, digits: int = 4) -> str:
+    return fmt(point, digits) + ("" if math.isnan(lo) else f" [{fmt(lo, digits)}, {fmt(hi, digits)}]")
+
+
+def pct(x: Optional[float]) -> str:
+    return "" if x is None else f"{100 * x:.3g} %"
+
+
+def cell_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> List[str]:
+    head = ("| setting | variant | seeds | final eval return, mean [95 % CI] | IQM [95 % CI] | final training return "
+            "(μ's), mean ± sd | behavior_kl | ratio p99 | would bound (c) | bound active | clip fraction | "
+            "ppo_kl | ESS | truncated | filtered |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for (setting, variant), group in sorted(groups.items(), key=_cell_order):
+        finals = [r["final_eval"] for r in group if r["final_eval"] is not None]
+        train = [r["final_train"] for r in group if r["final_train"] is not None]
+        m = mean_ci(finals) if finals else (math.nan,) * 3
+        q = iqm_ci(finals) if finals else (math.nan,) * 3
+
+        def avg(col: str) -> Optional[float]:
+            vals = [r[col] for r in group if r[col] is not None]
+            return float(np.mean(vals)) if vals else None
+
+        sd = f" ± {np.std(train, ddof=1):.3g}" if len(train) > 1 else ""
+        lines.append(
+            f"| {setting_label(setting)} | {variant} | {len(group)} | {fmt_ci(*m)} | {fmt_ci(*q)} | "
+            f"{fmt(float(np.mean(train))) if train else ''}{sd} | {fmt(avg('behavior_kl'), 3)} | "
+            f"{fmt(avg('ratio_p99'), 3)} | {pct(avg('would_bound'))} | {pct(avg('bound_active'))} | "
+            f"{pct(avg('clip_fraction'))} | {fmt(avg('ppo_kl'), 3)} | {fmt(avg('is_ess'), 3)} | "
+            f"{pct(avg('is_truncated'))} | {pct(avg('is_filtered'))} |")
+    return lines
+
+
+def _cell_order(item: Tuple[Tuple[Any, str], Any]) -> Tuple:
+    (setting, variant), _ = item
+    algo = variant.split()[0]
+    return (tuple((k, str(v)) if not isinstance(v, (int, float)) else (k, v) for k, v in setting),
+            ALGO_ORDER.index(algo) if algo in ALGO_ORDER else len(ALGO_ORDER), variant)
+
+
+def improvement_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> List[str]:
+    lines = ["| setting | variant X | P(X > ppo) [95 % CI] | seeds X / ppo |", "|---|---|---|---|"]
+    settings = sorted({s for s, _ in groups}, key=lambda s: tuple(str(v) for _, v in s))
+    for setting in settings:
+        base = [r["final_eval"] for r in groups.get((setting, "ppo"), []) if r["final_eval"] is not None]
+        if len(base) < 2:
+            continue
+        for variant in variant_order([v for s, v in groups if s == setting]):
+            if variant == "ppo":
+                continue
+            xs = [r["final_eval"] for r in groups[(setting, variant)] if r["final_eval"] is not None]
+            if len(xs) < 2:
+                continue
+            p = improvement_ci(xs, base)
+            lines.append(f"| {setting_label(setting)} | {variant} | {fmt_ci(*p, digits=2)} | {len(xs)} / {len(base)} |")
+    return lines if len(lines) > 2 else []
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colors(variants: Sequence[str]) -> Dict[str, Any]:
+    plt = _plt()
+    cmap = plt.get_cmap("tab10")
+    return {v: cmap(i % 10) for i, v in enumerate(variant_order(variants))}
+
+
+def eval_curves(group: List[Dict[str, Any]]) -> Tuple[np.ndarray, np.ndarray]:
+    """Steps and seeds x points of the evaluation return (cut to the points every seed has)."""
+    n = min(len(r["record"]["eval"]["steps"]) for r in group)
+    steps = np.asarray(group[0]["record"]["eval"]["steps"][:n])
+    curves = np.array([[np.mean(x) for x in r["record"]["eval"]["returns"][:n]] for r in group])
+    return steps, curves
+
+
+def fig_curves(env: str, rows: List[Dict[str, Any]], out: Path) -> Optional[Path]:
+    plt = _plt()
+    groups = cells(rows)
+    settings = sorted({s for s, _ in groups}, key=lambda s: tuple(str(v) for _, v in s))
+    colors = _colors([v for _, v in groups])
+    ncol = min(3, len(settings))
+    nrow = math.ceil(len(settings) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.6 * nrow), squeeze=False, sharey=True)
+    for ax, setting in zip(axes.flat, settings):
+        for variant in variant_order([v for s, v in groups if s == setting]):
+            group = [r for r in groups[(setting, variant)] if r["record"]["eval"]["steps"]]
+            if not group:
+                continue
+            steps, curves = eval_curves(group)
+            mean, lo, hi = curve_band(curves)
+            ax.plot(steps, mean, color=colors[variant], label=f"{variant} (n={len(group)})")
+            ax.fill_between(steps, lo, hi, color=colors[variant], alpha=0.2)
+        ax.set_title(setting_label(setting))
+        ax.set_xlabel("environment steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("evaluation return (learner)")
+    for ax in list(axes.flat)[len(settings):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{env}: the learner's evaluation return (deterministic), mean over seeds, 95 % bootstrap band")
+    fig.tight_layout()
+    path = out / f"curves_{_slug(env)}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _by_lag(rows: List[Dict[str, Any]], value: str) -> Dict[Tuple[Any, str], Dict[int, List[float]]]:
+    """(setting without the lag, variant) -> lag -> values of ``value``."""
+    out: Dict[Tuple[Any, str], Dict[int, List[float]]] = {}
+    for r in rows:
+        if r[value] is None:
+            continue
+        rest = tuple((k, v) for k, v in r["setting"] if k != "policy_lag")
+        out.setdefault((rest, r["variant"]), {}).setdefault(int(r["policy_lag"]), []).append(r[value])
+    return out
+
+
+def fig_final_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path) -> Optional[Path]:
+    data = _by_lag(rows, "final_eval")
+    rests = sorted({rest for rest, _ in data if len(data[(rest, _)]) > 1}, key=str)
+    if not rests:
+        return None
+    plt = _plt()
+    colors = _colors([v for _, v in data])
+    fig, axes = plt.subplots(1, len(rests), figsize=(6 * len(rests), 4), squeeze=False)
+    for ax, rest in zip(axes.flat, rests):
+        for variant in variant_order([v for r, v in data if r == rest]):
+            by_lag = data[(rest, variant)]
+            if len(by_lag) < 2:
+                continue
+            lags = sorted(by_lag)
+            stats = [mean_ci(by_lag[k]) for k in lags]
+            mean = np.array([s[0] for s in stats])
+            err = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
+            seeds = min(len(by_lag[k]) for k in lags)
+            ax.errorbar(range(len(lags)), mean, yerr=np.nan_to_num(err), marker="o", capsize=3,
+                        color=colors[variant], label=f"{variant} (n≥{seeds})")
+            ax.set_xticks(range(len(lags)), [str(k) for k in lags])
+        ax.set_xlabel("policy lag K (updates)")
+        ax.set_ylabel("final evaluation return (learner)")
+        ax.set_title(f"{env}" + (f", {setting_label(rest)}" if setting_label(rest) != "default" else ""), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Final evaluation return against policy lag: mean over seeds, 95 % bootstrap CI")
+    fig.tight_layout()
+    path = out / f"final_vs_lag_{_slug(env)}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fig_diagnostics_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path) -> Optional[Path]:
+    panels = [("behavior_kl", "KL(μ‖π) before the update (k3)", False),
+              ("ratio_p99", "ratio π/μ, 99th percentile", False),
+              ("would_bound", "share with A<0 and r>c (c=3 unless set)", True),
+              ("bound_active", "share where the c·A bound is active", True)]
+    data = {col: _by_lag(rows, col) for col, _, _ in panels}
+    if not any(len(d) > 1 for m in data.values() for d in m.values()):
+        return None
+    plt = _plt()
+    variants = [r["variant"] for r in rows]
+    colors = _colors(variants)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8))
+    for ax, (col, title, share) in zip(axes, panels):
+        all_lags = sorted({k for by_lag in data[col].values() for k in by_lag})
+        for (rest, variant), by_lag in sorted(data[col].items(), key=lambda kv: (str(kv[0][0]),
+                                                                                 variant_order(variants).index(kv[0][1]))):
+            if len(by_lag) < 2:
+                continue
+            lags = sorted(by_lag)
+            scale = 100 if share else 1
+            mean = [scale * np.mean(by_lag[k]) for k in lags]
+            sd = [scale * (np.std(by_lag[k], ddof=1) if len(by_lag[k]) > 1 else 0) for k in lags]
+            label = variant + (f" ({setting_label(rest)})" if setting_label(rest) != "default" else "")
+            ax.errorbar([all_lags.index(k) for k in lags], mean, yerr=sd, marker="o", capsize=3,
+                        color=colors[variant], label=label)
+        ax.set_xticks(range(len(all_lags)), [str(k) for k in all_lags])
+        ax.set_xlabel("policy lag K (updates)")
+        ax.set_ylabel(title + (" (%)" if share else ""))
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{env}: off-policy diagnostics against lag (updates with the full lag; mean ± sd over seeds)")
+    fig.tight_layout()
+    path = out / f"diagnostics_vs_lag_{_slug(env)}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path) -> Optional[Path]:
+    """Final evaluation return and the share the bound acts on against c, per setting, for dualclip runs."""
+    dual = [r for r in rows if r["algo"] == "dualclip" and r["final_eval"] is not None]
+    by_setting: Dict[Any, Dict[float, List[Dict[str, Any]]]] = {}
+    for r in dual:
+        by_setting.setdefault(r["setting"], {}).setdefault(float(r["dual_clip"]), []).append(r)
+    by_setting = {s: d for s, d in by_setting.items() if len(d) > 1}
+    if not by_setting:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ppo = {r["setting"]: [] for r in rows}
+    for r in rows:
+        if r["variant"] == "ppo" and r["final_eval"] is not None:
+            ppo[r["setting"]].append(r["final_eval"])
+    for i, (setting, by_c) in enumerate(sorted(by_setting.items(), key=lambda kv: str(kv[0]))):
+        color = _plt().get_cmap("tab10")(i)
+        cs = sorted(by_c)
+        stats = [mean_ci([r["final_eval"] for r in by_c[c]]) for c in cs]
+        err = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
+        n = min(len(by_c[c]) for c in cs)
+        axes[0].errorbar(cs, [s[0] for s in stats], yerr=np.nan_to_num(err), marker="o", capsize=3, color=color,
+                         label=f"dualclip, {setting_label(setting)} (n≥{n})")
+        if len(ppo.get(setting, [])) > 0:
+            axes[0].axhline(np.mean(ppo[setting]), color=color, ls="--", lw=1,
+                            label=f"ppo, {setting_label(setting)} (n={len(ppo[setting])})")
+        active = [100 * np.mean([r["bound_active"] for r in by_c[c] if r["bound_active"] is not None] or [np.nan])
+                  for c in cs]
+        axes[1].plot(cs, active, marker="o", color=color, label=setting_label(setting))
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("dual-clip constant c (log scale)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("final evaluation return (learner)")
+    axes[0].set_title("final evaluation return: mean, 95 % bootstrap CI", fontsize=9)
+    axes[1].set_ylabel("share of samples where c·A bounds the loss (%)")
+    axes[1].set_title("how often the bound acts (updates with the full lag)", fontsize=9)
+    fig.suptitle(f"{env}: sensitivity to the dual-clip constant c")
+    fig.tight_layout()
+    path = out / f"c_sensitivity_{_slug(env)}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fig_training_diagnostics(env: str, rows: List[Dict[str, Any]], out: Path) -> Optional[Path]:
+    """Per setting with several decoupled variants: evaluation return, within-update KL, ESS and the share of
+    weights truncated or filtered over training (mean over seeds, 95 % bootstrap band)."""
+    groups = cells(rows)
+    settings = sorted({s for s, v in groups if v.startswith("decoupled")}, key=str)
+    settings = [s for s in settings if sum(v.startswith("decoupled") for t, v in groups if t == s) > 1]
+    if not settings:
+        return None
+    plt = _plt()
+    panels = [("eval", "evaluation return (learner)"), ("train/ppo_kl", "within-update KL (train/ppo_kl)"),
+              ("train/is_ess", "effective sample size / n (train/is_ess)"),
+              ("weights", "share of weights truncated or filtered (%)")]
+    colors = _colors([v for _, v in groups])
+    fig, axes = plt.subplots(len(panels), len(settings), figsize=(5.5 * len(settings), 3 * len(panels)),
+                             squeeze=False)
+    for j, setting in enumerate(settings):
+        for variant in variant_order([v for s, v in groups if s == setting and v.startswith("decoupled")]):
+            group = groups[(setting, variant)]
+            for i, (tag, _) in enumerate(panels):
+                ax = axes[i, j]
+                if tag == "eval":
+                    steps, curves = eval_curves(group)
+                else:
+                    names = ["train/is_weight_truncated", "train/is_weight_filtered"] if tag == "weights" else [tag]
+                    steps, curves = _update_curves(group, names, 100 if tag == "weights" else 1)
+                    if curves is None:
+                        continue
+                mean, lo, hi = curve_band(curves)
+                ax.plot(steps, mean, color=colors[variant], label=f"{variant} (n={len(group)})")
+                ax.fill_between(steps, lo, hi, color=colors[variant], alpha=0.2)
+        axes[0, j].set_title(setting_label(setting))
+        for i, (_, label) in enumerate(panels):
+            axes[i, j].set_ylabel(label, fontsize=8)
+            axes[i, j].set_xlabel("environment steps")
+            axes[i, j].grid(alpha=0.3)
+        axes[0, j].legend(fontsize=7)
+    fig.suptitle(f"{env}: decoupled variants over training (mean over seeds, 95 % bootstrap band)")
+    fig.tight_layout()
+    path = out / f"decoupled_{_slug(env)}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _update_curves(group: List[Dict[str, Any]], tags: List[str], scale: float):
+    """Steps and seeds x updates of the first of ``tags`` each run logged (missing values as NaN -> 0 skipped)."""
+    series = []
+    for r in group:
+        updates = r["record"]["updates"]
+        tag = next((t for t in tags if updates.get(t) and any(v is not None for v in updates[t])), None)
+        if tag is None:
+            return None, None
+        series.append((updates["step"], [np.nan if v is None else scale * v for v in updates[tag]]))
+    n = min(len(s[0]) for s in series)
+    curves = np.array([s[1][:n] for s in series])
+    keep = ~np.isnan(curves).any(axis=0)
+    return np.asarray(series[0][0][:n])[keep], curves[:, keep]
+
+
+def _slug(text: str) -> str:
+    return text.replace("/", "-")
+
+
+# ----------------------------------------------------------------------------------------------------- report
+def write_report(results_dir: Path) -> Path:
+    """Write summary.md, summary.csv and figures/ for the study in ``results_dir``; returns summary.md's path."""
+    warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)  # arch, via rliable
+    results_dir = Path(results_dir)
+    records = read_records(results_dir)
+    if not records:
+        raise FileNotFoundError(f"no records under {results_dir / 'runs'}: run the study's grid first")
+    rows, setting_keys = run_rows(records)
+    figures = results_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    for old in figures.glob("*.png"):
+        old.unlink()  # every figure is remade from the records: none is left from an earlier report
+    columns = (["name", "env"] + setting_keys[1:] + ["variant", "algo", "seed", "final_eval", "final_train"]
+               + list(DIAGNOSTICS) + ["steps", "wall_time_s", "code", "path", "cpu"])
+    with open(results_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for r in sorted(rows, key=lambda r: r["name"]):
+            writer.writerow(["" if r.get(c) is None else (fmt(r[c], 6) if isinstance(r[c], float) else r[c])
+                             for c in columns])
+    study = results_dir.name
+    codes = sorted({r["code"] for r in rows})
+    versions = sorted({tuple(sorted(r["record"]["meta"]["versions"].items())) for r in rows})
+    cpus = sorted({r["cpu"] for r in rows})
+    hours = sum(r["wall_time_s"] or 0 for r in rows) / 3600
+    lines = [f"# Study `{study}`", "",
+             f"Written by `python sweep.py report results/{study}` from the {len(rows)} committed records in "
+             f"`results/{study}/runs/` (nothing else is read). Each record holds its run's command, config, code "
+             "version, library versions and machine.", "",
+             f"- code versions of the runs: {', '.join(f'`{c}`' for c in codes)}",
+             f"- CPU models: {', '.join(cpus)}; {hours:.1f} h of training in all (one torch thread per run)",
+             "- library versions: " + "; ".join(", ".join(f"{k} {v}" for k, v in vs) for vs in versions),
+             "- training paths: " + ", ".join(sorted({r["path"] for r in rows})), "",
+             "**Final evaluation return**: mean return over the episodes of the learner's last evaluation "
+             "(deterministic actions, normalisation statistics frozen, at the end of training). **Training "
+             "return**: the last `rollout/ep_rew_mean`, the return of the behaviour policy μ that acted (stale or "
+             "exploring), not of the learner. Intervals: 95 % stratified-bootstrap CIs (rliable, "
+             f"{BOOTSTRAP_REPS} resamples) over seeds. Diagnostics are means over the updates whose data reached "
+             "the requested lag (the first K updates of a lag-K run are left out) and then over seeds: "
+             "`behavior_kl` (KL(μ‖π) before each update), `ratio p99` (99th percentile of π/μ before each "
+             "update), `would bound` (share of samples with A<0 and π/μ>c, c=3 unless set, for every arm), "
+             "`bound active` (share where the c·A bound is active in the loss, dual-clip arms), `clip fraction` "
+             "(SB3's), `ppo_kl`, `ESS`, `truncated`, `filtered` (decoupled arm's importance weights).", ""]
+    for env in sorted({r["env"] for r in rows}):
+        env_rows = [r for r in rows if r["env"] == env]
+        groups = cells(env_rows)
+        budgets = sorted({r["record"]["meta"]["n_timesteps"] for r in env_rows})
+        lines += [f"## {env}", "", f"Budget: {', '.join(f'{b:,}' for b in budgets)} environment steps per run.", ""]
+        lines += cell_table(groups) + [""]
+        poi = improvement_table(groups)
+        if poi:
+            lines += ["Probability of improvement over ppo in the same setting (rliable: the probability that a "
+                      "run of X ends with a higher final evaluation return than a run of ppo; 0.5 = no difference):",
+                      ""] + poi + [""]
+        for maker in (fig_curves, fig_final_vs_lag, fig_diagnostics_vs_lag, fig_c_sensitivity,
+                      fig_training_diagnostics):
+            path = maker(env, env_rows, figures)
+            if path is not None:
+                lines += [f"![{path.stem}](figures/{path.name})", ""]
+    missing = [r["name"] for r in rows if r["final_eval"] is None]
+    if missing:
+        lines += [f"Runs without a final evaluation (left out of the evaluation columns): {', '.join(missing)}", ""]
+    (results_dir / "summary.md").write_text("\n".join(lines))
+    return results_dir / "summary.md"
+
+
+def main(argv: List[str]) -> int:
+    from agents.cli import OneLineParser
+
+    p = OneLineParser(prog="sweep.py report", description="Write a study's report from its records.")
+    p.add_argument("studies", nargs="+", metavar="results/STUDY", help="study folders with runs/*.json records")
+    args = p.parse_args(argv)
+    for study in args.studies:
+        if not (Path(study) / "runs").is_dir():
+            p.error(f"{study} has no runs/ folder of records: pass a results/<study> folder written by sweep.py")
+    for study in args.studies:
+        print(f"report: {write_report(Path(study))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
