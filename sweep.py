@@ -78,14 +78,14 @@ def recorded_argv(results_dir: Path, run: RunSpec) -> Optional[List[str]]:
 
 
 def estimate(runs: List[RunSpec], states: Dict[str, str], results_dir: Path, jobs: int) -> str:
-    """Time for the runs still to do, from the recorded runs' speed per env (none recorded: unknown)."""
+    """Time for the runs still to do, from the recorded runs' median speed per env (none recorded: unknown)."""
     from studies.records import read_records
 
-    speed: Dict[str, List[float]] = {}
+    speed: Dict[str, List[float]] = {}  # seconds per step, from each record's last time/fps (SB3's steps/s)
     for rec in read_records(results_dir):
-        meta = rec["meta"]
-        if meta.get("wall_time_s") and meta.get("steps"):
-            speed.setdefault(meta["env"], []).append(meta["wall_time_s"] / meta["steps"])
+        fps = [v for v in rec["updates"].get("time/fps", []) if v]
+        if fps:
+            speed.setdefault(rec["meta"]["env"], []).append(1 / fps[-1])
     todo = [r for r in runs if states[r.name] != "recorded"]
     unknown = sorted({r.env for r in todo if r.env not in speed})
     seconds = sum(sorted(speed[r.env])[len(speed[r.env]) // 2] * r.n_timesteps for r in todo if r.env in speed)
@@ -156,7 +156,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 path = write_record(results_dir, res["record"])
                 if args.commit:
                     error = commit_record(path, f"results/{study}: record {res['name']}")
-                    line += f", committed" if error is None else f", NOT committed ({error})"
+                    line += ", committed" if error is None else f", NOT committed ({error})"
             else:
                 failed += 1
             print(line, flush=True)

@@ -145,10 +145,11 @@ def write_record(results_dir: Path, record: Dict[str, Any]) -> Path:
     """Write ``record`` under ``results_dir/runs/`` (one JSON line per field of ``updates``: small diffs)."""
     path = record_path(results_dir, record["meta"]["name"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["{", f'"format": {json.dumps(record["format"])},', f'"meta": {json.dumps(record["meta"], sort_keys=True)},',
-             '"updates": {']
+    meta = json.dumps(record["meta"], sort_keys=True)
+    lines = ["{", f'"format": {json.dumps(record["format"])},', f'"meta": {meta},', '"updates": {']
     cols = list(record["updates"].items())
-    lines += [f"  {json.dumps(k)}: {json.dumps(v)}" + ("," if i < len(cols) - 1 else "") for i, (k, v) in enumerate(cols)]
+    lines += [f"  {json.dumps(k)}: {json.dumps(v)}" + ("," if i < len(cols) - 1 else "")
+              for i, (k, v) in enumerate(cols)]
     lines += ["},", f'"eval": {json.dumps(record["eval"])}', "}"]
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text("\n".join(lines) + "\n")

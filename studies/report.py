@@ -50,6 +50,7 @@ DIAGNOSTICS = {
     "is_truncated": "train/is_weight_truncated",
     "is_filtered": "train/is_weight_filtered",
 }
+#: bootstrap resamples per interval (``sweep.py report --reps``)
 BOOTSTRAP_REPS = 2000
 ALGO_ORDER = ("ppo", "dualclip", "decoupled")
 
@@ -148,19 +149,19 @@ def variant_order(variants: Sequence[str]) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------------------ statistics
-def mean_ci(values: Sequence[float], seed: int = 0) -> Tuple[float, float, float]:
+def mean_ci(values: Sequence[float], reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Tuple[float, float, float]:
     """Mean and its 95 % stratified-bootstrap interval (rliable); one value: no interval (NaN)."""
     from rliable import library as rly
 
     arr = np.asarray(values, dtype=float).reshape(-1, 1)
     if len(arr) < 2:
         return float(arr.mean()), math.nan, math.nan
-    point, interval = rly.get_interval_estimates({"x": arr}, lambda s: np.array([np.mean(s)]), reps=BOOTSTRAP_REPS,
+    point, interval = rly.get_interval_estimates({"x": arr}, lambda s: np.array([np.mean(s)]), reps=reps,
                                                  random_state=np.random.RandomState(seed))
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
-def iqm_ci(values: Sequence[float], seed: int = 0) -> Tuple[float, float, float]:
+def iqm_ci(values: Sequence[float], reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Tuple[float, float, float]:
     from rliable import library as rly
     from rliable import metrics
 
@@ -168,23 +169,25 @@ def iqm_ci(values: Sequence[float], seed: int = 0) -> Tuple[float, float, float]
     if len(arr) < 2:
         return float(arr.mean()), math.nan, math.nan
     point, interval = rly.get_interval_estimates({"x": arr}, lambda s: np.array([metrics.aggregate_iqm(s)]),
-                                                 reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(seed))
+                                                 reps=reps, random_state=np.random.RandomState(seed))
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
-def improvement_ci(x: Sequence[float], y: Sequence[float], seed: int = 0) -> Tuple[float, float, float]:
+def improvement_ci(x: Sequence[float], y: Sequence[float], reps: int = BOOTSTRAP_REPS,
+                   seed: int = 0) -> Tuple[float, float, float]:
     """rliable's probability that a run of X beats a run of Y (ties count half), with its 95 % interval."""
     from rliable import library as rly
     from rliable import metrics
 
     a, b = (np.asarray(v, dtype=float).reshape(-1, 1) for v in (x, y))
     point, interval = rly.get_interval_estimates({"p": (a, b)}, metrics.probability_of_improvement,
-                                                 reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(seed))
+                                                 reps=reps, random_state=np.random.RandomState(seed))
     lo, hi = np.ravel(interval["p"])
     return float(np.ravel(point["p"])[0]), float(lo), float(hi)
 
 
-def curve_band(curves: np.ndarray, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def curve_band(curves: np.ndarray, reps: int = BOOTSTRAP_REPS,
+               seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over seeds (rows) at each point (columns) and a 95 % bootstrap band (rliable)."""
     from rliable import library as rly
 
@@ -195,7 +198,7 @@ def curve_band(curves: np.ndarray, seed: int = 0) -> Tuple[np.ndarray, np.ndarra
     def mean_per_point(s: np.ndarray) -> np.ndarray:
         return s.mean(axis=(0, 1))
 
-    point, interval = rly.get_interval_estimates({"x": scores}, mean_per_point, reps=BOOTSTRAP_REPS // 2,
+    point, interval = rly.get_interval_estimates({"x": scores}, mean_per_point, reps=max(reps // 2, 100),
                                                  random_state=np.random.RandomState(seed))
     return point["x"], interval["x"][0], interval["x"][1]
 
@@ -222,7 +225,7 @@ def pct(x: Optional[float]) -> str:
     return "" if x is None else f"{100 * x:.3g} %"
 
 
-def cell_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> List[str]:
+def cell_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
     head = ("| setting | variant | seeds | final eval return, mean [95 % CI] | IQM [95 % CI] | final training return "
             "(μ's), mean ± sd | behavior_kl | ratio p99 | would bound (c) | bound active | clip fraction | "
             "ppo_kl | ESS | truncated | filtered |")
@@ -230,8 +233,8 @@ def cell_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> List[str]
     for (setting, variant), group in sorted(groups.items(), key=_cell_order):
         finals = [r["final_eval"] for r in group if r["final_eval"] is not None]
         train = [r["final_train"] for r in group if r["final_train"] is not None]
-        m = mean_ci(finals) if finals else (math.nan,) * 3
-        q = iqm_ci(finals) if finals else (math.nan,) * 3
+        m = mean_ci(finals, reps) if finals else (math.nan,) * 3
+        q = iqm_ci(finals, reps) if finals else (math.nan,) * 3
 
         def avg(col: str) -> Optional[float]:
             vals = [r[col] for r in group if r[col] is not None]
@@ -254,7 +257,7 @@ def _cell_order(item: Tuple[Tuple[Any, str], Any]) -> Tuple:
             ALGO_ORDER.index(algo) if algo in ALGO_ORDER else len(ALGO_ORDER), variant)
 
 
-def improvement_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> List[str]:
+def improvement_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
     lines = ["| setting | variant X | P(X > ppo) [95 % CI] | seeds X / ppo |", "|---|---|---|---|"]
     settings = sorted({s for s, _ in groups}, key=lambda s: tuple(str(v) for _, v in s))
     for setting in settings:
@@ -267,7 +270,7 @@ def improvement_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> Li
             xs = [r["final_eval"] for r in groups[(setting, variant)] if r["final_eval"] is not None]
             if len(xs) < 2:
                 continue
-            p = improvement_ci(xs, base)
+            p = improvement_ci(xs, base, reps)
             lines.append(f"| {setting_label(setting)} | {variant} | {fmt_ci(*p, digits=2)} | {len(xs)} / {len(base)} |")
     return lines if len(lines) > 2 else []
 
@@ -296,7 +299,7 @@ def eval_curves(group: List[Dict[str, Any]]) -> Tuple[np.ndarray, np.ndarray]:
     return steps, curves
 
 
-def fig_curves(env: str, rows: List[Dict[str, Any]], out: Path) -> Optional[Path]:
+def fig_curves(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
     plt = _plt()
     groups = cells(rows)
     settings = sorted({s for s, _ in groups}, key=lambda s: tuple(str(v) for _, v in s))
@@ -310,7 +313,7 @@ def fig_curves(env: str, rows: List[Dict[str, Any]], out: Path) -> Optional[Path
             if not group:
                 continue
             steps, curves = eval_curves(group)
-            mean, lo, hi = curve_band(curves)
+            mean, lo, hi = curve_band(curves, reps)
             ax.plot(steps, mean, color=colors[variant], label=f"{variant} (n={len(group)})")
             ax.fill_between(steps, lo, hi, color=colors[variant], alpha=0.2)
         ax.set_title(setting_label(setting))
@@ -340,7 +343,7 @@ def _by_lag(rows: List[Dict[str, Any]], value: str) -> Dict[Tuple[Any, str], Dic
     return out
 
 
-def fig_final_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path) -> Optional[Path]:
+def fig_final_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
     data = _by_lag(rows, "final_eval")
     rests = sorted({rest for rest, _ in data if len(data[(rest, _)]) > 1}, key=str)
     if not rests:
@@ -354,7 +357,7 @@ def fig_final_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path) -> Optiona
             if len(by_lag) < 2:
                 continue
             lags = sorted(by_lag)
-            stats = [mean_ci(by_lag[k]) for k in lags]
+            stats = [mean_ci(by_lag[k], reps) for k in lags]
             mean = np.array([s[0] for s in stats])
             err = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
             seeds = min(len(by_lag[k]) for k in lags)
@@ -374,7 +377,7 @@ def fig_final_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path) -> Optiona
     return path
 
 
-def fig_diagnostics_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path) -> Optional[Path]:
+def fig_diagnostics_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
     panels = [("behavior_kl", "KL(μ‖π) before the update (k3)", False),
               ("ratio_p99", "ratio π/μ, 99th percentile", False),
               ("would_bound", "share with A<0 and r>c (c=3 unless set)", True),
@@ -388,8 +391,8 @@ def fig_diagnostics_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path) -> O
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8))
     for ax, (col, title, share) in zip(axes, panels):
         all_lags = sorted({k for by_lag in data[col].values() for k in by_lag})
-        for (rest, variant), by_lag in sorted(data[col].items(), key=lambda kv: (str(kv[0][0]),
-                                                                                 variant_order(variants).index(kv[0][1]))):
+        order = variant_order(variants)
+        for (rest, variant), by_lag in sorted(data[col].items(), key=lambda kv: (str(kv[0][0]), order.index(kv[0][1]))):
             if len(by_lag) < 2:
                 continue
             lags = sorted(by_lag)
@@ -413,7 +416,7 @@ def fig_diagnostics_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path) -> O
     return path
 
 
-def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path) -> Optional[Path]:
+def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
     """Final evaluation return and the share the bound acts on against c, per setting, for dualclip runs."""
     dual = [r for r in rows if r["algo"] == "dualclip" and r["final_eval"] is not None]
     by_setting: Dict[Any, Dict[float, List[Dict[str, Any]]]] = {}
@@ -431,7 +434,7 @@ def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path) -> Option
     for i, (setting, by_c) in enumerate(sorted(by_setting.items(), key=lambda kv: str(kv[0]))):
         color = _plt().get_cmap("tab10")(i)
         cs = sorted(by_c)
-        stats = [mean_ci([r["final_eval"] for r in by_c[c]]) for c in cs]
+        stats = [mean_ci([r["final_eval"] for r in by_c[c]], reps) for c in cs]
         err = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
         n = min(len(by_c[c]) for c in cs)
         axes[0].errorbar(cs, [s[0] for s in stats], yerr=np.nan_to_num(err), marker="o", capsize=3, color=color,
@@ -459,7 +462,7 @@ def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path) -> Option
     return path
 
 
-def fig_training_diagnostics(env: str, rows: List[Dict[str, Any]], out: Path) -> Optional[Path]:
+def fig_training_diagnostics(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
     """Per setting with several decoupled variants: evaluation return, within-update KL, ESS and the share of
     weights truncated or filtered over training (mean over seeds, 95 % bootstrap band)."""
     groups = cells(rows)
@@ -486,7 +489,7 @@ def fig_training_diagnostics(env: str, rows: List[Dict[str, Any]], out: Path) ->
                     steps, curves = _update_curves(group, names, 100 if tag == "weights" else 1)
                     if curves is None:
                         continue
-                mean, lo, hi = curve_band(curves)
+                mean, lo, hi = curve_band(curves, reps)
                 ax.plot(steps, mean, color=colors[variant], label=f"{variant} (n={len(group)})")
                 ax.fill_between(steps, lo, hi, color=colors[variant], alpha=0.2)
         axes[0, j].set_title(setting_label(setting))
@@ -523,7 +526,7 @@ def _slug(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- report
-def write_report(results_dir: Path) -> Path:
+def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
     """Write summary.md, summary.csv and figures/ for the study in ``results_dir``; returns summary.md's path."""
     warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)  # arch, via rliable
     results_dir = Path(results_dir)
@@ -560,7 +563,7 @@ def write_report(results_dir: Path) -> Path:
              "(deterministic actions, normalisation statistics frozen, at the end of training). **Training "
              "return**: the last `rollout/ep_rew_mean`, the return of the behaviour policy μ that acted (stale or "
              "exploring), not of the learner. Intervals: 95 % stratified-bootstrap CIs (rliable, "
-             f"{BOOTSTRAP_REPS} resamples) over seeds. Diagnostics are means over the updates whose data reached "
+             f"{reps} resamples) over seeds. Diagnostics are means over the updates whose data reached "
              "the requested lag (the first K updates of a lag-K run are left out) and then over seeds: "
              "`behavior_kl` (KL(μ‖π) before each update), `ratio p99` (99th percentile of π/μ before each "
              "update), `would bound` (share of samples with A<0 and π/μ>c, c=3 unless set, for every arm), "
@@ -571,15 +574,15 @@ def write_report(results_dir: Path) -> Path:
         groups = cells(env_rows)
         budgets = sorted({r["record"]["meta"]["n_timesteps"] for r in env_rows})
         lines += [f"## {env}", "", f"Budget: {', '.join(f'{b:,}' for b in budgets)} environment steps per run.", ""]
-        lines += cell_table(groups) + [""]
-        poi = improvement_table(groups)
+        lines += cell_table(groups, reps) + [""]
+        poi = improvement_table(groups, reps)
         if poi:
             lines += ["Probability of improvement over ppo in the same setting (rliable: the probability that a "
                       "run of X ends with a higher final evaluation return than a run of ppo; 0.5 = no difference):",
                       ""] + poi + [""]
         for maker in (fig_curves, fig_final_vs_lag, fig_diagnostics_vs_lag, fig_c_sensitivity,
                       fig_training_diagnostics):
-            path = maker(env, env_rows, figures)
+            path = maker(env, env_rows, figures, reps)
             if path is not None:
                 lines += [f"![{path.stem}](figures/{path.name})", ""]
     missing = [r["name"] for r in rows if r["final_eval"] is None]
@@ -594,12 +597,16 @@ def main(argv: List[str]) -> int:
 
     p = OneLineParser(prog="sweep.py report", description="Write a study's report from its records.")
     p.add_argument("studies", nargs="+", metavar="results/STUDY", help="study folders with runs/*.json records")
+    p.add_argument("--reps", type=int, default=BOOTSTRAP_REPS, help=f"bootstrap resamples (default {BOOTSTRAP_REPS})")
     args = p.parse_args(argv)
+    if args.reps < 100:
+        p.error(f"--reps {args.reps}: use at least 100 resamples (the published reports use {BOOTSTRAP_REPS})")
+
     for study in args.studies:
         if not (Path(study) / "runs").is_dir():
             p.error(f"{study} has no runs/ folder of records: pass a results/<study> folder written by sweep.py")
     for study in args.studies:
-        print(f"report: {write_report(Path(study))}")
+        print(f"report: {write_report(Path(study), args.reps)}")
     return 0
 
 

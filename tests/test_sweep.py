@@ -1,96 +1,160 @@
-"""sweep.py: a tiny grid from a YAML file, its summary, and resuming (finished runs are skipped)."""
+"""sweep.py and studies/: grid files with any axis, per-run records, resuming from records alone, the report,
+bad grid files, and the Ray backend (slow)."""
 
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+from studies.grid import GridError, load_grid
+from studies.records import read_records
 from tests.helpers import run_script
 
+#: tiny CartPole runs (a few seconds each); evaluation every 128 steps, 2 episodes
+TINY = {"n_envs": 1, "n_steps": 64, "batch_size": 32, "n_epochs": 2, "policy_kwargs": {"net_arch": [16]},
+        "eval_freq": 128, "eval_episodes": 2}
 
-def test_grid_file_runs_summarises_and_resumes(tmp_path: Path) -> None:
-    grid = tmp_path / "tiny_grid.yml"
-    grid.write_text(yaml.safe_dump({
-        "env": "CartPole-v1", "algos": ["ppo", "dualclip"], "lags": [0, 2], "seeds": [1], "n_timesteps": 512,
-        "hyperparams": ["n_envs:1", "n_steps:128", "batch_size:64", "n_epochs:2", "policy_kwargs:{net_arch: [16]}"],
-    }))
+
+def grid_file(tmp_path: Path, grid, name: str = "tiny", study: str = "tiny", **extra) -> Path:
+    path = tmp_path / f"{name}.yml"
+    path.write_text(yaml.safe_dump({"study": study, "settings": {**TINY, **extra.pop("settings", {})},
+                                    "envs": {"CartPole-v1": {"n_timesteps": 256}}, "grid": grid, **extra}))
+    return path
+
+
+def sweep(tmp_path: Path, *args: str):
     roots = ["--runs-root", str(tmp_path / "runs"), "--results-root", str(tmp_path / "results")]
-    first = run_script("sweep.py", [str(grid), "--jobs", "2", *roots])
+    return run_script("sweep.py", [*args, *roots])
+
+
+def test_any_axis_names_and_flags(tmp_path: Path) -> None:
+    """Flags are passed as flags, other keys as -params; names encode every axis; seed-major order; unions."""
+    path = grid_file(tmp_path, [
+        {"algo": ["ppo", "dualclip"], "policy_lag": [0, 2], "seed": [1, 2]},
+        {"algo": ["dualclip"], "dual_clip": [1.5], "learning_rate": [0.001], "lag_mode": ["uniform"],
+         "policy_lag": [2], "seed": [1]},
+    ])
+    study, runs = load_grid(path)
+    assert study == "tiny" and len(runs) == 9
+    assert [r.seed for r in runs] == [1] * 5 + [2] * 4  # all of seed 1 first
+    names = [r.name for r in runs]
+    assert "CartPole-v1_ppo_lag2_s1" in names
+    odd = next(r for r in runs if "c1.5" in r.name)
+    assert odd.name == "CartPole-v1_dualclip_lag2-uniform_c1.5_learning_rate0.001_s1"
+    argv = list(odd.argv)
+    assert argv[argv.index("--dual-clip") + 1] == "1.5" and argv[argv.index("--lag-mode") + 1] == "uniform"
+    assert "learning_rate:0.001" in argv and "policy_kwargs:{net_arch: [16]}" in argv
+    assert argv[argv.index("--eval-freq") + 1] == "128" and argv[argv.index("--n-timesteps") + 1] == "256"
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"algo": ["ppo"], "seed": []}, "must be a non-empty list"),
+    ({"algo": ["ppo"]}, "no seed axis"),
+    ({"algo": "ppo", "seed": [1]}, "must be a non-empty list"),
+    ({"algo": ["ppo"], "seed": [1], "run_name": ["x"]}, "cannot be set in a grid"),
+])
+def test_bad_grid_structure(tmp_path: Path, grid, message: str) -> None:
+    with pytest.raises(GridError, match=message):
+        load_grid(grid_file(tmp_path, grid))
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"algo": ["ppo", "sac"], "seed": [1]}, "argument --algo: invalid choice: 'sac'"),
+    ({"algo": ["ppo"], "seed": [1], "not_a_key": [1, 2]}, "not_a_key"),
+    ({"algo": ["dualclip"], "seed": [1], "dual_clip": [0.5]}, "--dual-clip 0.5: c must be > 1"),
+    ({"algo": ["ppo"], "seed": [1], "batch_size": [64, 1]}, "rejected the hyperparameters"),
+    ({"algo": ["ppo"], "seed": [1], "clip_range": [1.5]}, "clip_range=1.5 must be a number in (0, 1)"),
+])
+def test_bad_grid_values_stop_before_any_run(tmp_path: Path, grid, message: str) -> None:
+    res = sweep(tmp_path, str(grid_file(tmp_path, grid)))
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "nothing was run" in lines[0], res.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("model.zip"))
+
+
+def test_unknown_env_and_file_keys(tmp_path: Path) -> None:
+    path = grid_file(tmp_path, {"algo": ["ppo"], "seed": [1]})
+    table = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**table, "envs": {"CartPol-v1": {"n_timesteps": 256}}}))
+    res = sweep(tmp_path, str(path))
+    assert res.returncode == 2 and "unknown env 'CartPol-v1'" in res.stderr and "CartPole-v1" in res.stderr
+    path.write_text(yaml.safe_dump({**table, "seeds": [1]}))
+    res = sweep(tmp_path, str(path))
+    assert res.returncode == 2 and "unknown key 'seeds'" in res.stderr
+
+
+def test_records_resume_from_records_alone_and_report(tmp_path: Path) -> None:
+    path = grid_file(tmp_path, {"algo": ["ppo", "dualclip"], "policy_lag": [0, 2], "seed": [1, 2]})
+    # a sweep stopped after 3 of its 8 runs
+    first = sweep(tmp_path, str(path), "--max-runs", "3", "--no-report")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count(": ok (") == 4
-    with open(tmp_path / "results" / "tiny_grid" / "summary.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert sorted((r["algo"], r["lag"]) for r in rows) == [("dualclip", "0"), ("dualclip", "2"), ("ppo", "0"), ("ppo", "2")]
-    assert all(int(r["steps"]) == 512 and r["final_return"] for r in rows)
-    lagged = {r["algo"]: float(r["behavior_kl"]) for r in rows if r["lag"] == "2"}
-    assert all(v > 0 for v in lagged.values())
-    meta = yaml.safe_load((tmp_path / "results" / "tiny_grid" / "sweep.yml").read_text())
-    assert meta["finished_runs"] == 4 and meta["code_at_start"] and "sweep.py" in meta["command"]
-    assert all(r["code"] for r in rows)  # each run records the code version it ran
+    assert first.stdout.count(": ok (") == 3
+    records = tmp_path / "results" / "tiny" / "runs"
+    assert len(list(records.glob("*.json"))) == 3
 
-    again = run_script("sweep.py", [str(grid), *roots])
-    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 4
+    # another machine: only the committed records, no run folders
+    shutil.rmtree(tmp_path / "runs")
+    dry = sweep(tmp_path, str(path), "--dry-run")
+    states = [line.split()[-1] for line in dry.stdout.splitlines() if line.startswith("tiny  ")]
+    assert dry.returncode == 0 and states.count("recorded") == 3 and states.count("do") == 5
+    assert "5 runs to do: about" in dry.stdout  # estimated from the recorded runs' speed
+    rest = sweep(tmp_path, str(path), "--jobs", "2", "--no-report")
+    assert rest.returncode == 0, rest.stderr
+    assert rest.stdout.count(": ok (") == 5  # only the missing runs
+    assert "tiny: 8 of 8 recorded" in sweep(tmp_path, str(path), "--dry-run").stdout
 
-    # the same runs under a grid with another budget are refused, not reused, and results/ stay as they were
-    summary = (tmp_path / "results" / "tiny_grid" / "summary.md").read_text()
-    grid.write_text(grid.read_text().replace("n_timesteps: 512", "n_timesteps: 1024"))
-    other = run_script("sweep.py", [str(grid), *roots])
-    assert other.returncode != 0 and other.stdout.count("REFUSED") == 4, other.stdout + other.stderr
-    assert "n_timesteps is 512 there, 1024 in this grid" in other.stdout
-    assert "no finished run" in other.stderr
-    assert (tmp_path / "results" / "tiny_grid" / "summary.md").read_text() == summary
+    record = json.loads((records / "CartPole-v1_dualclip_lag2_s1.json").read_text())
+    assert (records / "CartPole-v1_dualclip_lag2_s1.json").stat().st_size < 100_000
+    meta = record["meta"]
+    assert meta["axes"] == {"env": "CartPole-v1", "algo": "dualclip", "policy_lag": 2, "seed": 1}
+    assert meta["config"]["dual_clip"] == 3.0 and meta["code"] and meta["versions"]["torch"] and meta["machine"]["cpu"]
+    assert meta["steps"] == 256 and meta["wall_time_s"] >= 0 and "train.py" in meta["command"][0]
+    updates = record["updates"]
+    assert updates["step"] == [64, 128, 192, 256]
+    assert updates["rollout/policy_lag"] == [0.0, 1.0, 2.0, 2.0]  # warm-up: no older snapshot yet
+    # each update's train/* values sit in its rollout's row (SB3 writes them one dump later); the last update's
+    # are never written (as in stock SB3)
+    assert updates["train/behavior_kl"][0] == 0.0 and updates["train/behavior_kl"][1] > 0
+    assert updates["train/behavior_kl"][-1] is None
+    assert record["eval"]["steps"] == [0, 128, 256] and all(len(r) == 2 for r in record["eval"]["returns"])
 
-
-def test_unfinished_runs_are_listed_and_exit_1(tmp_path: Path) -> None:
-    roots = ["--runs-root", str(tmp_path / "runs"), "--results-root", str(tmp_path / "results")]
-    grid = ["tiny", "--env", "CartPole-v1", "--algos", "ppo", "--seeds", "1", "2", "-n", "128",
-            "-params", "n_steps:64", "batch_size:32", "n_epochs:1", "policy_kwargs:{net_arch: [16]}"]
-    res = run_script("sweep.py", [*grid, *roots])
+    # the report from records alone
+    shutil.rmtree(tmp_path / "runs")
+    res = run_script("sweep.py", ["report", str(tmp_path / "results" / "tiny"), "--reps", "200"])
     assert res.returncode == 0, res.stderr
-    (tmp_path / "runs" / "tiny" / "ppo_lag0_s2" / "model.zip").unlink()  # as if killed before the end
-    res = run_script("sweep.py", [*grid, *roots, "--summarise-only"])
-    assert res.returncode == 1 and "1 runs unfinished" in res.stdout
-    with open(tmp_path / "results" / "tiny" / "summary.csv") as f:
-        status = {r["seed"]: r["status"] for r in csv.DictReader(f)}
-    assert status == {"1": "finished", "2": "incomplete"}
-    assert "| ppo | 0 | 1 of 2 |" in (tmp_path / "results" / "tiny" / "summary.md").read_text()
+    out = tmp_path / "results" / "tiny"
+    summary = (out / "summary.md").read_text()
+    assert "| lag 2 | dualclip | 2 |" in summary and "P(X > ppo)" in summary
+    for figure in ("curves", "final_vs_lag", "diagnostics_vs_lag"):
+        assert (out / "figures" / f"{figure}_CartPole-v1.png").stat().st_size > 10_000
+        assert f"figures/{figure}_CartPole-v1.png" in summary
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and all(r["final_eval"] for r in rows)
+    # diagnostics over full-lag updates only: lag 2 leaves out updates 0 and 1 (the last has no train values)
+    row = next(r for r in rows if r["name"] == "CartPole-v1_dualclip_lag2_s1")
+    assert float(row["behavior_kl"]) == pytest.approx(updates["train/behavior_kl"][2], rel=1e-5)
+
+    # the same runs in a grid with another budget: refused (exit 1), the records kept as they were
+    before = (records / "CartPole-v1_dualclip_lag2_s1.json").read_text()
+    path.write_text(path.read_text().replace("n_timesteps: 256", "n_timesteps: 320"))
+    res = sweep(tmp_path, str(path), "--no-report")
+    assert res.returncode == 1 and res.stdout.count("REFUSED") == 8 and ": ok (" not in res.stdout
+    assert (records / "CartPole-v1_dualclip_lag2_s1.json").read_text() == before
 
 
-def test_summarise_only_without_runs_leaves_results(tmp_path: Path) -> None:
-    (tmp_path / "results" / "tiny").mkdir(parents=True)
-    (tmp_path / "results" / "tiny" / "summary.md").write_text("published")
-    res = run_script("sweep.py", ["tiny", "--env", "CartPole-v1", "-n", "128", "--summarise-only",
-                                  "--runs-root", str(tmp_path / "runs"), "--results-root", str(tmp_path / "results")])
-    assert res.returncode != 0 and "no finished run" in res.stderr
-    assert (tmp_path / "results" / "tiny" / "summary.md").read_text() == "published"
-
-
-def test_unknown_grid_key_is_one_line(tmp_path: Path) -> None:
-    grid = tmp_path / "bad.yml"
-    grid.write_text("env: CartPole-v1\nn_timesteps: 10\nlag: [1]\n")
-    res = run_script("sweep.py", [str(grid)])
-    assert res.returncode == 2 and "lag" in res.stderr and len(res.stderr.strip().splitlines()) == 1
-
-
-@pytest.mark.parametrize(
-    "argv, named",
-    [
-        (["g", "--env", "CartPole-v1", "-n", "64", "--lag-mode", "bogus"], "lag_mode 'bogus'"),
-        (["g", "--env", "CartPole-v1", "-n", "64", "--algos", "sac"], "algos value 'sac'"),
-        (["g", "--env", "CartPole-v1", "-n", "64", "--jobs", "0"], "--jobs 0"),
-        (["GRID", "--seeds", "4"], "--seeds with a grid file"),
-        (["GRID_SEEDS_SCALAR"], "seeds=1 must be a list"),
-    ],
-)
-def test_bad_grid_is_one_line_exit_2(tmp_path: Path, argv: list, named: str) -> None:
-    (tmp_path / "grid.yml").write_text("env: CartPole-v1\nn_timesteps: 64\n")
-    (tmp_path / "scalar.yml").write_text("env: CartPole-v1\nn_timesteps: 64\nseeds: 1\n")
-    argv = [{"GRID": str(tmp_path / "grid.yml"), "GRID_SEEDS_SCALAR": str(tmp_path / "scalar.yml")}.get(a, a)
-            for a in argv]
-    res = run_script("sweep.py", [*argv, "--runs-root", str(tmp_path / "runs"),
-                                  "--results-root", str(tmp_path / "results")])
-    assert res.returncode == 2 and named in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+@pytest.mark.slow
+def test_ray_backend_runs_a_tiny_grid(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    path = grid_file(tmp_path, {"algo": ["ppo", "dualclip"], "policy_lag": [2], "seed": [1]})
+    res = sweep(tmp_path, str(path), "--backend", "ray", "--jobs", "2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count(": ok (") == 2
+    assert len(read_records(tmp_path / "results" / "tiny")) == 2
+    assert (tmp_path / "results" / "tiny" / "summary.md").is_file()
