@@ -171,6 +171,7 @@ def make_run_env(args: argparse.Namespace, config: Dict[str, Any], *, evaluation
     """The run's training environments (``n_envs`` copies, the run's seed), or with ``evaluation`` one copy seeded
     apart (seed + 10000) whose normalisation statistics are not updated. ``normalize=False`` leaves VecNormalize
     off (a resumed run restores its own)."""
+    from agents.hyperparams import normalize_kwargs
     from envs import make_env
 
     seed = args.seed + 10_000 if evaluation and args.seed is not None else args.seed
@@ -178,7 +179,7 @@ def make_run_env(args: argparse.Namespace, config: Dict[str, Any], *, evaluation
         args.env,
         n_envs=1 if evaluation else config.get("n_envs", 1),
         seed=seed,
-        normalize=config.get("normalize", False) if normalize else False,
+        normalize=normalize_kwargs(config) if normalize else False,  # VecNormalize's gamma = the algorithm's
         frame_stack=config.get("frame_stack"),
         env_kwargs=config.get("env_kwargs"),
         training=not evaluation,

@@ -139,3 +139,15 @@ def to_constructor_kwargs(hyperparams: Dict[str, Any]) -> Dict[str, Any]:
     if policy_kwargs:
         kwargs["policy_kwargs"] = policy_kwargs
     return kwargs
+
+
+def normalize_kwargs(config: Dict[str, Any]) -> Any:
+    """The ``normalize`` entry as ``envs.make_env`` takes it (False, or VecNormalize keyword arguments), with the
+    reward normalisation's discount set to the algorithm's ``gamma`` (0.99, SB3 PPO's default, when the entry sets
+    none), as rl-zoo3 does ("use the same discount factor as for the algorithm"). A ``gamma`` given inside
+    ``normalize`` itself wins."""
+    normalize = config.get("normalize", False)
+    if not normalize:
+        return False
+    given = dict(normalize) if isinstance(normalize, dict) else {}
+    return {"gamma": config.get("gamma", 0.99), **given}

@@ -50,7 +50,7 @@ def build_model(case: str, variant: str, seed: int, threads: Optional[int]):
     from stable_baselines3 import PPO
 
     from agents import ALGOS
-    from agents.hyperparams import load_hyperparams, to_constructor_kwargs
+    from agents.hyperparams import load_hyperparams, normalize_kwargs, to_constructor_kwargs
     from envs import is_atari, make_env
 
     from agents.cli import keep_freed_memory
@@ -62,7 +62,7 @@ def build_model(case: str, variant: str, seed: int, threads: Optional[int]):
     config = load_hyperparams(ROOT / conf, env_id, is_atari(env_id))
     algo, extra = VARIANTS[variant]
     # stock SB3 runs on SB3's own classes throughout; our env speed-ups count as part of our path
-    env = make_env(env_id, n_envs=config.get("n_envs", 1), seed=seed, normalize=config.get("normalize", False),
+    env = make_env(env_id, n_envs=config.get("n_envs", 1), seed=seed, normalize=normalize_kwargs(config),
                    frame_stack=config.get("frame_stack"), fast=algo != "stock")
     cls = PPO if algo == "stock" else ALGOS[algo]
     return cls(config.get("policy", "MlpPolicy"), env, seed=seed, device="cpu", **to_constructor_kwargs(config), **extra)

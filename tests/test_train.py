@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import yaml
 from tbparse import SummaryReader
@@ -33,6 +35,18 @@ def test_halfcheetah_smoke_run_writes_run_folder(tmp_path) -> None:
     hparams = dict(zip(reader.hparams["tag"], reader.hparams["value"]))
     assert hparams["algo"] == "dualclip" and hparams["policy_lag"] == 0 and hparams["lag_mode"] == "fixed"
     assert "train/log_ratio" in set(reader.histograms["tag"])
+    with open(run / "vecnormalize.pkl", "rb") as f:  # rl-zoo3's tuned entry has gamma 0.98: so has VecNormalize
+        assert pickle.load(f).gamma == config["gamma"] == 0.98
+
+
+def test_vecnormalize_gamma_is_the_algorithms() -> None:
+    from agents.hyperparams import normalize_kwargs
+
+    assert normalize_kwargs({"normalize": False, "gamma": 0.9}) is False
+    assert normalize_kwargs({"normalize": True}) == {"gamma": 0.99}  # SB3 PPO's default
+    assert normalize_kwargs({"normalize": True, "gamma": 0.98}) == {"gamma": 0.98}
+    assert normalize_kwargs({"normalize": {"gamma": 0.9, "norm_obs": False}, "gamma": 0.98}) == {
+        "gamma": 0.9, "norm_obs": False}  # given inside normalize: wins
 
 
 @pytest.mark.parametrize("algo", ["ppo", "decoupled"])
