@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agents.cli import OneLineParser
 
     from agents import ALGOS, LAG_MODES
-    from agents.losses import LOSS_AGG_MODES
+    from agents.losses import IS_WEIGHT_MODES, LOSS_AGG_MODES
 
     p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--algo", choices=sorted(ALGOS), help="which loss: ppo, dualclip or decoupled (required)")
@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="c > 1 of dual-clip: dualclip's bound (default 3); opt-in for decoupled; for ppo only the diagnostic",
     )
+    p.add_argument("--is-weight-mode", default=None, choices=IS_WEIGHT_MODES,
+                   help="decoupled only: weights pi_prox/mu above the cap are truncated to it (default, as "
+                        "openai/ppo-ewma) or filtered out of the loss (AReaL)")
+    p.add_argument("--is-weight-max", type=float, default=None,
+                   help="decoupled only: the cap w_max on the importance weight pi_prox/mu (default 100)")
     p.add_argument("--policy-lag", type=int, default=0, help="K: behaviour policy is K updates old (default 0)")
     p.add_argument("--lag-mode", default="fixed", choices=LAG_MODES, help="how the lag is spread (default fixed)")
     p.add_argument("--loss-agg-mode", default=None, choices=LOSS_AGG_MODES,
@@ -90,6 +95,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--policy-lag {args.policy_lag}: the lag must be a non-negative integer, e.g. --policy-lag 4")
     if args.dual_clip is not None and not args.dual_clip > 1:
         p.error(f"--dual-clip {args.dual_clip}: c must be > 1 (the paper uses 3)")
+    if args.is_weight_max is not None and not args.is_weight_max > 0:
+        p.error(f"--is-weight-max {args.is_weight_max}: the cap must be > 0, e.g. 100 (truncate) or 5 (AReaL's filter)")
+    for flag, value in (("--is-weight-mode", args.is_weight_mode), ("--is-weight-max", args.is_weight_max)):
+        if value is not None and args.algo not in (None, "decoupled"):
+            p.error(f"{flag} {value}: only the decoupled arm has importance weights; use --algo decoupled")
     if args.algo == "ppo" and args.loss_agg_mode not in (None, "token-mean"):
         p.error(f"--loss-agg-mode {args.loss_agg_mode}: ppo keeps SB3's token-mean loss; for a vanilla clip with "
                 "another mode use --algo dualclip -params dual_clip:null")
@@ -136,6 +146,9 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
         if args.loss_agg_mode is not None:
             config["loss_agg_mode"] = args.loss_agg_mode
         config.setdefault("loss_agg_mode", "token-mean")
+    for key in ("is_weight_mode", "is_weight_max"):  # decoupled only (parse_args checks)
+        if getattr(args, key, None) is not None:
+            config[key] = getattr(args, key)
     if args.n_timesteps is not None:
         config["n_timesteps"] = args.n_timesteps
     check_keys(config, ALGOS[args.algo])

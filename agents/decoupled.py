@@ -14,6 +14,10 @@ PPO. ``--dual-clip`` composes: the unweighted proximal term is bounded at c*A fo
 Differences from openai/ppo-ewma: there the truncation ``imp_samp_max=100`` applies to pi_theta/mu (through an
 adjusted log mu); here, as in our issue's formula, it applies to the gradient-free weight pi_prox/mu, with the
 same default of 100. The EWMA proximal policy of the paper is not implemented (the proximal policy is the learner).
+
+``is_weight_mode="filter"`` is how AReaL (arXiv 2505.24298) runs the objective: a step whose weight pi_prox/mu
+exceeds the cap (AReaL's ``behav_imp_weight_cap``, e.g. 5) gets weight 0 instead of w_max, so it drops out of the
+policy loss (the share dropped is logged as ``train/is_weight_filtered``); AReaL's ``c_clip`` is our ``dual_clip``.
 """
 
 from __future__ import annotations
@@ -24,22 +28,33 @@ import torch as th
 
 from agents.buffer import LaggedRolloutBufferSamples
 from agents.dualclip import DualClipPPO
-from agents.losses import check_is_weight_max, compute_decoupled_policy_loss
+from agents.losses import check_is_weight_max, check_is_weight_mode, compute_decoupled_policy_loss
 
 
 class DecoupledPPO(DualClipPPO):
     """Decoupled PPO on the lag machinery of :class:`~agents.lagged.LaggedPPO`.
 
-    :param is_weight_max: w_max, truncation of the importance weight pi_prox/mu (default 100, as openai/ppo-ewma)
+    :param is_weight_max: w_max, the cap on the importance weight pi_prox/mu (default 100, as openai/ppo-ewma)
+    :param is_weight_mode: ``truncate`` (default: weights above w_max become w_max, as openai/ppo-ewma) or ``filter``
+        (AReaL's ``behav_imp_weight_cap``: steps whose weight exceeds w_max drop out of the policy loss)
     :param dual_clip: optional dual-clip bound c > 1 on the proximal term (default None: off)
     :param kwargs: everything :class:`~agents.dualclip.DualClipPPO` accepts
     """
 
     def __init__(
-        self, policy: Any, env: Any, *, is_weight_max: float = 100.0, dual_clip: Optional[float] = None, **kwargs: Any
+        self,
+        policy: Any,
+        env: Any,
+        *,
+        is_weight_max: float = 100.0,
+        is_weight_mode: str = "truncate",
+        dual_clip: Optional[float] = None,
+        **kwargs: Any,
     ) -> None:
         check_is_weight_max(is_weight_max)
+        check_is_weight_mode(is_weight_mode)
         self.is_weight_max = float(is_weight_max)
+        self.is_weight_mode = is_weight_mode
         super().__init__(policy, env, dual_clip=dual_clip, **kwargs)
 
     def _policy_term(
@@ -47,12 +62,14 @@ class DecoupledPPO(DualClipPPO):
     ) -> Tuple[th.Tensor, Dict[str, th.Tensor]]:
         (old, prox, new, adv), mask = self._per_sequence(data, data.old_log_prob, data.prox_log_prob, log_prob, advantages)
         out = compute_decoupled_policy_loss(
-            old, prox, new, adv, mask, is_weight_max=self.is_weight_max, **self._loss_options(clip_range)
+            old, prox, new, adv, mask, is_weight_max=self.is_weight_max, is_weight_mode=self.is_weight_mode,
+            **self._loss_options(clip_range),
         )
         return out.loss, {
             **self._pg_metrics(out),
             "is_weight_mean": out.is_weight_mean,
             "is_weight_max": out.is_weight_max,
             "is_weight_truncated": out.is_weight_truncated,
+            "is_weight_filtered": out.is_weight_filtered,
             "is_ess": out.is_ess,
         }

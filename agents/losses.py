@@ -47,8 +47,9 @@ class DecoupledLossOutput(NamedTuple):
     ratio_max: torch.Tensor  #: largest pi_theta / pi_prox
     is_weight_mean: torch.Tensor  #: mean of the truncated weight w = min(pi_prox / mu, w_max)
     is_weight_max: torch.Tensor  #: largest w (after truncation)
-    is_weight_truncated: torch.Tensor  #: share of valid steps where pi_prox / mu > w_max
+    is_weight_truncated: torch.Tensor  #: share of valid steps whose weight was truncated to w_max (mode truncate)
     is_ess: torch.Tensor  #: effective sample size of w as a share of the valid steps, (sum w)^2 / (n sum w^2) in (0, 1]
+    is_weight_filtered: torch.Tensor  #: share of valid steps dropped because pi_prox / mu > w_max (mode filter)
 
 
 def _check_inputs(mask: Optional[torch.Tensor], **tensors: torch.Tensor) -> None:
@@ -124,6 +125,16 @@ def _clip_bounds(clip_range: float, clip_range_low: Optional[float], clip_range_
 def _check_dual_clip(dual_clip: Optional[float]) -> None:
     if dual_clip is not None and not dual_clip > 1.0:
         raise ValueError(f"dual_clip={dual_clip} must be > 1 (the paper uses 3.0); pass None for vanilla PPO")
+
+
+#: what happens to steps whose weight pi_prox / mu exceeds w_max: ``truncate`` (openai/ppo-ewma: the weight becomes
+#: w_max) or ``filter`` (AReaL's behav_imp_weight_cap: the weight becomes 0, the step drops out of the loss)
+IS_WEIGHT_MODES = ("truncate", "filter")
+
+
+def check_is_weight_mode(is_weight_mode: str) -> None:
+    if is_weight_mode not in IS_WEIGHT_MODES:
+        raise ValueError(f"is_weight_mode={is_weight_mode!r} is unknown: choose one of {', '.join(IS_WEIGHT_MODES)}")
 
 
 def check_is_weight_max(is_weight_max: float) -> None:
@@ -202,11 +213,15 @@ def compute_decoupled_policy_loss(
     clip_range_high: Optional[float] = None,
     dual_clip: Optional[float] = None,
     is_weight_max: float = 100.0,
+    is_weight_mode: str = "truncate",
     loss_agg_mode: str = "token-mean",
 ) -> DecoupledLossOutput:
     """Decoupled PPO (Hilton, Cobbe & Schulman 2021): clip against a proximal policy, weight against mu.
 
-    With ``r' = pi_theta / pi_prox`` and the gradient-free weight ``w = min(pi_prox / mu, w_max)``::
+    With ``r' = pi_theta / pi_prox`` and the gradient-free weight ``w = min(pi_prox / mu, w_max)`` (``truncate``,
+    openai/ppo-ewma's choice) or ``w = pi_prox / mu if pi_prox / mu <= w_max else 0`` (``filter``, AReaL's
+    ``behav_imp_weight_cap``: a step with too large a weight drops out of the loss; the aggregation's denominators
+    still count it, as AReaL divides by all valid tokens)::
 
         inner = max(-A * r', -A * clip(r', 1 - eps_low, 1 + eps_high))      # PPO term against pi_prox
         inner = min(inner, -c * A)   where A < 0, if dual_clip is set        # dual-clip bound, before weighting
@@ -217,10 +232,12 @@ def compute_decoupled_policy_loss(
     :func:`compute_policy_loss`. Both log-ratios are clamped to +-10 before ``exp``.
 
     :param prox_log_prob: log pi_prox(a|s), no gradient (detached here)
-    :param is_weight_max: truncation w_max of the importance weight (> 0)
+    :param is_weight_max: w_max, the cap on the importance weight (> 0)
+    :param is_weight_mode: ``truncate`` or ``filter`` (see above)
     """
     _check_dual_clip(dual_clip)
     check_is_weight_max(is_weight_max)
+    check_is_weight_mode(is_weight_mode)
     _check_inputs(
         mask, old_log_prob=old_log_prob, prox_log_prob=prox_log_prob, log_prob=log_prob, advantages=advantages
     )
@@ -230,7 +247,11 @@ def compute_decoupled_policy_loss(
     ratio = torch.exp(log_ratio)
     per_step, clip_active, lower_active = _clipped_surrogate(ratio, advantages, low, high, dual_clip)
     raw_weight = torch.exp(torch.clamp(prox_log_prob - old_log_prob.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    weight = torch.clamp(raw_weight, max=is_weight_max)
+    over_cap = raw_weight > is_weight_max
+    if is_weight_mode == "truncate":
+        weight = torch.clamp(raw_weight, max=is_weight_max)
+    else:
+        weight = torch.where(over_cap, torch.zeros_like(raw_weight), raw_weight)
     loss = agg_loss(weight * per_step, mask, loss_agg_mode)
     with torch.no_grad():
         w_valid = _valid(weight, mask)
@@ -244,8 +265,9 @@ def compute_decoupled_policy_loss(
             ratio_max=_max_or_nan(_valid(ratio.detach(), mask)),
             is_weight_mean=w_valid.mean() if n else nan,
             is_weight_max=_max_or_nan(w_valid),
-            is_weight_truncated=masked_mean((raw_weight > is_weight_max).to(weight.dtype), mask),
+            is_weight_truncated=masked_mean((over_cap & (is_weight_mode == "truncate")).to(weight.dtype), mask),
             is_ess=effective_sample_size(w_valid) if n else nan,
+            is_weight_filtered=masked_mean((over_cap & (is_weight_mode == "filter")).to(weight.dtype), mask),
         )
 
 

@@ -22,7 +22,8 @@ ENVS = ["CartPole-v1", "Pendulum-v1"]
 @pytest.mark.parametrize("env_id", ENVS)
 @pytest.mark.parametrize(
     "cls, kwargs",
-    [(ALGOS["ppo"], {}), (DualClipPPO, {"dual_clip": None}), (ALGOS["decoupled"], {"dual_clip": None})],
+    [(ALGOS["ppo"], {}), (DualClipPPO, {"dual_clip": None}), (ALGOS["decoupled"], {"dual_clip": None}),
+     (ALGOS["decoupled"], {"dual_clip": None, "is_weight_mode": "filter", "is_weight_max": 5.0})],
     ids=lambda v: getattr(v, "__name__", str(v)),
 )
 def test_lag0_bit_identical_to_stock_sb3(env_id: str, cls: type, kwargs: dict) -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from agents.losses import (
     LOG_RATIO_CLAMP,
+    IS_WEIGHT_MODES,
     LOSS_AGG_MODES,
     agg_loss,
     compute_decoupled_policy_loss,
@@ -591,6 +592,59 @@ def test_decoupled_hand_computed_truncation():
     assert out.clip_fraction.item() == 0.5  # against pi_prox: step 0 clipped at 1.2
     assert out.ratio_max.item() == pytest.approx(1.5)
     assert out.approx_kl.item() == pytest.approx(-math.log(1.5) / 2)  # mean of prox - new
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_decoupled_filter_masks_exactly_the_steps_above_the_cap(mode):
+    """AReaL's filter: a step whose pi_prox / mu exceeds the cap gets weight 0 (the denominators still count it);
+    truncate gives it the cap instead. Two sequences of three steps, the last step of sequence 1 padded."""
+    weights = [[200.0, 0.5, 3.0], [5.0, 6.0, 1.0]]  # pi_prox / mu; cap 5: 200 and 6 are above, 5 is not
+    old = th.zeros(2, 3, dtype=th.float64)
+    prox = th.log(_t(weights))
+    new = prox.clone()  # r' = 1: the inner term is -A
+    adv = _t([[1.0, 2.0, -1.0], [4.0, -2.0, 8.0]])
+    mask = th.tensor([[True, True, True], [True, True, False]])
+    filt = compute_decoupled_policy_loss(old, prox, new, adv, mask, is_weight_max=5.0, is_weight_mode="filter",
+                                         loss_agg_mode=mode)
+    trunc = compute_decoupled_policy_loss(old, prox, new, adv, mask, is_weight_max=5.0, loss_agg_mode=mode)
+    # per step w * (-A): filter [[0, -1, 3], [-20, 0, pad]]; truncate [[-5, -1, 3], [-20, 10, pad]]
+    expected = {
+        "token-mean": ((0 - 1 + 3 - 20 + 0) / 5, (-5 - 1 + 3 - 20 + 10) / 5),
+        "seq-mean-token-sum": (((0 - 1 + 3) + (-20 + 0)) / 2, ((-5 - 1 + 3) + (-20 + 10)) / 2),
+        "seq-mean-token-mean": (((0 - 1 + 3) / 3 + (-20 + 0) / 2) / 2, ((-5 - 1 + 3) / 3 + (-20 + 10) / 2) / 2),
+        "seq-mean-token-sum-norm": ((0 - 1 + 3 - 20 + 0) / 3, (-5 - 1 + 3 - 20 + 10) / 3),
+    }[mode]
+    assert filt.loss.item() == pytest.approx(expected[0], rel=1e-12)
+    assert trunc.loss.item() == pytest.approx(expected[1], rel=1e-12)
+    assert filt.is_weight_filtered.item() == pytest.approx(2 / 5) and filt.is_weight_truncated.item() == 0.0
+    assert trunc.is_weight_truncated.item() == pytest.approx(2 / 5) and trunc.is_weight_filtered.item() == 0.0
+    assert filt.is_weight_max.item() == pytest.approx(5.0)  # the largest weight kept
+
+
+@FAST
+@given(data=steps(max_size=12), prox_log=st.lists(st.floats(-3.0, 3.0), min_size=12, max_size=12),
+       mode=st.sampled_from(LOSS_AGG_MODES), dual_clip=st.one_of(st.none(), dual_clips))
+def test_decoupled_filter_equals_truncate_below_the_cap(data, prox_log, mode, dual_clip):
+    """With a cap no weight reaches (e^3 < 100), filter and truncate are the same loss and gradient."""
+    log_ratio, adv = data
+    n = len(adv)
+    old = th.zeros(1, n, dtype=th.float64)
+    prox = _t(prox_log[:n]).reshape(1, n)
+    outs = []
+    for is_weight_mode in IS_WEIGHT_MODES:
+        new = (prox + log_ratio.reshape(1, n)).detach().requires_grad_(True)
+        out = compute_decoupled_policy_loss(old, prox, new, adv.reshape(1, n), is_weight_mode=is_weight_mode,
+                                            dual_clip=dual_clip, loss_agg_mode=mode)
+        out.loss.backward()
+        outs.append((out.loss.detach(), new.grad, out.is_weight_truncated + out.is_weight_filtered))
+    assert th.equal(outs[0][0], outs[1][0]) and th.equal(outs[0][1], outs[1][1])
+    assert outs[0][2].item() == outs[1][2].item() == 0.0
+
+
+def test_unknown_is_weight_mode_raises():
+    x = th.zeros(3)
+    with pytest.raises(ValueError, match="is_weight_mode='clip' is unknown"):
+        compute_decoupled_policy_loss(x, x, x, x, is_weight_mode="clip")
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,22 @@ BAD_INPUT = [
     (["--algo", "ppo", "--env", "CartPole-v1", "--loss-agg-mode", "seq-mean-token-sum"], "seq-mean-token-sum"),
     (["--algo", "ppo", "--env", "CartPole-v1", "-conf", "broken.yml"], "broken.yml is not valid YAML"),
     (["--algo", "ppo", "--env", "CartPole-v1", "-params", "policy_lag:4"], "set it with --policy-lag"),
+    (["--algo", "dualclip", "--env", "CartPole-v1", "--is-weight-mode", "filter"], "use --algo decoupled"),
+    (["--algo", "decoupled", "--env", "CartPole-v1", "--is-weight-mode", "drop"], "drop"),
+    (["--algo", "decoupled", "--env", "CartPole-v1", "--is-weight-max", "0"], "--is-weight-max 0.0"),
+    (["--algo", "decoupled", "--env", "CartPole-v1", "-params", "is_weight_mode:drop"], "is_weight_mode='drop'"),
 ]
+
+
+def test_decoupled_weight_flags_win_over_the_yaml(tmp_path) -> None:
+    common = ["--algo", "decoupled", "--env", "CartPole-v1", "-n", "128", "--seed", "1", "--verbose", "0",
+              "--policy-lag", "1", *TINY_PARAMS, "n_envs:1", "is_weight_max:7", "is_weight_mode:truncate"]
+    res = run_script("train.py", [*common, "-f", str(tmp_path), "--is-weight-mode", "filter", "--is-weight-max", "5"])
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "decoupled_CartPole-v1_lag1_s1"
+    config = yaml.safe_load((run / "config.yml").read_text())
+    assert config["is_weight_mode"] == "filter" and config["is_weight_max"] == 5.0
+    assert "train/is_weight_filtered" in set(SummaryReader(str(run)).scalars["tag"])
 
 
 @pytest.mark.parametrize("argv, named", BAD_INPUT, ids=[" ".join(a[2:]) for a, _ in BAD_INPUT])
