@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agents.cli import OneLineParser
 
     from agents import ALGOS, LAG_MODES
+    from agents.behavior import TEMPERATURE_MODES
     from agents.losses import IS_WEIGHT_MODES, LOSS_AGG_MODES
 
     p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0])
@@ -65,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "openai/ppo-ewma) or filtered out of the loss (AReaL)")
     p.add_argument("--is-weight-max", type=float, default=None,
                    help="decoupled only: the cap w_max on the importance weight pi_prox/mu (default 100)")
+    p.add_argument("--behavior-temperature", type=float, default=None, metavar="TAU",
+                   help="tau > 0: actors sample from their distribution tempered by tau (Gaussian std x tau, "
+                        "logits / tau); default 1 (YAML key behavior_temperature)")
+    p.add_argument("--temperature-mode", default=None, choices=TEMPERATURE_MODES,
+                   help="fixed: every env tau (default); per-env: env i of n gets tau**(i/(n-1))")
     p.add_argument("--policy-lag", type=int, default=0, help="K: behaviour policy is K updates old (default 0)")
     p.add_argument("--lag-mode", default="fixed", choices=LAG_MODES, help="how the lag is spread (default fixed)")
     p.add_argument("--loss-agg-mode", default=None, choices=LOSS_AGG_MODES,
@@ -95,6 +101,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--policy-lag {args.policy_lag}: the lag must be a non-negative integer, e.g. --policy-lag 4")
     if args.dual_clip is not None and not args.dual_clip > 1:
         p.error(f"--dual-clip {args.dual_clip}: c must be > 1 (the paper uses 3)")
+    tau = args.behavior_temperature
+    if tau is not None and not (tau > 0 and tau < float("inf")):
+        p.error(f"--behavior-temperature {tau}: the temperature must be a number > 0, e.g. 1.5 (1 = no tempering)")
     if args.is_weight_max is not None and not args.is_weight_max > 0:
         p.error(f"--is-weight-max {args.is_weight_max}: the cap must be > 0, e.g. 100 (truncate) or 5 (AReaL's filter)")
     for flag, value in (("--is-weight-mode", args.is_weight_mode), ("--is-weight-max", args.is_weight_max)):
@@ -116,6 +125,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> Dict[str, Any]:
     """The run's hyperparameters (YAML-typed): file entry, then -params, then the dedicated flags."""
     from agents import ALGOS
+    from agents.behavior import check_temperature_args
     from agents.hyperparams import check_env_values, check_keys, load_hyperparams, parse_override
     from envs import check_env_id, is_atari
 
@@ -146,9 +156,12 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
         if args.loss_agg_mode is not None:
             config["loss_agg_mode"] = args.loss_agg_mode
         config.setdefault("loss_agg_mode", "token-mean")
-    for key in ("is_weight_mode", "is_weight_max"):  # decoupled only (parse_args checks)
-        if getattr(args, key, None) is not None:
+    for key in ("is_weight_mode", "is_weight_max", "behavior_temperature", "temperature_mode"):
+        if getattr(args, key, None) is not None:  # a flag given wins over the file and -params
             config[key] = getattr(args, key)
+    config.setdefault("behavior_temperature", 1.0)
+    config.setdefault("temperature_mode", "fixed")
+    check_temperature_args(config["behavior_temperature"], config["temperature_mode"])  # names the bad value
     if args.n_timesteps is not None:
         config["n_timesteps"] = args.n_timesteps
     check_keys(config, ALGOS[args.algo])
@@ -156,7 +169,7 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
     return config
 
 
-def run_folder(args: argparse.Namespace) -> Path:
+def run_folder(args: argparse.Namespace, config: Dict[str, Any]) -> Path:
     """A fresh run folder path (not created yet) whose TensorBoard folder is free as well (with ``-tb`` it lies
     elsewhere). An explicit --run-name that is taken is an error; a default name gets a ``_2``, ``_3`` ... suffix."""
     parent = Path(args.log_folder)
@@ -171,7 +184,9 @@ def run_folder(args: argparse.Namespace) -> Path:
                              "choose another --run-name (nothing was overwritten)")
         return path
     mode = "" if args.lag_mode == "fixed" else f"-{args.lag_mode}"
-    base = f"{args.algo}_{args.env.replace('/', '-')}_lag{args.policy_lag}{mode}_s{args.seed}"
+    tau, tau_mode = float(config["behavior_temperature"]), config["temperature_mode"]
+    temperature = "" if tau == 1 else f"_t{tau:g}" + ("" if tau_mode == "fixed" else f"-{tau_mode}")
+    base = f"{args.algo}_{args.env.replace('/', '-')}_lag{args.policy_lag}{mode}{temperature}_s{args.seed}"
     path, n = parent / base, 1
     while taken(path):
         n += 1
@@ -379,7 +394,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.seed = draw_seed()
     try:
         config = build_config(args)
-        run_dir = run_folder(args)
+        run_dir = run_folder(args, config)
         model, env = make_model(args, config)
     except (UsageError, ValueError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)

@@ -32,6 +32,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 from torch.nn import functional as F
 
+from agents.behavior import check_temperature_args, env_temperatures, tempered_forward
 from agents.buffer import LaggedRolloutBuffer
 from agents.fastpath import adam_step, clip_grad_norm, fast_evaluate_actions, fast_forward, fast_log_prob, has_fast_gaussian
 from agents.losses import LOG_RATIO_CLAMP
@@ -67,6 +68,10 @@ class LaggedPPO(PPO):
         or ``per-env`` (environment i has lag round(i*K/(n_envs-1)), like actors of different speed; K if n_envs=1)
     :param would_bound_c: c used only by the ``train/dual_clip_would_bound`` diagnostic (share of samples with
         A<0 and r>c), so vanilla runs show how often dual-clip would have acted; it does not change the loss.
+    :param behavior_temperature: tau > 0: whoever acts samples from its distribution tempered by tau (Gaussian std
+        x tau, logits / tau; see :mod:`agents.behavior`); 1 = the policy itself (default, stock sampling)
+    :param temperature_mode: ``fixed`` (every environment tau) or ``per-env`` (environment i of n gets
+        tau**(i/(n-1)), from 1 to tau, like actors that explore by different amounts)
     """
 
     def __init__(
@@ -77,9 +82,15 @@ class LaggedPPO(PPO):
         policy_lag: int = 0,
         lag_mode: str = "fixed",
         would_bound_c: float = 3.0,
+        behavior_temperature: float = 1.0,
+        temperature_mode: str = "fixed",
         **kwargs: Any,
     ) -> None:
         check_lag_args(policy_lag, lag_mode)
+        check_temperature_args(behavior_temperature, temperature_mode)
+        if behavior_temperature != 1 and kwargs.get("use_sde", False):
+            raise ValueError("use_sde=True with behavior_temperature != 1 is not supported (gSDE's noise is not a "
+                             "distribution a temperature can scale per step): set use_sde=False or temperature 1")
         check_clip_range("clip_range", kwargs.get("clip_range", 0.2))
         if policy_lag > 0 and kwargs.get("use_sde", False):
             raise ValueError("use_sde=True with policy_lag > 0 is not supported: set use_sde=False or policy_lag=0")
@@ -89,6 +100,8 @@ class LaggedPPO(PPO):
         self.policy_lag = int(policy_lag)
         self.lag_mode = lag_mode
         self.would_bound_c = float(would_bound_c)
+        self.behavior_temperature = float(behavior_temperature)
+        self.temperature_mode = temperature_mode
         super().__init__(policy, env, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- set-up
@@ -100,6 +113,8 @@ class LaggedPPO(PPO):
         if getattr(self, "_lag_rng", None) is None:
             self._lag_rng = np.random.default_rng(self.seed)
         self._last_rollout_lags = np.zeros(self.n_envs, dtype=np.int64)
+        # temperature per environment (all 1: untempered, stock sampling)
+        self._temperatures = env_temperatures(self.behavior_temperature, self.temperature_mode, self.n_envs)
         self._refresh_fast_path()
 
     def _refresh_fast_path(self) -> None:
@@ -171,10 +186,11 @@ class LaggedPPO(PPO):
     def _act(
         self, obs: th.Tensor, groups: List[Tuple[Optional[th.nn.Module], np.ndarray]]
     ) -> Tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """Sample actions and their log mu(a|s). Values returned here are replaced after the rollout."""
+        """Sample actions and their log mu(a|s) (tempered where the temperature is not 1). Values returned here are
+        replaced after the rollout."""
         if len(groups) == 1:
-            return self._forward_with(groups[0][0], obs)
-        parts = [(idx, self._forward_with(policy, obs[idx])) for policy, idx in groups]
+            return self._forward_with(groups[0][0], obs, self._temperature_of(groups[0][1]))
+        parts = [(idx, self._forward_with(policy, obs[idx], self._temperature_of(idx))) for policy, idx in groups]
         first = parts[0][1]
         out = [t.new_empty((self.n_envs, *t.shape[1:])) for t in first]
         for idx, tensors in parts:
@@ -182,11 +198,20 @@ class LaggedPPO(PPO):
                 dst[th.as_tensor(idx)] = src
         return out[0], out[1], out[2]
 
-    def _forward_with(self, policy: Optional[th.nn.Module], obs: th.Tensor) -> Tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """``policy(obs)`` for the learner (None) or a behaviour policy, on the fast path when possible."""
-        fast = self._fast_ok()
+    def _temperature_of(self, idx: np.ndarray) -> Optional[th.Tensor]:
+        """The temperatures of environments ``idx`` as a tensor, or None when all are 1 (untempered)."""
+        temps = self._temperatures[idx]
+        return None if (temps == 1.0).all() else th.as_tensor(temps, dtype=th.float32, device=self.device)
+
+    def _forward_with(
+        self, policy: Optional[th.nn.Module], obs: th.Tensor, tau: Optional[th.Tensor] = None
+    ) -> Tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """``policy(obs)`` for the learner (None) or a behaviour policy, on the fast path when possible; tempered by
+        ``tau`` (one value per row) when it is given."""
         policy = self.policy if policy is None else policy
-        return fast_forward(policy, obs) if fast else policy(obs)  # type: ignore[arg-type]
+        if tau is not None:
+            return tempered_forward(policy, obs, tau)  # type: ignore[arg-type]
+        return fast_forward(policy, obs) if self._fast_ok() else policy(obs)  # type: ignore[arg-type]
 
     @th.no_grad()
     def _learner_values(self, rollout_buffer: RolloutBuffer) -> None:
@@ -218,7 +243,7 @@ class LaggedPPO(PPO):
             features = BaseModel.extract_features(policy, obs_i, policy.features_extractor)
             values.append(policy.value_net(policy.mlp_extractor.forward_critic(features)).flatten())
             dist = policy._get_action_dist_from_latent(policy.mlp_extractor.forward_actor(features))
-            act_i = self._discrete_actions(th.as_tensor(actions[i : i + CHUNK], device=self.device))
+            act_i = self._stored_actions(actions[i : i + CHUNK])
             log_probs.append(dist.log_prob(act_i))
         rollout_buffer.values[:] = th.cat(values).cpu().numpy().reshape(n_steps, n_envs)
         self._learner_log_prob_cache = log_probs or None
@@ -316,6 +341,7 @@ class LaggedPPO(PPO):
             if self._learner_log_prob_cache is not None:  # valid while the learner still has these parameters
                 self._learner_log_prob_cache = (self._snapshots[-1], self._learner_log_prob_cache)
         self.logger.record("rollout/policy_lag", float(lags.mean()))
+        self.logger.record("rollout/behavior_temperature", float(self._temperatures.mean()))
 
         with th.no_grad():
             values = self.policy.predict_values(obs_as_tensor(new_obs, self.device))  # type: ignore[arg-type]
@@ -332,6 +358,11 @@ class LaggedPPO(PPO):
     def _discrete_actions(self, actions: th.Tensor) -> th.Tensor:
         return actions.long().flatten() if isinstance(self.action_space, spaces.Discrete) else actions
 
+    def _stored_actions(self, actions: np.ndarray) -> th.Tensor:
+        """Buffer actions as SB3's minibatches hand them to the policy: float32 (the buffer keeps the action space's
+        dtype, e.g. int8 for MultiBinary), then long for Discrete."""
+        return self._discrete_actions(th.as_tensor(actions.astype(np.float32, copy=False), device=self.device))
+
     @th.no_grad()
     def _learner_log_probs(self) -> th.Tensor:
         """log pi_theta(a|s) of the learner for every stored step, batched; also kept as ``prox_log_probs``."""
@@ -339,7 +370,7 @@ class LaggedPPO(PPO):
         n = buf.buffer_size * buf.n_envs
         obs = buf.observations.reshape(n, *buf.obs_shape)
         actions = buf.actions.reshape(n, *buf.actions.shape[2:])
-        fresh = self._last_rollout_lags == 0
+        fresh = (self._last_rollout_lags == 0) & (self._temperatures == 1.0)  # acted by the learner, untempered
         if fresh.all():
             # The learner acted the whole rollout: pi_theta = mu, and log mu is used verbatim below anyway
             buf.prox_log_probs[:] = buf.log_probs  # type: ignore[attr-defined]
@@ -351,7 +382,8 @@ class LaggedPPO(PPO):
             out = self._learner_log_prob_chunks(obs, actions)
         log_prob = th.cat(out)
         prox = log_prob.cpu().numpy().reshape(buf.buffer_size, buf.n_envs)
-        # Where the data were acted with lag 0 the learner *was* the behaviour policy: reuse log mu verbatim
+        # Where the data were acted with lag 0 and temperature 1 the learner *was* the behaviour policy: reuse log mu
+        # verbatim
         # (a batched recomputation can differ from it in the last float bit).
         prox[:, fresh] = buf.log_probs[:, fresh]
         buf.prox_log_probs[:] = prox  # type: ignore[attr-defined]
@@ -361,7 +393,7 @@ class LaggedPPO(PPO):
         out = []
         for i in range(0, len(obs), CHUNK):
             obs_i = obs_as_tensor(obs[i : i + CHUNK], self.device)
-            act_i = self._discrete_actions(th.as_tensor(actions[i : i + CHUNK], device=self.device))
+            act_i = self._stored_actions(actions[i : i + CHUNK])
             if self._fast_ok():
                 out.append(fast_log_prob(self.policy, obs_i, act_i))
             else:

@@ -29,11 +29,12 @@ def test_halfcheetah_smoke_run_writes_run_folder(tmp_path) -> None:
     scalars = SummaryReader(str(run)).scalars
     tags = set(scalars["tag"])
     assert {"train/pg_clipfrac_lower", "train/pg_clipfrac", "train/ppo_kl", "train/behavior_kl",
-            "train/dual_clip_would_bound", "rollout/policy_lag"} <= tags
+            "train/dual_clip_would_bound", "rollout/policy_lag", "rollout/behavior_temperature"} <= tags
     assert scalars[scalars.tag == "train/pg_clipfrac_lower"]["step"].tolist() == [1024]
     reader = SummaryReader(str(run))
     hparams = dict(zip(reader.hparams["tag"], reader.hparams["value"]))
     assert hparams["algo"] == "dualclip" and hparams["policy_lag"] == 0 and hparams["lag_mode"] == "fixed"
+    assert hparams["behavior_temperature"] == 1.0 and hparams["temperature_mode"] == "fixed"
     assert "train/log_ratio" in set(reader.histograms["tag"])
     with open(run / "vecnormalize.pkl", "rb") as f:  # rl-zoo3's tuned entry has gamma 0.98: so has VecNormalize
         assert pickle.load(f).gamma == config["gamma"] == 0.98
@@ -81,6 +82,11 @@ BAD_INPUT = [
     (["--algo", "ppo", "--env", "CartPole-v1", "-conf", "broken.yml"], "broken.yml is not valid YAML"),
     (["--algo", "ppo", "--env", "CartPole-v1", "-params", "policy_lag:4"], "set it with --policy-lag"),
     (["--algo", "dualclip", "--env", "CartPole-v1", "--is-weight-mode", "filter"], "use --algo decoupled"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--behavior-temperature", "0"], "--behavior-temperature 0.0"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--behavior-temperature", "hot"], "hot"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--temperature-mode", "random"], "random"),
+    (["--algo", "ppo", "--env", "Pendulum-v1", "--behavior-temperature", "2", "-params", "use_sde:true"],
+     "use_sde=True with behavior_temperature"),
     (["--algo", "decoupled", "--env", "CartPole-v1", "--is-weight-mode", "drop"], "drop"),
     (["--algo", "decoupled", "--env", "CartPole-v1", "--is-weight-max", "0"], "--is-weight-max 0.0"),
     (["--algo", "decoupled", "--env", "CartPole-v1", "-params", "is_weight_mode:drop"], "is_weight_mode='drop'"),
