@@ -88,7 +88,7 @@ def variant_label(row: Dict[str, Any]) -> str:
 
 
 def setting_label(setting: Tuple[Tuple[str, Any], ...]) -> str:
-    names = {"policy_lag": "lag", "behavior_temperature": "τ", "lag_mode": "mode"}
+    names = {"policy_lag": "lag", "behavior_temperature": "τ", "lag_mode": "mode", "n_timesteps": "steps"}
     shown = [(k, v) for k, v in setting if k != "env" and not (k in SETTING_DEFAULTS and k != "policy_lag"
                                                                and v == SETTING_DEFAULTS[k])]
     return ", ".join(f"{names.get(k, k)} {v:g}" if isinstance(v, float) else f"{names.get(k, k)} {v}"
@@ -120,12 +120,14 @@ def run_rows(records: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[
     setting_keys += [k for k in axis_keys if k not in setting_keys]
     if "policy_lag" not in setting_keys:
         setting_keys.insert(1, "policy_lag")
+    if len({r["meta"]["n_timesteps"] for r in records}) > 1:  # runs of several budgets are not one cell
+        setting_keys.append("n_timesteps")
     rows = []
     for rec in records:
         meta = rec["meta"]
         row: Dict[str, Any] = {"name": meta["name"], "algo": meta["algo"], "seed": meta["seed"], "env": meta["env"]}
         for key in setting_keys[1:] + list(ARM_KEYS[1:]):
-            row[key] = effective(rec, key)
+            row[key] = meta["n_timesteps"] if key == "n_timesteps" else effective(rec, key)
         row["setting"] = tuple((k, row[k]) for k in setting_keys)
         row["variant"] = variant_label(row)
         ep = rec["updates"].get("rollout/ep_rew_mean") or [None]
