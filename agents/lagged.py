@@ -272,14 +272,15 @@ class LaggedPPO(PPO):
         if self.use_sde:
             self.policy.reset_noise(env.num_envs)
 
-        # LAG: pick the behaviour parameters for this rollout (capped at the oldest snapshot held)
+        callback.on_rollout_start()
+
+        # LAG: pick the behaviour parameters for this rollout (capped at the oldest snapshot held). After
+        # on_rollout_start, where checkpoints are written: a resumed run draws this rollout's lag again.
         lags = np.minimum(self._draw_lags(), len(self._snapshots))
         groups = self._behavior_groups(lags)
         lagged = bool(lags.any())
         self._last_rollout_lags = lags
         self._learner_log_prob_cache: Any = None
-
-        callback.on_rollout_start()
 
         while n_steps < n_rollout_steps:
             if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
@@ -497,12 +498,19 @@ class LaggedPPO(PPO):
                     approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio)
                     approx_kl_divs.append(approx_kl_div)
 
-                # OURS: host sync only when early stopping needs the value
-                if self.target_kl is not None and approx_kl_div.item() > 1.5 * self.target_kl:
-                    continue_training = False
-                    if self.verbose >= 1:
-                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div.item():.2f}")
-                    break
+                # OURS: early stopping asks how far *this update* moved the policy: the KL to the policy at the start
+                # of the update (pi_prox), not to mu, which under lag can be far already before the first step (the
+                # update would then stop at once and change nothing). At lag 0 and temperature 1 pi_prox is mu's
+                # stored log-probs verbatim, so stock SB3's decision. Host sync only when target_kl is set.
+                if self.target_kl is not None:
+                    with th.no_grad():
+                        moved = log_prob - rollout_data.prox_log_prob
+                        update_kl = th.mean((th.exp(moved) - 1) - moved)
+                    if update_kl.item() > 1.5 * self.target_kl:
+                        continue_training = False
+                        if self.verbose >= 1:
+                            print(f"Early stopping at step {epoch} due to reaching max kl: {update_kl.item():.2f}")
+                        break
 
                 self.policy.optimizer.zero_grad()
                 loss.backward()

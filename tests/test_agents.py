@@ -238,3 +238,22 @@ def test_new_arguments_survive_save_load(tmp_path) -> None:
 def test_bad_arguments_raise(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(".", r"\.")):
         tiny_model(DualClipPPO, "Pendulum-v1", **kwargs)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "decoupled"])
+def test_target_kl_under_lag_never_skips_a_whole_update(algo: str) -> None:
+    """target_kl bounds how far one update moves the policy: measured against the policy at the start of the update,
+    the first minibatch always steps. (Measured against mu, data with behavior_kl > 1.5 * target_kl stopped updates
+    before their first step and left the parameters unchanged.)"""
+    model = tiny_model(ALGOS[algo], "Pendulum-v1", n_envs=4, policy_lag=3, target_kl=0.003, learning_rate=3e-3)
+    changed = []
+    train = model.train
+
+    def train_and_compare() -> None:
+        before = flat_params(model).clone()
+        train()
+        changed.append(not th.equal(before, flat_params(model)))
+
+    model.train = train_and_compare  # type: ignore[method-assign]
+    model.learn(11 * 64 * 4)
+    assert len(changed) == 11 and all(changed), changed

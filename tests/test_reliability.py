@@ -30,12 +30,13 @@ def scalars(run: Path):
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
-    """Kill mid-run, resume: requested steps reached, logs continuous, parameters equal to an unbroken run (lag 2,
-    exploring actors, the learner evaluated periodically).
+    """Kill mid-run, resume: requested steps reached, logs continuous, parameters equal to an unbroken run (lag up
+    to 3 drawn per rollout, exploring actors, the learner evaluated periodically).
 
     CartPole's state pickles faithfully, so the resumed run is exact (see agents/checkpoint.py for MuJoCo/ALE).
     """
-    args = ["--algo", "dualclip", "--env", "CartPole-v1", "-n", "8192", "--seed", "5", "--policy-lag", "2",
+    args = ["--algo", "dualclip", "--env", "CartPole-v1", "-n", "8192", "--seed", "5", "--policy-lag", "3",
+            "--lag-mode", "uniform",  # the lag drawn for the rollout after the checkpoint is drawn again on resume
             "--behavior-temperature", "1.5",  # exploring actors resume exactly too
             "--save-freq", "512", "--verbose", "0", "-f", str(tmp_path), "--eval-freq", "1000", "--eval-episodes", "2",
             *TINY]
