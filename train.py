@@ -18,7 +18,9 @@ before anything is written.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -274,21 +276,35 @@ def write_run_files(run_dir: Path, args: argparse.Namespace, config: Dict[str, A
 
 
 def train(model: Any, env: Any, run_dir: Path, args: argparse.Namespace, config: Dict[str, Any]) -> int:
-    """Learn up to the requested total steps, then save the model, its statistics and a final checkpoint."""
-    from stable_baselines3.common.vec_env import VecNormalize
+    """Learn up to the requested total steps, then save the model, its statistics and a final checkpoint.
 
-    from agents.checkpoint import CHECKPOINT, NonFiniteError, check_finite, divergence_message, save_checkpoint
+    Ctrl-C (SIGINT) or SIGTERM stops at the next rollout boundary: checkpoint, ``model.zip`` and
+    ``vecnormalize.pkl`` are written (each atomically), one line gives the ``--resume`` command, and the exit code is
+    130 or 143. A second signal stops at once; the last checkpoint stays intact (it is only ever replaced whole).
+    """
+    from agents.checkpoint import CHECKPOINT, CheckpointCallback, NonFiniteError, StopRequested, check_finite
+    from agents.checkpoint import divergence_message, save_checkpoint
 
     print(f"run folder: {run_dir}", flush=True)
     start, start_steps = time.time(), model.num_timesteps
+    run_callbacks = callbacks(args, config, run_dir)
+    stop_at_boundary(next(c for c in run_callbacks if isinstance(c, CheckpointCallback)))
     try:
         model.learn(
             total_timesteps=int(config["n_timesteps"]) - model.num_timesteps,
-            callback=callbacks(args, config, run_dir),
+            callback=run_callbacks,
             progress_bar=args.progress,
             reset_num_timesteps=model.num_timesteps == 0,
         )
         check_finite(model)
+    except StopRequested as stop:
+        save_outputs(model, env, run_dir)
+        (run_dir / INTERRUPTED).write_text(f"stopped by signal {stop.args[0]} at step {model.num_timesteps}\n")
+        name = signal.Signals(stop.args[0]).name
+        print(f"train.py: stopped by {name} at step {model.num_timesteps} of {config['n_timesteps']} (checkpoint and "
+              f"model.zip written); continue with: python train.py --resume {shlex.quote(str(run_dir))}",
+              file=sys.stderr)
+        return 128 + int(stop.args[0])
     except (NonFiniteError, ValueError) as exc:
         message = divergence_message(model, exc)
         if message is None:
@@ -297,14 +313,46 @@ def train(model: Any, env: Any, run_dir: Path, args: argparse.Namespace, config:
         where = f"the last good checkpoint is {kept}" if kept.is_file() else "no checkpoint had been written yet"
         print(f"train.py: training stopped: {message}; {where}", file=sys.stderr)
         return 1
-    model.save(run_dir / "model.zip")
-    if isinstance(env, VecNormalize):
-        env.save(str(run_dir / "vecnormalize.pkl"))
+    save_outputs(model, env, run_dir)
     save_checkpoint(model, run_dir / CHECKPOINT)
+    (run_dir / INTERRUPTED).unlink(missing_ok=True)
     elapsed = time.time() - start
     steps = model.num_timesteps - start_steps
     print(f"done: {model.num_timesteps} steps ({steps} in {elapsed:.1f} s, {steps / elapsed:.0f} steps/s)")
     return 0
+
+
+#: written next to model.zip by a run stopped by a signal (model.zip alone then does not mean finished); removed when
+#: the resumed run completes
+INTERRUPTED = "interrupted.txt"
+
+
+def save_outputs(model: Any, env: Any, run_dir: Path) -> None:
+    """``model.zip`` and (with VecNormalize) ``vecnormalize.pkl``, each written to a temporary file and renamed."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    model.save(run_dir / ".model.tmp.zip")
+    os.replace(run_dir / ".model.tmp.zip", run_dir / "model.zip")
+    if isinstance(env, VecNormalize):
+        env.save(str(run_dir / ".vecnormalize.tmp.pkl"))
+        os.replace(run_dir / ".vecnormalize.tmp.pkl", run_dir / "vecnormalize.pkl")
+
+
+def stop_at_boundary(checkpoints: Any) -> None:
+    """On the first SIGINT or SIGTERM ask ``checkpoints`` (the run's CheckpointCallback) to stop at the next rollout
+    boundary; on a second, exit at once (atomic writes keep the last checkpoint whole)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if checkpoints.stop_requested is not None:
+            print(f"train.py: second {signal.Signals(signum).name}: stopping now; the last checkpoint is kept",
+                  file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        checkpoints.stop_requested = signum
+        print(f"train.py: {signal.Signals(signum).name}: stopping at the end of this rollout's update (send it again "
+              "to stop at once)", file=sys.stderr, flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 #: args.yml keys that --resume relies on

@@ -135,11 +135,18 @@ def restore_pending_logs(model: Any, state: Dict[str, Any]) -> None:
     model.logger.name_to_excluded.update(excluded)
 
 
+class StopRequested(Exception):
+    """Raised at a rollout boundary, after the checkpoint was written, when a stop was requested
+    (:attr:`CheckpointCallback.stop_requested`, e.g. set by a signal handler)."""
+
+
 class CheckpointCallback(BaseCallback):
     """Save a checkpoint at the first rollout boundary after every ``save_freq`` env steps.
 
     Rollout boundaries are the only points where the state is complete without the rollout buffer. The
-    non-finite check runs first, so a broken state is never written over the last good checkpoint.
+    non-finite check runs first, so a broken state is never written over the last good checkpoint. Setting
+    :attr:`stop_requested` (to anything but None, e.g. a signal number) makes the next boundary write a checkpoint
+    and raise :class:`StopRequested`: the safe point to stop a run that is to be resumed.
     """
 
     def __init__(self, path: Path, save_freq: int) -> None:
@@ -147,6 +154,7 @@ class CheckpointCallback(BaseCallback):
         self.path = Path(path)
         self.save_freq = save_freq
         self._last_saved: Optional[int] = None
+        self.stop_requested: Optional[int] = None
 
     def _on_training_start(self) -> None:
         self._last_saved = self.num_timesteps
@@ -154,9 +162,12 @@ class CheckpointCallback(BaseCallback):
     def _on_rollout_start(self) -> None:
         check_finite(self.model)
         assert self._last_saved is not None
-        if self.save_freq > 0 and self.num_timesteps - self._last_saved >= self.save_freq:
+        due = self.save_freq > 0 and self.num_timesteps - self._last_saved >= self.save_freq
+        if due or self.stop_requested is not None:
             save_checkpoint(self.model, self.path)
             self._last_saved = self.num_timesteps
+        if self.stop_requested is not None:
+            raise StopRequested(self.stop_requested)
 
     def _on_step(self) -> bool:
         return True

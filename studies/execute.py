@@ -21,6 +21,12 @@ from studies.grid import RunSpec
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = "checkpoint.pkl"  # agents.checkpoint.CHECKPOINT (not imported: it loads torch)
 MODEL = "model.zip"
+INTERRUPTED = "interrupted.txt"  # train.INTERRUPTED: a run stopped by a signal also has a model.zip
+
+
+def finished(folder: Path) -> bool:
+    """Whether the run folder holds a run that reached its budget."""
+    return (folder / MODEL).is_file() and not (folder / INTERRUPTED).is_file()
 
 
 def marker(runs_dir: Path, name: str) -> Path:
@@ -43,7 +49,7 @@ def run_state(run: RunSpec, runs_dir: Path, recorded: bool) -> str:
         except (ValueError, ProcessLookupError, PermissionError):
             pass  # a stale marker: its process is gone
     folder = Path(runs_dir) / run.name
-    if (folder / MODEL).is_file():
+    if finished(folder):
         return "finished, not recorded"
     return "checkpointed" if (folder / CHECKPOINT).is_file() else "to do"
 
@@ -62,7 +68,7 @@ def execute(run: RunSpec, runs_dir: str, save_freq: int) -> Dict[str, Any]:
         if differ:
             return {"name": run.name, "ok": False, "record": None,
                     "message": f"REFUSED: the run folder {folder} has other settings ({differ}); move it away"}
-    if (folder / MODEL).is_file():
+    if finished(folder):
         cmd = None  # finished earlier, only its record is missing
     elif (folder / CHECKPOINT).is_file():
         cmd = [sys.executable, str(ROOT / "train.py"), "--resume", str(folder)]

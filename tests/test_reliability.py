@@ -75,6 +75,37 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert done.returncode == 0 and "complete" in done.stdout
 
 
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_at_a_boundary_and_resume_is_exact(tmp_path: Path, sig: int, code: int) -> None:
+    """Ctrl-C / SIGTERM: the run stops at the next rollout boundary with a checkpoint, model.zip and one line naming
+    the --resume command (exit 130 / 143); the resumed run ends with exactly the uninterrupted run's parameters."""
+    args = ["--algo", "decoupled", "--env", "CartPole-v1", "-n", "6144", "--seed", "3", "--policy-lag", "2",
+            "--save-freq", "0", "--verbose", "0", "-f", str(tmp_path), *TINY]
+    victim = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, "--run-name", "stopped"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = tmp_path / "stopped" / "progress.csv"
+    deadline = time.time() + 240
+    while (not progress.exists() or progress.stat().st_size < 2000) and victim.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(sig)
+    _, stderr = victim.communicate(timeout=240)
+    assert victim.returncode == code, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert f"continue with: python train.py --resume {tmp_path / 'stopped'}" in line
+    stopped_at = read_checkpoint(tmp_path / "stopped" / "checkpoint.pkl")["num_timesteps"]
+    assert 0 < stopped_at < 6144 and (tmp_path / "stopped" / "model.zip").is_file()
+    assert (tmp_path / "stopped" / "interrupted.txt").is_file()  # model.zip alone does not mean finished
+
+    assert run_script("train.py", ["--resume", str(tmp_path / "stopped")]).returncode == 0
+    assert run_script("train.py", [*args, "--run-name", "full"]).returncode == 0
+    full = ALGOS["decoupled"].load(tmp_path / "full" / "model.zip", device="cpu")
+    again = ALGOS["decoupled"].load(tmp_path / "stopped" / "model.zip", device="cpu")
+    assert again.num_timesteps == full.num_timesteps == 6144
+    assert th.equal(flat_params(again), flat_params(full))
+    assert not (tmp_path / "stopped" / "interrupted.txt").exists()
+
+
 @pytest.mark.parametrize("algo", ["ppo", "dualclip"])
 def test_same_seed_same_scalars(tmp_path: Path, algo: str) -> None:
     args = ["--algo", algo, "--env", "CartPole-v1", "-n", "1024", "--seed", "7", "--policy-lag", "2", "--verbose", "0",
