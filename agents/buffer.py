@@ -1,4 +1,5 @@
-"""SB3's RolloutBuffer plus two per-step columns the lagged algorithms need.
+"""SB3's RolloutBuffer (and DictRolloutBuffer, for Dict observations) plus two per-step columns the lagged
+algorithms need.
 
 - ``segment_ids``: which episode segment a step belongs to (for the ``seq-*`` loss aggregation modes);
 - ``prox_log_probs``: the learner's log-prob of the stored action at the start of ``train()`` (the proximal
@@ -11,16 +12,18 @@ columns are converted to torch once per rollout instead of once per minibatch (t
 
 from __future__ import annotations
 
-from typing import Generator, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Generator, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch as th
-from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.vec_env import VecNormalize
+
+Observations = Union[th.Tensor, Dict[str, th.Tensor]]
 
 
 class LaggedRolloutBufferSamples(NamedTuple):
-    observations: th.Tensor
+    observations: Observations  #: a tensor, or a dict of tensors for Dict observation spaces
     actions: th.Tensor
     old_values: th.Tensor
     old_log_prob: th.Tensor  #: log mu(a|s), stored when the behaviour policy acted
@@ -30,11 +33,23 @@ class LaggedRolloutBufferSamples(NamedTuple):
     prox_log_prob: th.Tensor  #: log pi(a|s) of the learner at the start of the update
 
 
-class LaggedRolloutBuffer(RolloutBuffer):
-    """RolloutBuffer whose minibatches also carry ``segment_ids`` and ``prox_log_prob``."""
+class LaggedColumns:
+    """The two columns and the faster sampling, for SB3's RolloutBuffer (:class:`LaggedRolloutBuffer`) and
+    DictRolloutBuffer (:class:`LaggedDictRolloutBuffer`); they differ only in how observations are flattened,
+    converted and indexed (the ``_*observations*`` hooks)."""
+
+    # attributes of SB3's buffers this mixin uses
+    buffer_size: int
+    n_envs: int
+    device: th.device
+    full: bool
+    generator_ready: bool
+    observations: Any
+    episode_starts: np.ndarray
+    swap_and_flatten: Any
 
     def reset(self) -> None:
-        super().reset()
+        super().reset()  # type: ignore[misc]
         self.prox_log_probs = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
         self._flat_extras: Optional[tuple] = None
         self._torch_columns: Tuple[th.Tensor, ...] = ()
@@ -56,7 +71,8 @@ class LaggedRolloutBuffer(RolloutBuffer):
         assert self.full, ""
         indices = np.random.permutation(self.buffer_size * self.n_envs)
         if not self.generator_ready:
-            for name in ("observations", "actions", "values", "log_probs", "advantages", "returns"):
+            self._flatten_observations()
+            for name in ("actions", "values", "log_probs", "advantages", "returns"):
                 self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
             self.generator_ready = True
             # Our columns, flattened exactly as SB3 flattens its own (env-major), once per rollout.
@@ -79,7 +95,6 @@ class LaggedRolloutBuffer(RolloutBuffer):
         assert self._flat_extras is not None
         segment_ids, prox = self._flat_extras
         columns = (
-            self.observations,
             # Cast to float32 (as SB3's _get_samples does; copy=False keeps the float32 buffer itself)
             self.actions.astype(np.float32, copy=False),
             self.values.reshape(-1),  # (N, 1) -> (N,): what .flatten() of a minibatch gives
@@ -89,12 +104,13 @@ class LaggedRolloutBuffer(RolloutBuffer):
             prox.reshape(-1),
         )
         tensors = tuple(th.as_tensor(np.ascontiguousarray(c), device=self.device) for c in columns)
-        return (*tensors[:6], th.as_tensor(segment_ids.reshape(-1), device=self.device), tensors[6])
+        segments = th.as_tensor(segment_ids.reshape(-1), device=self.device)
+        return (self._observations_to_torch(), *tensors[:5], segments, tensors[5])
 
     def _samples_at(self, idx: th.Tensor) -> LaggedRolloutBufferSamples:
         obs, actions, values, log_probs, advantages, returns, segment_ids, prox = self._torch_columns
         return LaggedRolloutBufferSamples(
-            observations=obs[idx],
+            observations=self._observations_at(obs, idx),
             actions=actions[idx],
             old_values=values[idx],
             old_log_prob=log_probs[idx],
@@ -106,7 +122,7 @@ class LaggedRolloutBuffer(RolloutBuffer):
 
     def _get_samples(self, batch_inds: np.ndarray, env: Optional[VecNormalize] = None) -> LaggedRolloutBufferSamples:  # type: ignore[override]
         """SB3's per-minibatch conversion (kept for callers that sample explicit indices)."""
-        base = super()._get_samples(batch_inds, env)
+        base = super()._get_samples(batch_inds, env)  # type: ignore[misc]
         assert self._flat_extras is not None
         segment_ids, prox = self._flat_extras
         return LaggedRolloutBufferSamples(
@@ -114,3 +130,48 @@ class LaggedRolloutBuffer(RolloutBuffer):
             segment_ids=th.as_tensor(segment_ids[batch_inds].flatten(), device=self.device),
             prox_log_prob=self.to_torch(prox[batch_inds].flatten()),
         )
+
+
+class LaggedRolloutBuffer(LaggedColumns, RolloutBuffer):
+    """RolloutBuffer whose minibatches also carry ``segment_ids`` and ``prox_log_prob``."""
+
+    def _flatten_observations(self) -> None:
+        self.observations = self.swap_and_flatten(self.observations)
+
+    def _observations_to_torch(self) -> th.Tensor:
+        return th.as_tensor(np.ascontiguousarray(self.observations), device=self.device)
+
+    @staticmethod
+    def _observations_at(obs: th.Tensor, idx: th.Tensor) -> th.Tensor:
+        return obs[idx]
+
+
+class LaggedDictRolloutBuffer(LaggedColumns, DictRolloutBuffer):
+    """DictRolloutBuffer (Dict observation spaces, ``MultiInputPolicy``) with the same extra columns."""
+
+    def _flatten_observations(self) -> None:
+        for key, obs in self.observations.items():
+            self.observations[key] = self.swap_and_flatten(obs)
+
+    def _observations_to_torch(self) -> Dict[str, th.Tensor]:
+        return {k: th.as_tensor(np.ascontiguousarray(v), device=self.device) for k, v in self.observations.items()}
+
+    @staticmethod
+    def _observations_at(obs: Dict[str, th.Tensor], idx: th.Tensor) -> Dict[str, th.Tensor]:
+        return {k: v[idx] for k, v in obs.items()}
+
+
+def flat_observations(buffer: RolloutBuffer) -> Any:
+    """The buffer's observations with steps and environments in one axis (step-major), as an array or a dict of
+    arrays; not yet flattened env-major by ``get()``."""
+    n = buffer.buffer_size * buffer.n_envs
+    if isinstance(buffer.observations, dict):
+        return {k: v.reshape(n, *buffer.obs_shape[k]) for k, v in buffer.observations.items()}  # type: ignore[index]
+    return buffer.observations.reshape(n, *buffer.obs_shape)
+
+
+def chunk(observations: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of :func:`flat_observations`."""
+    if isinstance(observations, dict):
+        return {k: v[start:stop] for k, v in observations.items()}
+    return observations[start:stop]

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from agents.behavior import check_temperature_args, env_temperatures, tempered_forward
-from agents.buffer import LaggedRolloutBuffer
+from agents.buffer import LaggedColumns, LaggedDictRolloutBuffer, LaggedRolloutBuffer, chunk, flat_observations
 from agents.fastpath import adam_step, clip_grad_norm, fast_evaluate_actions, fast_forward, fast_log_prob, has_fast_gaussian
 from agents.losses import LOG_RATIO_CLAMP
 
@@ -94,9 +94,10 @@ class LaggedPPO(PPO):
         check_clip_range("clip_range", kwargs.get("clip_range", 0.2))
         if policy_lag > 0 and kwargs.get("use_sde", False):
             raise ValueError("use_sde=True with policy_lag > 0 is not supported: set use_sde=False or policy_lag=0")
-        kwargs.setdefault("rollout_buffer_class", LaggedRolloutBuffer)
-        if not issubclass(kwargs["rollout_buffer_class"], LaggedRolloutBuffer):
-            raise ValueError("rollout_buffer_class must derive from agents.buffer.LaggedRolloutBuffer")
+        buffer_class = kwargs.get("rollout_buffer_class")  # default: chosen by the observation space in _setup_model
+        if buffer_class is not None and not issubclass(buffer_class, LaggedColumns):
+            raise ValueError("rollout_buffer_class must derive from agents.buffer.LaggedRolloutBuffer or "
+                             "LaggedDictRolloutBuffer")
         self.policy_lag = int(policy_lag)
         self.lag_mode = lag_mode
         self.would_bound_c = float(would_bound_c)
@@ -106,6 +107,9 @@ class LaggedPPO(PPO):
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _setup_model(self) -> None:
+        if self.rollout_buffer_class is None:  # as SB3 picks RolloutBuffer or DictRolloutBuffer
+            dict_obs = isinstance(self.observation_space, spaces.Dict)
+            self.rollout_buffer_class = LaggedDictRolloutBuffer if dict_obs else LaggedRolloutBuffer
         super()._setup_model()
         # The policy after each of the last K updates (oldest first), as copies of the learner's module that act
         # directly; the live learner is lag 0. K copies + the learner: nothing else holds parameters.
@@ -190,7 +194,7 @@ class LaggedPPO(PPO):
         replaced after the rollout."""
         if len(groups) == 1:
             return self._forward_with(groups[0][0], obs, self._temperature_of(groups[0][1]))
-        parts = [(idx, self._forward_with(policy, obs[idx], self._temperature_of(idx))) for policy, idx in groups]
+        parts = [(idx, self._forward_with(policy, _rows(obs, idx), self._temperature_of(idx))) for policy, idx in groups]
         first = parts[0][1]
         out = [t.new_empty((self.n_envs, *t.shape[1:])) for t in first]
         for idx, tensors in parts:
@@ -224,7 +228,7 @@ class LaggedPPO(PPO):
         """
         n_steps, n_envs = rollout_buffer.buffer_size, rollout_buffer.n_envs
         n = n_steps * n_envs
-        obs = rollout_buffer.observations.reshape(n, *rollout_buffer.obs_shape)
+        obs = flat_observations(rollout_buffer)
         actions = rollout_buffer.actions.reshape(n, *rollout_buffer.actions.shape[2:])
         policy = self.policy
         shared = (
@@ -235,7 +239,7 @@ class LaggedPPO(PPO):
         )
         values, log_probs = [], []
         for i in range(0, n, CHUNK):
-            obs_i = obs_as_tensor(obs[i : i + CHUNK], self.device)
+            obs_i = obs_as_tensor(chunk(obs, i, i + CHUNK), self.device)
             if not shared:
                 values.append(policy.predict_values(obs_i).flatten())
                 continue
@@ -369,7 +373,7 @@ class LaggedPPO(PPO):
         """log pi_theta(a|s) of the learner for every stored step, batched; also kept as ``prox_log_probs``."""
         buf = self.rollout_buffer
         n = buf.buffer_size * buf.n_envs
-        obs = buf.observations.reshape(n, *buf.obs_shape)
+        obs = flat_observations(buf)
         actions = buf.actions.reshape(n, *buf.actions.shape[2:])
         fresh = (self._last_rollout_lags == 0) & (self._temperatures == 1.0)  # acted by the learner, untempered
         if fresh.all():
@@ -392,8 +396,8 @@ class LaggedPPO(PPO):
 
     def _learner_log_prob_chunks(self, obs: np.ndarray, actions: np.ndarray) -> List[th.Tensor]:
         out = []
-        for i in range(0, len(obs), CHUNK):
-            obs_i = obs_as_tensor(obs[i : i + CHUNK], self.device)
+        for i in range(0, len(actions), CHUNK):
+            obs_i = obs_as_tensor(chunk(obs, i, i + CHUNK), self.device)
             act_i = self._stored_actions(actions[i : i + CHUNK])
             if self._fast_ok():
                 out.append(fast_log_prob(self.policy, obs_i, act_i))
@@ -548,3 +552,8 @@ def _mean(values: List[th.Tensor]) -> float:
 def _max(values: List[th.Tensor]) -> float:
     """Maximum of per-minibatch scalars."""
     return float(th.stack(values).max().item())
+
+
+def _rows(obs: Any, idx: np.ndarray) -> Any:
+    """Rows ``idx`` of a batch of observations (a tensor, or a dict of tensors for Dict spaces)."""
+    return {k: v[idx] for k, v in obs.items()} if isinstance(obs, dict) else obs[idx]
