@@ -7,7 +7,7 @@ behaviour policy mu. Decoupled PPO gives the two jobs to two policies::
     loss = w * max(-A * r', -A * clip(r', 1 - eps, 1 + eps)),   r' = pi_theta / pi_prox,   w = min(pi_prox / mu, w_max)
 
 The proximal policy pi_prox is the learner at the start of ``train()``: its log-probs are computed once per
-update, batched, without gradient (``LaggedPPO._learner_log_probs``). For steps acted with lag 0 the proximal
+update, batched, without gradient (``LaggedPPO._store_prox_log_probs``). For steps acted with lag 0 the proximal
 policy *is* the behaviour policy, so log mu is used for it verbatim and the update is bit-identical to stock
 PPO. ``--dual-clip`` composes: the unweighted proximal term is bounded at c*A for A<0 before weighting.
 
@@ -40,6 +40,8 @@ class DecoupledPPO(DualClipPPO):
     :param dual_clip: optional dual-clip bound c > 1 on the proximal term (default None: off)
     :param kwargs: everything :class:`~agents.dualclip.DualClipPPO` accepts
     """
+
+    MAX_METRICS = DualClipPPO.MAX_METRICS | {"is_weight_max"}
 
     def __init__(
         self,

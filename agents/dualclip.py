@@ -31,6 +31,8 @@ class DualClipPPO(LaggedPPO):
     :param kwargs: everything :class:`LaggedPPO` and SB3's ``PPO`` accept
     """
 
+    MAX_METRICS = frozenset({"ratio_max_minibatch"})
+
     def __init__(
         self,
         policy: Any,

@@ -74,6 +74,9 @@ class LaggedPPO(PPO):
         tau**(i/(n-1)), from 1 to tau, like actors that explore by different amounts)
     """
 
+    #: metrics of ``_policy_term`` logged as their maximum over an update's minibatches (all others: the mean)
+    MAX_METRICS: frozenset = frozenset()
+
     def __init__(
         self,
         policy: Any,
@@ -223,7 +226,7 @@ class LaggedPPO(PPO):
 
         When actor and critic share their features extractor (SB3's default, ``share_features_extractor=True``), the
         same pass also computes the
-        learner's log-probs of the stored actions, which ``train`` needs next (``_learner_log_probs``): the features
+        learner's log-probs of the stored actions, which ``train`` needs next (``_store_prox_log_probs``): the features
         are computed once instead of twice. Same modules, same inputs, same chunks: the same values bit for bit.
         """
         n_steps, n_envs = rollout_buffer.buffer_size, rollout_buffer.n_envs
@@ -369,8 +372,9 @@ class LaggedPPO(PPO):
         return self._discrete_actions(th.as_tensor(actions.astype(np.float32, copy=False), device=self.device))
 
     @th.no_grad()
-    def _learner_log_probs(self) -> th.Tensor:
-        """log pi_theta(a|s) of the learner for every stored step, batched; also kept as ``prox_log_probs``."""
+    def _store_prox_log_probs(self) -> th.Tensor:
+        """log pi_theta(a|s) of the learner for every stored step, batched, written into the buffer's
+        ``prox_log_probs`` (the policy at the start of the update, pi_prox) and returned flat (step-major)."""
         buf = self.rollout_buffer
         n = buf.buffer_size * buf.n_envs
         obs = flat_observations(buf)
@@ -449,7 +453,10 @@ class LaggedPPO(PPO):
         the end of the update instead of five per minibatch; the Gaussian maths runs on the fast path
         (:func:`fast_evaluate_actions`). Same operations in the same order: bit-identical to stock SB3.
         """
-        self._log_lag_diagnostics(self._learner_log_probs())  # OURS: lag diagnostics (and pi_prox) before the update
+        # OURS: the learner's log-probs of every stored step, once per update: stored as pi_prox (the decoupled loss
+        # and early stopping read it from the minibatches) and measured against log mu for the lag diagnostics
+        learner_log_prob = self._store_prox_log_probs()
+        self._log_lag_diagnostics(learner_log_prob)
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
@@ -527,10 +534,11 @@ class LaggedPPO(PPO):
 
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
 
-        # OURS: one host sync for all metrics, each over all minibatches and epochs: the maximum for *_max keys,
-        # the mean for the others
+        # OURS: one host sync for all metrics, each over all minibatches and epochs: the maximum for the arm's
+        # MAX_METRICS, the mean for the others
         for key, values_list in metrics.items():
-            self.logger.record(f"train/{key}", _max(values_list) if "_max" in key else _mean(values_list))
+            reduce = _max if key in self.MAX_METRICS else _mean
+            self.logger.record(f"train/{key}", reduce(values_list))
         if approx_kl_divs:
             self.logger.record("train/approx_kl", _mean(approx_kl_divs))
         self.logger.record("train/loss", loss.item())

@@ -390,20 +390,20 @@ def test_snapshots_recycle_k_modules() -> None:
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_learner_log_probs_from_the_values_pass(env_id: str) -> None:
+def test_store_prox_log_probs_from_the_values_pass(env_id: str) -> None:
     """Lagged rollouts: the log-probs computed with the critic's values pass equal a separate pass, bit for bit,
     and are not used once the learner's parameters changed in between."""
     seen = {}
 
     def spy(model, tag):
-        orig = model._learner_log_probs
+        orig = model._store_prox_log_probs
 
         def wrapped():
             out = orig()
             seen.setdefault(tag, []).append(out.clone())
             return out
 
-        model._learner_log_probs = wrapped
+        model._store_prox_log_probs = wrapped
 
     kwargs = dict(n_envs=2, policy_lag=2, learning_rate=3e-3)
     cached = tiny_model(ALGOS["decoupled"], env_id, **kwargs)
