@@ -37,13 +37,10 @@ class UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     """train.py's flags (sweep.py also reads them: a grid axis named like a flag is passed as that flag)."""
     from agents.cli import OneLineParser
-
-    from agents import ALGOS, LAG_MODES
-    from agents.behavior import TEMPERATURE_MODES
-    from agents.losses import IS_WEIGHT_MODES, LOSS_AGG_MODES
+    from agents.options import ALGO_IDS, IS_WEIGHT_MODES, LAG_MODES, LOSS_AGG_MODES, TEMPERATURE_MODES
 
     p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--algo", choices=sorted(ALGOS), help="which loss: ppo, dualclip or decoupled (required)")
+    p.add_argument("--algo", choices=sorted(ALGO_IDS), help="which loss: ppo, dualclip or decoupled (required)")
     p.add_argument("--env", help="gymnasium id, e.g. HalfCheetah-v4, CartPole-v1, ALE/Breakout-v5 (required)")
     p.add_argument("--resume", default=None, metavar="RUN_FOLDER",
                    help="continue a run from its checkpoint to its requested total steps (other flags ignored)")

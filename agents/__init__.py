@@ -6,12 +6,26 @@
 - ``ppo``: stock SB3 PPO loss (``LaggedPPO``);
 - ``dualclip``: dual-clip PPO (``DualClipPPO``);
 - ``decoupled``: decoupled PPO, clip against a proximal policy, importance weight against mu (``DecoupledPPO``).
+
+The classes load torch and SB3 on first use (``import agents.options`` or ``agents.cli`` alone stays light, so
+``train.py --help`` answers at once).
 """
 
-from agents.decoupled import DecoupledPPO
-from agents.dualclip import DualClipPPO
-from agents.lagged import LAG_MODES, LaggedPPO
+from typing import Any
 
-ALGOS = {"ppo": LaggedPPO, "dualclip": DualClipPPO, "decoupled": DecoupledPPO}
+from agents.options import ALGO_IDS, LAG_MODES
 
-__all__ = ["ALGOS", "LAG_MODES", "DecoupledPPO", "DualClipPPO", "LaggedPPO"]
+__all__ = ["ALGOS", "ALGO_IDS", "LAG_MODES", "DecoupledPPO", "DualClipPPO", "LaggedPPO"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ALGOS", "DecoupledPPO", "DualClipPPO", "LaggedPPO"):
+        from agents.decoupled import DecoupledPPO
+        from agents.dualclip import DualClipPPO
+        from agents.lagged import LaggedPPO
+
+        algos = {"ppo": LaggedPPO, "dualclip": DualClipPPO, "decoupled": DecoupledPPO}
+        assert tuple(algos) == ALGO_IDS
+        globals().update(ALGOS=algos, DecoupledPPO=DecoupledPPO, DualClipPPO=DualClipPPO, LaggedPPO=LaggedPPO)
+        return globals()[name]
+    raise AttributeError(f"module 'agents' has no attribute {name!r}")

@@ -29,8 +29,8 @@ from stable_baselines3.common.distributions import (
 )
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch.distributions import Bernoulli, Categorical, Normal
+from agents.options import TEMPERATURE_MODES
 
-TEMPERATURE_MODES = ("fixed", "per-env")
 
 
 def check_temperature_args(behavior_temperature: Any, temperature_mode: Any) -> None:

@@ -36,8 +36,8 @@ from agents.behavior import check_temperature_args, env_temperatures, tempered_f
 from agents.buffer import LaggedColumns, LaggedDictRolloutBuffer, LaggedRolloutBuffer, chunk, flat_observations
 from agents.fastpath import adam_step, clip_grad_norm, fast_evaluate_actions, fast_forward, fast_log_prob, has_fast_gaussian
 from agents.losses import LOG_RATIO_CLAMP
+from agents.options import LAG_MODES
 
-LAG_MODES = ("fixed", "uniform", "per-env")
 #: observations per batched no-grad pass over a rollout (learner values, learner log-probs); 256 was about twice
 #: as fast per observation as 1024 for the Atari CNN on CPU (the 1024-frame float batch alone is 115 MB)
 CHUNK = 256

@@ -21,7 +21,8 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+from agents.options import IS_WEIGHT_MODES, LOSS_AGG_MODES
+
 #: The log-ratio is clamped to +-LOG_RATIO_CLAMP before ``exp`` (as in the seed) so a stale sample cannot overflow.
 LOG_RATIO_CLAMP = 10.0
 
@@ -125,11 +126,6 @@ def _clip_bounds(clip_range: float, clip_range_low: Optional[float], clip_range_
 def _check_dual_clip(dual_clip: Optional[float]) -> None:
     if dual_clip is not None and not dual_clip > 1.0:
         raise ValueError(f"dual_clip={dual_clip} must be > 1 (the paper uses 3.0); pass None for vanilla PPO")
-
-
-#: what happens to steps whose weight pi_prox / mu exceeds w_max: ``truncate`` (openai/ppo-ewma: the weight becomes
-#: w_max) or ``filter`` (AReaL's behav_imp_weight_cap: the weight becomes 0, the step drops out of the loss)
-IS_WEIGHT_MODES = ("truncate", "filter")
 
 
 def check_is_weight_mode(is_weight_mode: str) -> None:

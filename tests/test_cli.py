@@ -37,3 +37,16 @@ def test_keep_freed_memory_applies_on_glibc() -> None:
         assert cli.keep_freed_memory() is False
         return
     assert cli.keep_freed_memory() is True and cli.keep_freed_memory() is True  # idempotent
+
+
+@pytest.mark.parametrize("script", ["train.py", "sweep.py"])
+def test_help_does_not_load_torch(script: str) -> None:
+    """--help answers without importing torch or SB3 (agents/__init__ loads the algorithms on first use)."""
+    from tests.helpers import ROOT
+
+    code = (f"import runpy, sys; sys.argv = [{script!r}, '--help']\n"
+            f"try:\n    runpy.run_path({str(ROOT / script)!r}, run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('LOADED', 'torch' in sys.modules or 'stable_baselines3' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "usage:" in res.stdout and res.stdout.strip().endswith("LOADED False"), res.stdout + res.stderr
