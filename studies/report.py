@@ -326,12 +326,8 @@ def fig_curves(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Op
         ax.set_ylabel("evaluation return (learner)")
     for ax in list(axes.flat)[len(settings):]:
         ax.set_visible(False)
-    fig.suptitle(f"{env}: the learner's evaluation return (deterministic), mean over seeds, 95 % bootstrap band")
-    fig.tight_layout()
-    path = out / f"curves_{_slug(env)}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, f"{env}: the learner's evaluation return (deterministic), mean over seeds, 95 % bootstrap band",
+                 out / f"curves_{_slug(env)}.png")
 
 
 def _by_lag(rows: List[Dict[str, Any]], value: str) -> Dict[Tuple[Any, str], Dict[int, List[float]]]:
@@ -359,24 +355,17 @@ def fig_final_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps: int)
             if len(by_lag) < 2:
                 continue
             lags = sorted(by_lag)
-            stats = [mean_ci(by_lag[k], reps) for k in lags]
-            mean = np.array([s[0] for s in stats])
-            err = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
             seeds = min(len(by_lag[k]) for k in lags)
-            ax.errorbar(range(len(lags)), mean, yerr=np.nan_to_num(err), marker="o", capsize=3,
-                        color=colors[variant], label=f"{variant} (n≥{seeds})")
+            _errorbar_ci(ax, range(len(lags)), [by_lag[k] for k in lags], reps, color=colors[variant],
+                         label=f"{variant} (n≥{seeds})")
             ax.set_xticks(range(len(lags)), [str(k) for k in lags])
         ax.set_xlabel("policy lag K (updates)")
         ax.set_ylabel("final evaluation return (learner)")
         ax.set_title(f"{env}" + (f", {setting_label(rest)}" if setting_label(rest) != "default" else ""), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Final evaluation return against policy lag: mean over seeds, 95 % bootstrap CI")
-    fig.tight_layout()
-    path = out / f"final_vs_lag_{_slug(env)}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, "Final evaluation return against policy lag: mean over seeds, 95 % bootstrap CI",
+                 out / f"final_vs_lag_{_slug(env)}.png")
 
 
 def fig_diagnostics_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
@@ -410,12 +399,8 @@ def fig_diagnostics_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{env}: off-policy diagnostics against lag (updates with the full lag; mean ± sd over seeds)")
-    fig.tight_layout()
-    path = out / f"diagnostics_vs_lag_{_slug(env)}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, f"{env}: off-policy diagnostics against lag (updates with the full lag; mean ± sd over seeds)",
+                 out / f"diagnostics_vs_lag_{_slug(env)}.png")
 
 
 def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
@@ -436,11 +421,9 @@ def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int
     for i, (setting, by_c) in enumerate(sorted(by_setting.items(), key=lambda kv: str(kv[0]))):
         color = _plt().get_cmap("tab10")(i)
         cs = sorted(by_c)
-        stats = [mean_ci([r["final_eval"] for r in by_c[c]], reps) for c in cs]
-        err = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
         n = min(len(by_c[c]) for c in cs)
-        axes[0].errorbar(cs, [s[0] for s in stats], yerr=np.nan_to_num(err), marker="o", capsize=3, color=color,
-                         label=f"dualclip, {setting_label(setting)} (n≥{n})")
+        _errorbar_ci(axes[0], cs, [[r["final_eval"] for r in by_c[c]] for c in cs], reps, color=color,
+                     label=f"dualclip, {setting_label(setting)} (n≥{n})")
         if len(ppo.get(setting, [])) > 0:
             axes[0].axhline(np.mean(ppo[setting]), color=color, ls="--", lw=1,
                             label=f"ppo, {setting_label(setting)} (n={len(ppo[setting])})")
@@ -456,12 +439,8 @@ def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int
     axes[0].set_title("final evaluation return: mean, 95 % bootstrap CI", fontsize=9)
     axes[1].set_ylabel("share of samples where c·A bounds the loss (%)")
     axes[1].set_title("how often the bound acts (updates with the full lag)", fontsize=9)
-    fig.suptitle(f"{env}: sensitivity to the dual-clip constant c")
-    fig.tight_layout()
-    path = out / f"c_sensitivity_{_slug(env)}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, f"{env}: sensitivity to the dual-clip constant c",
+                 out / f"c_sensitivity_{_slug(env)}.png")
 
 
 def fig_training_diagnostics(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
@@ -500,12 +479,8 @@ def fig_training_diagnostics(env: str, rows: List[Dict[str, Any]], out: Path, re
             axes[i, j].set_xlabel("environment steps")
             axes[i, j].grid(alpha=0.3)
         axes[0, j].legend(fontsize=7)
-    fig.suptitle(f"{env}: decoupled variants over training (mean over seeds, 95 % bootstrap band)")
-    fig.tight_layout()
-    path = out / f"decoupled_{_slug(env)}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, f"{env}: decoupled variants over training (mean over seeds, 95 % bootstrap band)",
+                 out / f"decoupled_{_slug(env)}.png")
 
 
 def _update_curves(group: List[Dict[str, Any]], tags: List[str], scale: float):
@@ -521,6 +496,22 @@ def _update_curves(group: List[Dict[str, Any]], tags: List[str], scale: float):
     curves = np.array([s[1][:n] for s in series])
     keep = ~np.isnan(curves).any(axis=0)
     return np.asarray(series[0][0][:n])[keep], curves[:, keep]
+
+
+def _save(fig: Any, title: str, path: Path) -> Path:
+    """Title, layout, PNG, close: the end of every figure."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def _errorbar_ci(ax: Any, xs: Sequence[float], samples: Sequence[Sequence[float]], reps: int, **kwargs: Any) -> None:
+    """Means of ``samples`` at ``xs`` with their 95 % bootstrap CIs as error bars."""
+    stats = [mean_ci(values, reps) for values in samples]
+    err = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
+    ax.errorbar(xs, [s[0] for s in stats], yerr=np.nan_to_num(err), marker="o", capsize=3, **kwargs)
 
 
 def _slug(text: str) -> str:
