@@ -78,18 +78,29 @@ def recorded_argv(results_dir: Path, run: RunSpec) -> Optional[List[str]]:
 
 
 def estimate(runs: List[RunSpec], states: Dict[str, str], results_dir: Path, jobs: int) -> str:
-    """Time for the runs still to do, from the recorded runs' median speed per env (none recorded: unknown)."""
+    """Time for the runs still to do, from the median speed (the last ``time/fps``) of the study's records per env,
+    or, for an env the study has not recorded yet, of the other studies' records under the same results root."""
     from studies.records import read_records
 
-    speed: Dict[str, List[float]] = {}  # seconds per step, from each record's last time/fps (SB3's steps/s)
-    for rec in read_records(results_dir):
-        fps = [v for v in rec["updates"].get("time/fps", []) if v]
-        if fps:
-            speed.setdefault(rec["meta"]["env"], []).append(1 / fps[-1])
+    def speeds(folders: List[Path]) -> Dict[str, List[float]]:
+        out: Dict[str, List[float]] = {}  # seconds per step
+        for folder in folders:
+            for rec in read_records(folder):
+                fps = [v for v in rec["updates"].get("time/fps", []) if v]
+                if fps:
+                    out.setdefault(rec["meta"]["env"], []).append(1 / fps[-1])
+        return out
+
+    own = speeds([results_dir])
+    others = speeds([p for p in results_dir.parent.iterdir() if p != results_dir and (p / "runs").is_dir()])
     todo = [r for r in runs if states[r.name] != "recorded"]
+    borrowed = sorted({r.env for r in todo if r.env not in own and r.env in others})
+    speed = {**others, **own}
     unknown = sorted({r.env for r in todo if r.env not in speed})
     seconds = sum(sorted(speed[r.env])[len(speed[r.env]) // 2] * r.n_timesteps for r in todo if r.env in speed)
     text = f"{len(todo)} runs to do: about {seconds / 3600 / jobs:.1f} h with {jobs} job(s)"
+    if borrowed:
+        text += f" ({', '.join(borrowed)}: speed of other studies' runs)"
     return text + (f" plus {', '.join(unknown)} (no recorded speed yet)" if unknown else "")
 
 

@@ -106,6 +106,24 @@ def test_signal_stops_at_a_boundary_and_resume_is_exact(tmp_path: Path, sig: int
     assert not (tmp_path / "stopped" / "interrupted.txt").exists()
 
 
+def test_second_signal_stops_at_once_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    """The first Ctrl-C waits for the rollout boundary; a second one, mid-rollout, exits at once (130)."""
+    args = ["--algo", "ppo", "--env", "CartPole-v1", "-n", "100000", "--seed", "1", "--save-freq", "256",
+            "--verbose", "0", "-f", str(tmp_path), "--run-name", "twice", *TINY, "n_steps:2048"]  # long rollouts
+    victim = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "twice" / "checkpoint.pkl"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    victim.send_signal(signal.SIGINT)
+    _, stderr = victim.communicate(timeout=120)
+    assert victim.returncode == 130 and "second SIGINT: stopping now" in stderr, stderr
+    assert read_checkpoint(checkpoint)["num_timesteps"] > 0  # the last checkpoint is whole
+
+
 @pytest.mark.parametrize("algo", ["ppo", "dualclip"])
 def test_same_seed_same_scalars(tmp_path: Path, algo: str) -> None:
     args = ["--algo", algo, "--env", "CartPole-v1", "-n", "1024", "--seed", "7", "--policy-lag", "2", "--verbose", "0",
