@@ -75,7 +75,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert done.returncode == 0 and "complete" in done.stdout
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130),
+                                       pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])  # one handler
 def test_signal_stops_at_a_boundary_and_resume_is_exact(tmp_path: Path, sig: int, code: int) -> None:
     """Ctrl-C / SIGTERM: the run stops at the next rollout boundary with a checkpoint, model.zip and one line naming
     the --resume command (exit 130 / 143); the resumed run ends with exactly the uninterrupted run's parameters."""

@@ -56,8 +56,10 @@ SPACES: Dict[str, tuple] = {
 }
 
 
-#: the CNN is the slow one: its lagged and resume cases run with -m slow (its lag-0 equivalence always runs)
-QUICK_SPACES = [pytest.param(s, marks=pytest.mark.slow) if s == "image" else s for s in SPACES]
+#: the lagged and resume cases of spaces whose code path another space already covers (float64 Box: Box; Discrete
+#: inside a Dict: Dict and Discrete) and of the slow CNN run with -m slow; every lag-0 equivalence always runs
+COVERED = ("image", "box-float64", "dict-discrete")
+QUICK_SPACES = [pytest.param(s, marks=pytest.mark.slow) if s in COVERED else s for s in SPACES]
 
 
 def model(space: str, cls: type, **kwargs):

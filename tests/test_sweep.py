@@ -27,9 +27,20 @@ def grid_file(tmp_path: Path, grid, name: str = "tiny", study: str = "tiny", **e
     return path
 
 
+def roots(tmp_path: Path) -> list:
+    return ["--runs-root", str(tmp_path / "runs"), "--results-root", str(tmp_path / "results")]
+
+
 def sweep(tmp_path: Path, *args: str):
-    roots = ["--runs-root", str(tmp_path / "runs"), "--results-root", str(tmp_path / "results")]
-    return run_script("sweep.py", [*args, *roots])
+    """sweep.py in its own process (runs train.py processes)."""
+    return run_script("sweep.py", [*args, *roots(tmp_path)])
+
+
+def sweep_main(tmp_path: Path, *args: str) -> int:
+    """sweep.py's main in this process (dry runs, reports, input errors: nothing that trains)."""
+    import sweep as sweep_module
+
+    return sweep_module.main([*args] if args[0] == "report" else [*args, *roots(tmp_path)])
 
 
 def test_any_axis_names_and_flags(tmp_path: Path) -> None:
@@ -70,29 +81,32 @@ def test_bad_grid_structure(tmp_path: Path, grid, message: str) -> None:
     ({"algo": ["ppo"], "seed": [1], "batch_size": [64, 1]}, "rejected the hyperparameters"),
     ({"algo": ["ppo"], "seed": [1], "clip_range": [1.5]}, "clip_range=1.5 must be a number in (0, 1)"),
 ])
-def test_bad_grid_values_stop_before_any_run(tmp_path: Path, grid, message: str) -> None:
-    res = sweep(tmp_path, str(grid_file(tmp_path, grid)))
-    assert res.returncode == 2, res.stdout + res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "nothing was run" in lines[0], res.stderr
+def test_bad_grid_values_stop_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture, grid,
+                                             message: str) -> None:
+    code = sweep_main(tmp_path, str(grid_file(tmp_path, grid)))  # in this process: the checks build models only
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "nothing was run" in lines[0], err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("model.zip"))
 
 
-def test_unknown_env_and_file_keys(tmp_path: Path) -> None:
+def test_unknown_env_and_file_keys(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = grid_file(tmp_path, {"algo": ["ppo"], "seed": [1]})
     table = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**table, "envs": {"CartPol-v1": {"n_timesteps": 256}}}))
-    res = sweep(tmp_path, str(path))
-    assert res.returncode == 2 and "unknown env 'CartPol-v1'" in res.stderr and "CartPole-v1" in res.stderr
+    assert sweep_main(tmp_path, str(path)) == 2
+    err = capsys.readouterr().err
+    assert "unknown env 'CartPol-v1'" in err and "CartPole-v1" in err
     path.write_text(yaml.safe_dump({**table, "seeds": [1]}))
-    res = sweep(tmp_path, str(path))
-    assert res.returncode == 2 and "unknown key 'seeds'" in res.stderr
+    assert sweep_main(tmp_path, str(path)) == 2
+    assert "unknown key 'seeds'" in capsys.readouterr().err
 
 
-def test_records_resume_from_records_alone_and_report(tmp_path: Path) -> None:
+def test_records_resume_from_records_alone_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = grid_file(tmp_path, {"algo": ["ppo", "dualclip"], "policy_lag": [0, 2], "seed": [1, 2]})
     # a sweep stopped after 3 of its 8 runs
-    first = sweep(tmp_path, str(path), "--max-runs", "3", "--no-report")
+    first = sweep(tmp_path, str(path), "--max-runs", "3", "--jobs", "2", "--no-report")
     assert first.returncode == 0, first.stderr
     assert first.stdout.count(": ok (") == 3
     records = tmp_path / "results" / "tiny" / "runs"
@@ -100,14 +114,16 @@ def test_records_resume_from_records_alone_and_report(tmp_path: Path) -> None:
 
     # another machine: only the committed records, no run folders
     shutil.rmtree(tmp_path / "runs")
-    dry = sweep(tmp_path, str(path), "--dry-run")
-    states = [line.split()[-1] for line in dry.stdout.splitlines() if line.startswith("tiny  ")]
-    assert dry.returncode == 0 and states.count("recorded") == 3 and states.count("do") == 5
-    assert "5 runs to do: about" in dry.stdout  # estimated from the recorded runs' speed
+    assert sweep_main(tmp_path, str(path), "--dry-run") == 0
+    dry = capsys.readouterr().out
+    states = [line.split()[-1] for line in dry.splitlines() if line.startswith("tiny  ")]
+    assert states.count("recorded") == 3 and states.count("do") == 5
+    assert "5 runs to do: about" in dry  # estimated from the recorded runs' speed
     rest = sweep(tmp_path, str(path), "--jobs", "2", "--no-report")
     assert rest.returncode == 0, rest.stderr
     assert rest.stdout.count(": ok (") == 5  # only the missing runs
-    assert "tiny: 8 of 8 recorded" in sweep(tmp_path, str(path), "--dry-run").stdout
+    assert sweep_main(tmp_path, str(path), "--dry-run") == 0
+    assert "tiny: 8 of 8 recorded" in capsys.readouterr().out
 
     record = json.loads((records / "CartPole-v1_dualclip_lag2_s1.json").read_text())
     assert (records / "CartPole-v1_dualclip_lag2_s1.json").stat().st_size < 100_000
@@ -126,8 +142,7 @@ def test_records_resume_from_records_alone_and_report(tmp_path: Path) -> None:
 
     # the report from records alone
     shutil.rmtree(tmp_path / "runs")
-    res = run_script("sweep.py", ["report", str(tmp_path / "results" / "tiny"), "--reps", "200"])
-    assert res.returncode == 0, res.stderr
+    assert sweep_main(tmp_path, "report", str(tmp_path / "results" / "tiny"), "--reps", "200") == 0
     out = tmp_path / "results" / "tiny"
     summary = (out / "summary.md").read_text()
     assert "| lag 2 | dualclip | 2 |" in summary and "P(X > ppo)" in summary
@@ -144,8 +159,9 @@ def test_records_resume_from_records_alone_and_report(tmp_path: Path) -> None:
     # the same runs in a grid with another budget: refused (exit 1), the records kept as they were
     before = (records / "CartPole-v1_dualclip_lag2_s1.json").read_text()
     path.write_text(path.read_text().replace("n_timesteps: 256", "n_timesteps: 320"))
-    res = sweep(tmp_path, str(path), "--no-report")
-    assert res.returncode == 1 and res.stdout.count("REFUSED") == 8 and ": ok (" not in res.stdout
+    assert sweep_main(tmp_path, str(path), "--no-report") == 1
+    out = capsys.readouterr().out
+    assert out.count("REFUSED") == 8 and ": ok (" not in out
     assert (records / "CartPole-v1_dualclip_lag2_s1.json").read_text() == before
 
 
