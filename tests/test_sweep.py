@@ -174,3 +174,13 @@ def test_ray_backend_runs_a_tiny_grid(tmp_path: Path) -> None:
     assert res.stdout.count(": ok (") == 2
     assert len(read_records(tmp_path / "results" / "tiny")) == 2
     assert (tmp_path / "results" / "tiny" / "summary.md").is_file()
+
+
+def test_records_are_not_ignored_by_git() -> None:
+    """Records are meant to be committed: no .gitignore pattern may match results/<study>/runs/."""
+    import subprocess
+
+    from tests.helpers import ROOT
+
+    res = subprocess.run(["git", "check-ignore", "-q", "results/any_study/runs/any_run.json"], cwd=ROOT)
+    assert res.returncode == 1  # 1: not ignored (0 would be ignored)
