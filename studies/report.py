@@ -252,16 +252,21 @@ def cell_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -
     return lines
 
 
+def setting_order(setting: Tuple[Tuple[str, Any], ...]) -> Tuple:
+    """Sort key of a setting: numbers numerically (lag 4 before lag 16), other values as text, None first."""
+    return tuple((k, (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v)))
+                 for k, v in setting)
+
+
 def _cell_order(item: Tuple[Tuple[Any, str], Any]) -> Tuple:
     (setting, variant), _ = item
     algo = variant.split()[0]
-    return (tuple((k, str(v)) if not isinstance(v, (int, float)) else (k, v) for k, v in setting),
-            ALGO_ORDER.index(algo) if algo in ALGO_ORDER else len(ALGO_ORDER), variant)
+    return (setting_order(setting), ALGO_ORDER.index(algo) if algo in ALGO_ORDER else len(ALGO_ORDER), variant)
 
 
 def improvement_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
     lines = ["| setting | variant X | P(X > ppo) [95 % CI] | seeds X / ppo |", "|---|---|---|---|"]
-    settings = sorted({s for s, _ in groups}, key=lambda s: tuple(str(v) for _, v in s))
+    settings = sorted({s for s, _ in groups}, key=setting_order)
     for setting in settings:
         base = [r["final_eval"] for r in groups.get((setting, "ppo"), []) if r["final_eval"] is not None]
         if len(base) < 2:
@@ -304,7 +309,7 @@ def eval_curves(group: List[Dict[str, Any]]) -> Tuple[np.ndarray, np.ndarray]:
 def fig_curves(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
     plt = _plt()
     groups = cells(rows)
-    settings = sorted({s for s, _ in groups}, key=lambda s: tuple(str(v) for _, v in s))
+    settings = sorted({s for s, _ in groups}, key=setting_order)
     colors = _colors([v for _, v in groups])
     ncol = min(3, len(settings))
     nrow = math.ceil(len(settings) / ncol)
@@ -343,7 +348,7 @@ def _by_lag(rows: List[Dict[str, Any]], value: str) -> Dict[Tuple[Any, str], Dic
 
 def fig_final_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
     data = _by_lag(rows, "final_eval")
-    rests = sorted({rest for rest, _ in data if len(data[(rest, _)]) > 1}, key=str)
+    rests = sorted({rest for rest, _ in data if len(data[(rest, _)]) > 1}, key=setting_order)
     if not rests:
         return None
     plt = _plt()
@@ -383,7 +388,8 @@ def fig_diagnostics_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps
     for ax, (col, title, share) in zip(axes, panels):
         all_lags = sorted({k for by_lag in data[col].values() for k in by_lag})
         order = variant_order(variants)
-        for (rest, variant), by_lag in sorted(data[col].items(), key=lambda kv: (str(kv[0][0]), order.index(kv[0][1]))):
+        for (rest, variant), by_lag in sorted(data[col].items(),
+                                              key=lambda kv: (setting_order(kv[0][0]), order.index(kv[0][1]))):
             if len(by_lag) < 2:
                 continue
             lags = sorted(by_lag)
@@ -391,6 +397,7 @@ def fig_diagnostics_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps
             mean = [scale * np.mean(by_lag[k]) for k in lags]
             sd = [scale * (np.std(by_lag[k], ddof=1) if len(by_lag[k]) > 1 else 0) for k in lags]
             label = variant + (f" ({setting_label(rest)})" if setting_label(rest) != "default" else "")
+            label += f" (n≥{min(len(v) for v in by_lag.values())})"
             ax.errorbar([all_lags.index(k) for k in lags], mean, yerr=sd, marker="o", capsize=3,
                         color=colors[variant], label=label)
         ax.set_xticks(range(len(all_lags)), [str(k) for k in all_lags])
@@ -418,7 +425,7 @@ def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int
     for r in rows:
         if r["variant"] == "ppo" and r["final_eval"] is not None:
             ppo[r["setting"]].append(r["final_eval"])
-    for i, (setting, by_c) in enumerate(sorted(by_setting.items(), key=lambda kv: str(kv[0]))):
+    for i, (setting, by_c) in enumerate(sorted(by_setting.items(), key=lambda kv: setting_order(kv[0]))):
         color = _plt().get_cmap("tab10")(i)
         cs = sorted(by_c)
         n = min(len(by_c[c]) for c in cs)
@@ -447,7 +454,7 @@ def fig_training_diagnostics(env: str, rows: List[Dict[str, Any]], out: Path, re
     """Per setting with several decoupled variants: evaluation return, within-update KL, ESS and the share of
     weights truncated or filtered over training (mean over seeds, 95 % bootstrap band)."""
     groups = cells(rows)
-    settings = sorted({s for s, v in groups if v.startswith("decoupled")}, key=str)
+    settings = sorted({s for s, v in groups if v.startswith("decoupled")}, key=setting_order)
     settings = [s for s in settings if sum(v.startswith("decoupled") for t, v in groups if t == s) > 1]
     if not settings:
         return None
