@@ -41,6 +41,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                                                     "default: start a local Ray instance with --jobs CPUs")
     p.add_argument("--max-runs", type=int, default=None, help="run at most N of the missing runs, then stop")
     p.add_argument("--commit", action="store_true", help="git-commit each record as soon as it is written")
+    p.add_argument("--record-only", action="store_true",
+                   help="train nothing: write the records of finished run folders that have none (e.g. folders "
+                        "copied from another machine)")
     p.add_argument("--no-report", action="store_true", help="do not rewrite the study's report at the end")
     p.add_argument("--save-freq", type=int, default=50_000, help="checkpoint every N steps (the resume unit)")
     p.add_argument("--runs-root", default="logs/sweeps", help="parent of the run folders (default logs/sweeps)")
@@ -156,6 +159,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         failed += len(refused)
         todo = [r for r in runs if states[r.name] not in ("recorded",) and r.name not in refused
                 and not states[r.name].startswith("running")]
+        if args.record_only:
+            todo = [r for r in todo if states[r.name] == "finished, not recorded"]
         todo = todo[: args.max_runs] if args.max_runs is not None else todo
         print(f"{study}: {len(todo)} runs to do ({sum(s == 'recorded' for s in states.values())} recorded)",
               flush=True)

@@ -90,15 +90,17 @@ def update_rows(run_dir: Path) -> Dict[str, List[Optional[float]]]:
 
 
 def wall_time(run_dir: Path) -> float:
-    """Seconds spent learning, from SB3's ``time/time_elapsed`` (it restarts at each resume: the parts are added)."""
-    from tbparse import SummaryReader
+    """Seconds spent learning: the last ``time/time_elapsed`` of each ``progress*.csv`` (SB3 writes it to CSV, not to
+    TensorBoard; a resumed part has its own CSV and restarts the clock), added up."""
+    import csv
 
-    scalars = SummaryReader(str(run_dir)).scalars
-    elapsed = scalars[scalars.tag == "time/time_elapsed"].sort_values("step")["value"].to_numpy()
-    if len(elapsed) == 0:
-        return 0.0
-    restarts = np.flatnonzero(np.diff(elapsed) < 0)  # a resumed part starts again near 0
-    return float(sum(elapsed[i] for i in restarts) + elapsed[-1])
+    total = 0.0
+    for path in sorted(run_dir.glob("progress*.csv")):
+        with open(path, newline="") as f:
+            elapsed = [row.get("time/time_elapsed") for row in csv.DictReader(f)]
+        values = [float(v) for v in elapsed if v not in (None, "")]
+        total += values[-1] if values else 0.0
+    return total
 
 
 def eval_rows(run_dir: Path) -> Dict[str, list]:

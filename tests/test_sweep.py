@@ -140,6 +140,14 @@ def test_records_resume_from_records_alone_and_report(tmp_path: Path, capsys: py
     assert updates["train/behavior_kl"][-1] is None
     assert record["eval"]["steps"] == [0, 128, 256] and all(len(r) == 2 for r in record["eval"]["returns"])
 
+    # --record-only writes the missing record of a finished run folder and trains nothing
+    (records / "CartPole-v1_dualclip_lag2_s1.json").unlink()
+    capsys.readouterr()
+    assert sweep_main(tmp_path, str(path), "--record-only", "--no-report") == 0
+    out = capsys.readouterr().out
+    assert "1 runs to do" in out and "CartPole-v1_dualclip_lag2_s1: ok" in out
+    assert json.loads((records / "CartPole-v1_dualclip_lag2_s1.json").read_text())["updates"] == updates
+
     # the report from records alone
     shutil.rmtree(tmp_path / "runs")
     assert sweep_main(tmp_path, "report", str(tmp_path / "results" / "tiny"), "--reps", "200") == 0
