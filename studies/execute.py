@@ -24,6 +24,10 @@ MODEL = "model.zip"
 INTERRUPTED = "interrupted.txt"  # train.INTERRUPTED: a run stopped by a signal also has a model.zip
 
 
+#: config.yml keys that train.py writes since a later version, with the value a run folder without them had
+IMPLIED_BY_ABSENCE = {"behavior_temperature": 1.0, "temperature_mode": "fixed"}
+
+
 def finished(folder: Path) -> bool:
     """Whether the run folder holds a run that reached its budget."""
     return (folder / MODEL).is_file() and not (folder / INTERRUPTED).is_file()
@@ -104,6 +108,7 @@ def _settings_differ(folder: Path, argv: List[str]) -> Optional[str]:
         return f"this grid's config cannot be rebuilt here ({exc})"
     config = yaml.safe_load((folder / "config.yml").read_text()) if (folder / "config.yml").is_file() else {}
     saved = yaml.safe_load((folder / "args.yml").read_text()) if (folder / "args.yml").is_file() else {}
+    config = {**IMPLIED_BY_ABSENCE, **config}  # a folder written before these keys existed had their defaults
     keys = sorted(k for k in set(expected) | set(config) if expected.get(k) != config.get(k))
     if keys:
         return f"{keys[0]} is {config.get(keys[0])!r} there, {expected.get(keys[0])!r} in this grid"
