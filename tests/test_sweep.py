@@ -192,3 +192,21 @@ def test_records_are_not_ignored_by_git() -> None:
 
     res = subprocess.run(["git", "check-ignore", "-q", "results/any_study/runs/any_run.json"], cwd=ROOT)
     assert res.returncode == 1  # 1: not ignored (0 would be ignored)
+
+
+def test_run_folder_from_before_the_temperature_keys_is_not_refused(tmp_path: Path) -> None:
+    """A checkpointed run folder whose config.yml predates behavior_temperature / temperature_mode still resumes."""
+    import train
+    from studies.execute import _settings_differ
+
+    _, (run,) = load_grid(grid_file(tmp_path, {"algo": ["ppo"], "seed": [1]}))
+    argv = run.train_argv(tmp_path / "runs", 50_000)
+    config = train.build_config(train.parse_args(argv))
+    folder = tmp_path / "runs" / run.name
+    folder.mkdir(parents=True)
+    (folder / "args.yml").write_text(yaml.safe_dump({"seed": 1}))
+    old = {k: v for k, v in config.items() if k not in ("behavior_temperature", "temperature_mode")}
+    (folder / "config.yml").write_text(yaml.safe_dump(old))
+    assert _settings_differ(folder, argv) is None
+    (folder / "config.yml").write_text(yaml.safe_dump({**old, "behavior_temperature": 2.0}))
+    assert "behavior_temperature is 2.0 there, 1.0 in this grid" in _settings_differ(folder, argv)
