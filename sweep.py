@@ -168,7 +168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    else run_local(todo, runs_dir, args.save_freq, args.jobs))
         for res in results:
             line = f"{res['name']}: {res['message']}"
-            if res["ok"]:
+            if res["ok"] and res["record"] is not None:
                 path = write_record(results_dir, res["record"])
                 if args.commit:
                     error = commit_record(path, f"results/{study}: record {res['name']}")

@@ -67,6 +67,9 @@ def execute(run: RunSpec, runs_dir: str, save_freq: int) -> Dict[str, Any]:
     runs.mkdir(parents=True, exist_ok=True)
     folder = runs / run.name
     argv = run.train_argv(runs, save_freq)
+    state = run_state(run, runs, recorded=False)
+    if state.startswith("running"):  # another sweep process took it after this one listed its runs
+        return {"name": run.name, "ok": True, "record": None, "message": f"{state} (another sweep), skipped"}
     if (folder / MODEL).is_file() or (folder / CHECKPOINT).is_file():
         differ = _settings_differ(folder, argv)
         if differ:
