@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     from agents.options import ALGO_IDS, IS_WEIGHT_MODES, LAG_MODES, LOSS_AGG_MODES, TEMPERATURE_MODES
 
     p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--algo", choices=sorted(ALGO_IDS), help="which loss: ppo, dualclip or decoupled (required)")
+    p.add_argument("--algo", choices=sorted(ALGO_IDS),
+                   help="which loss (required): ppo (SB3's own lines), dualclip (our loss module, log-ratio clamped "
+                        "to +-10 as verl; -params dual_clip:null turns the bound off, a vanilla clip that differs "
+                        "from ppo only where |log pi - log mu| > 10) or decoupled")
     p.add_argument("--env", help="gymnasium id, e.g. HalfCheetah-v4, CartPole-v1, ALE/Breakout-v5 (required)")
     p.add_argument("--resume", default=None, metavar="RUN_FOLDER",
                    help="continue a run from its checkpoint to its requested total steps (other flags ignored)")

@@ -12,7 +12,7 @@ policy *is* the behaviour policy, so log mu is used for it verbatim and the upda
 PPO. ``--dual-clip`` composes: the unweighted proximal term is bounded at c*A for A<0 before weighting.
 
 Differences from openai/ppo-ewma: there the truncation ``imp_samp_max=100`` applies to pi_theta/mu (through an
-adjusted log mu); here, as in our issue's formula, it applies to the gradient-free weight pi_prox/mu, with the
+adjusted log mu); here it applies to the gradient-free weight pi_prox/mu (the formula above), with the
 same default of 100. The EWMA proximal policy of the paper is not implemented (the proximal policy is the learner).
 
 ``is_weight_mode="filter"`` is how AReaL (arXiv 2505.24298) runs the objective: a step whose weight pi_prox/mu

@@ -8,7 +8,7 @@ For one step with advantage ``A`` and ratio ``r = pi_theta(a|s) / mu(a|s)`` the 
     ppo  = max(-A * r, -A * clip(r, 1 - eps_low, 1 + eps_high))     # = -min(r*A, clip(r)*A)
     dual = min(ppo, -c * A)   if A < 0   else ppo                   # objective never below c*A
 
-Worked example (the seed's): ``A = -10, r = 100, eps = 0.2, c = 3``: the PPO objective is
+Worked example (the one in Ye et al.'s motivation): ``A = -10, r = 100, eps = 0.2, c = 3``: the PPO objective is
 ``min(-1000, -12) = -1000``; dual-clip bounds it at ``max(-1000, -30) = -30`` and its gradient w.r.t. ``r`` is 0.
 
 The losses return tensors (no ``.item()``), so callers can average diagnostics over many minibatches with a
@@ -23,12 +23,13 @@ import torch
 
 from agents.options import IS_WEIGHT_MODES, LOSS_AGG_MODES
 
-#: The log-ratio is clamped to +-LOG_RATIO_CLAMP before ``exp`` (as in the seed) so a stale sample cannot overflow.
+#: The log-ratio is clamped to +-LOG_RATIO_CLAMP before ``exp`` (as verl does) so a stale sample cannot overflow.
 LOG_RATIO_CLAMP = 10.0
 
 
 class PolicyLossOutput(NamedTuple):
-    """Named result of :func:`compute_policy_loss`. The first four fields keep the seed's order and meaning."""
+    """Named result of :func:`compute_policy_loss`. The first four fields keep the order and meaning of what verl's
+    ``compute_policy_loss`` returns (``pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower``)."""
 
     loss: torch.Tensor  #: scalar to minimise (the negated clipped objective, aggregated)
     clip_fraction: torch.Tensor  #: share of valid steps where the clipped term is the active one

@@ -10,7 +10,7 @@ minutes) hits both sides of a ratio alike; printed: the median over rounds of th
 min..max, and the median steps/s. Memory: each variant once more in a fresh child process (its peak RSS is its
 own), which also gives a standalone steps/s. Written: JSON with every round, versions and machine.
 
-Targets (issue: performance): dualclip/stock >= 0.97, dualclip lag 8 / dualclip lag 0 >= 0.95.
+Targets (what the suite promises its users): dualclip/stock >= 0.97, dualclip lag 8 / dualclip lag 0 >= 0.95.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Guards of the fast paths (issue 6): each must give SB3's / torch's results bit for bit.
+"""Guards of the fast paths (agents/fastpath.py, the buffer, envs.RowRunningMeanStd): each must give SB3's /
+torch's results bit for bit.
 
 - the Gaussian policy maths without distribution objects or ``nn.Module.__call__`` (``agents.fastpath``);
 - the buffer's torch-once-per-rollout sampling (``LaggedRolloutBuffer.get``);
