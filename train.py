@@ -252,7 +252,8 @@ def make_logger(run_dir: Path, args: argparse.Namespace, csv_suffix: str = ""):
 
 def callbacks(args: argparse.Namespace, config: Dict[str, Any], run_dir: Path) -> list:
     from agents.callbacks import HParamCallback, LearnerEvalCallback
-    from agents.checkpoint import CHECKPOINT, CheckpointCallback
+    from agents.checkpoint import CheckpointCallback
+    from agents.cli import CHECKPOINT
 
     out: list = [HParamCallback(args.algo, config), CheckpointCallback(run_dir / CHECKPOINT, args.save_freq)]
     if args.eval_freq > 0:  # the learner itself, deterministic, every eval_freq env steps (and at start and end)
@@ -282,8 +283,9 @@ def train(model: Any, env: Any, run_dir: Path, args: argparse.Namespace, config:
     ``vecnormalize.pkl`` are written (each atomically), one line gives the ``--resume`` command, and the exit code is
     130 or 143. A second signal stops at once; the last checkpoint stays intact (it is only ever replaced whole).
     """
-    from agents.checkpoint import CHECKPOINT, CheckpointCallback, NonFiniteError, StopRequested, check_finite
+    from agents.checkpoint import CheckpointCallback, NonFiniteError, StopRequested, check_finite
     from agents.checkpoint import divergence_message, save_checkpoint
+    from agents.cli import CHECKPOINT, INTERRUPTED
 
     print(f"run folder: {run_dir}", flush=True)
     start, start_steps = time.time(), model.num_timesteps
@@ -322,17 +324,14 @@ def train(model: Any, env: Any, run_dir: Path, args: argparse.Namespace, config:
     return 0
 
 
-#: written next to model.zip by a run stopped by a signal (model.zip alone then does not mean finished); removed when
-#: the resumed run completes
-INTERRUPTED = "interrupted.txt"
-
-
 def save_outputs(model: Any, env: Any, run_dir: Path) -> None:
     """``model.zip`` and (with VecNormalize) ``vecnormalize.pkl``, each written to a temporary file and renamed."""
     from stable_baselines3.common.vec_env import VecNormalize
 
+    from agents.cli import MODEL
+
     model.save(run_dir / ".model.tmp.zip")
-    os.replace(run_dir / ".model.tmp.zip", run_dir / "model.zip")
+    os.replace(run_dir / ".model.tmp.zip", run_dir / MODEL)
     if isinstance(env, VecNormalize):
         env.save(str(run_dir / ".vecnormalize.tmp.pkl"))
         os.replace(run_dir / ".vecnormalize.tmp.pkl", run_dir / "vecnormalize.pkl")
@@ -383,7 +382,8 @@ def read_run_files(run_dir: Path) -> tuple:
 def resume(args: argparse.Namespace) -> Optional[tuple]:
     """Set up the run in ``args.resume`` to continue from its checkpoint (None: it is already complete)."""
     from agents import ALGOS
-    from agents.checkpoint import CHECKPOINT, read_checkpoint, restore_env, restore_model, restore_pending_logs
+    from agents.checkpoint import read_checkpoint, restore_env, restore_model, restore_pending_logs
+    from agents.cli import CHECKPOINT
     from agents.checkpoint import truncate_logs
     from stable_baselines3.common.vec_env import VecNormalize
 

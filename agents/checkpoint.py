@@ -32,7 +32,6 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, unwrap_vec_normalize
 
-CHECKPOINT = "checkpoint.pkl"
 #: entry-point prefixes of environments whose whole state round-trips through pickle
 FAITHFUL_PICKLE = ("gymnasium.envs.classic_control",)
 

@@ -8,9 +8,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import Dict, List, NoReturn, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the files of a run folder that train.py, evaluate.py and sweep.py look for
+CHECKPOINT = "checkpoint.pkl"
+MODEL = "model.zip"
+#: written next to model.zip by a run stopped by a signal (model.zip alone then does not mean finished); removed when
+#: the resumed run completes
+INTERRUPTED = "interrupted.txt"
 
 
 def keep_freed_memory() -> bool:
@@ -73,22 +79,35 @@ def machine_info() -> dict:
     return {"platform": platform.platform(), "cpu": model or platform.processor(), "cpus": os.cpu_count()}
 
 
-def provenance(script: str, argv: List[str], **extra_versions: str) -> dict:
-    """What a result file records about its making: command, time, code version, library versions, machine."""
+def library_versions() -> Dict[str, str]:
+    """Versions of Python and of the libraries a result depends on (MuJoCo and ALE where installed)."""
     import platform
-    import time
 
     import gymnasium
+    import numpy
     import stable_baselines3
     import torch
+
+    out = {"python": platform.python_version(), "torch": str(torch.__version__),
+           "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__,
+           "numpy": numpy.__version__}
+    for name in ("mujoco", "ale_py"):
+        try:
+            out[name] = __import__(name).__version__
+        except (ImportError, AttributeError):
+            pass
+    return out
+
+
+def provenance(script: str, argv: List[str], **extra_versions: str) -> dict:
+    """What a result file records about its making: command, time, code version, library versions, machine."""
+    import time
 
     return {
         "command": " ".join(["python", script, *argv]),
         "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "code": code_version(),
-        "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
-                     "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__,
-                     **extra_versions},
+        "versions": {**library_versions(), **extra_versions},
         "machine": machine_info(),
     }
 

@@ -16,12 +16,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+from agents.cli import CHECKPOINT, INTERRUPTED, MODEL
 from studies.grid import RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT = "checkpoint.pkl"  # agents.checkpoint.CHECKPOINT (not imported: it loads torch)
-MODEL = "model.zip"
-INTERRUPTED = "interrupted.txt"  # train.INTERRUPTED: a run stopped by a signal also has a model.zip
 
 
 #: config.yml keys that train.py writes since a later version, with the value a run folder without them had

@@ -17,7 +17,6 @@ made from records alone.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -35,22 +34,6 @@ def _round(value: float) -> Optional[float]:
     if value is None or not np.isfinite(value):
         return None
     return float(f"{value:.6g}")
-
-
-def library_versions() -> Dict[str, str]:
-    import gymnasium
-    import stable_baselines3
-    import torch
-
-    out = {"python": platform.python_version(), "torch": str(torch.__version__),
-           "stable_baselines3": stable_baselines3.__version__, "gymnasium": gymnasium.__version__,
-           "numpy": np.__version__}
-    for name in ("mujoco", "ale_py"):
-        try:
-            out[name] = __import__(name).__version__
-        except (ImportError, AttributeError):
-            pass
-    return out
 
 
 def update_rows(run_dir: Path) -> Dict[str, List[Optional[float]]]:
@@ -118,7 +101,7 @@ def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str
     """The record of the finished run in ``run_dir`` (see the module docstring)."""
     import yaml
 
-    from agents.cli import machine_info
+    from agents.cli import library_versions, machine_info
 
     args = yaml.safe_load((run_dir / "args.yml").read_text())
     config = yaml.safe_load((run_dir / "config.yml").read_text())
