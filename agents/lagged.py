@@ -34,7 +34,8 @@ from torch.nn import functional as F
 
 from agents.behavior import check_temperature_args, env_temperatures, tempered_forward
 from agents.buffer import LaggedColumns, LaggedDictRolloutBuffer, LaggedRolloutBuffer, chunk, flat_observations
-from agents.fastpath import adam_step, clip_grad_norm, fast_evaluate_actions, fast_forward, fast_log_prob, has_fast_gaussian
+from agents.fast_optim import adam_step, clip_grad_norm
+from agents.fast_policy import fast_evaluate_actions, fast_forward, fast_log_prob, has_fast_gaussian
 from agents.losses import LOG_RATIO_CLAMP
 from agents.options import LAG_MODES
 

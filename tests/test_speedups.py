@@ -1,7 +1,7 @@
-"""Guards of the fast paths (agents/fastpath.py, the buffer, envs.RowRunningMeanStd): each must give SB3's /
-torch's results bit for bit.
+"""Guards of the fast paths (agents/fast_policy.py, agents/fast_optim.py, the buffer, envs.RowRunningMeanStd): each
+must give SB3's / torch's results bit for bit.
 
-- the Gaussian policy maths without distribution objects or ``nn.Module.__call__`` (``agents.fastpath``);
+- the Gaussian policy maths without distribution objects or ``nn.Module.__call__`` (``agents.fast_policy``);
 - the buffer's torch-once-per-rollout sampling (``LaggedRolloutBuffer.get``);
 - ``adam_step`` (torch's Adam arithmetic without the optimizer's per-call overhead, over flat buffers when it can)
   and ``clip_grad_norm``;
@@ -23,15 +23,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 
 from agents import ALGOS
 from agents.buffer import LaggedRolloutBuffer
-from agents.fastpath import (
-    _run,
-    adam_step,
-    clip_grad_norm,
-    fast_evaluate_actions,
-    fast_forward,
-    fast_log_prob,
-    has_fast_gaussian,
-)
+from agents.fast_optim import adam_step, clip_grad_norm
+from agents.fast_policy import _run, fast_evaluate_actions, fast_forward, fast_log_prob, has_fast_gaussian
 from tests.helpers import flat_params, tiny_model
 
 POLICY_KWARGS = [
@@ -300,7 +293,7 @@ def _assert_same_adam(nets, opts) -> None:
 def test_flat_adam_state_survives_load_state_dict(freeze_bias: bool) -> None:
     """The flat buffers hold every parameter's state as views; loading a state dict (a checkpoint) replaces those
     views, and the next step rebuilds the buffers from the loaded values: still torch's Adam bit for bit."""
-    from agents.fastpath import _FLAT_STATES
+    from agents.fast_optim import _FLAT_STATES
 
     nets, opts = _adam_pair(freeze_bias)
     gen = th.Generator().manual_seed(2)
@@ -319,7 +312,7 @@ def test_flat_adam_state_survives_load_state_dict(freeze_bias: bool) -> None:
 def test_flat_adam_after_steps_without_some_gradients() -> None:
     """Steps in which a parameter has no gradient go the per-parameter way and leave the step counts unequal; the
     flat buffers are then not used again (their single bias correction would be wrong for some parameters)."""
-    from agents.fastpath import _FLAT_STATES
+    from agents.fast_optim import _FLAT_STATES
 
     nets, opts = _adam_pair()
     gen = th.Generator().manual_seed(4)
