@@ -52,6 +52,9 @@ DIAGNOSTICS = {
 }
 #: bootstrap resamples per interval (``sweep.py report --reps``)
 BOOTSTRAP_REPS = 2000
+#: line styles and markers that tell settings apart where colours tell variants apart
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D")
 ALGO_ORDER = ("ppo", "dualclip", "decoupled")
 
 
@@ -388,6 +391,7 @@ def fig_diagnostics_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps
     for ax, (col, title, share) in zip(axes, panels):
         all_lags = sorted({k for by_lag in data[col].values() for k in by_lag})
         order = variant_order(variants)
+        rests = sorted({rest for rest, _ in data[col]}, key=setting_order)  # one line style per other setting
         for (rest, variant), by_lag in sorted(data[col].items(),
                                               key=lambda kv: (setting_order(kv[0][0]), order.index(kv[0][1]))):
             if len(by_lag) < 2:
@@ -398,8 +402,9 @@ def fig_diagnostics_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps
             sd = [scale * (np.std(by_lag[k], ddof=1) if len(by_lag[k]) > 1 else 0) for k in lags]
             label = variant + (f" ({setting_label(rest)})" if setting_label(rest) != "default" else "")
             label += f" (n≥{min(len(v) for v in by_lag.values())})"
-            ax.errorbar([all_lags.index(k) for k in lags], mean, yerr=sd, marker="o", capsize=3,
-                        color=colors[variant], label=label)
+            style = rests.index(rest) % len(LINE_STYLES)
+            ax.errorbar([all_lags.index(k) for k in lags], mean, yerr=sd, marker=MARKERS[style], capsize=3,
+                        linestyle=LINE_STYLES[style], color=colors[variant], label=label)
         ax.set_xticks(range(len(all_lags)), [str(k) for k in all_lags])
         ax.set_xlabel("policy lag K (updates)")
         ax.set_ylabel(title + (" (%)" if share else ""))
