@@ -424,12 +424,19 @@ def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int
     by_setting = {s: d for s, d in by_setting.items() if len(d) > 1}
     if not by_setting:
         return None
+    ppo: Dict[Any, List[float]] = {s: [] for s in by_setting}
+    for setting, by_c in by_setting.items():
+        # runs of the same setting with a longer budget join, evaluated at this budget's step (e.g. c = 3 from a
+        # 500k-step grid in a 300k-step c-sweep)
+        for r in _longer_runs(rows, setting):
+            if r["algo"] == "dualclip" and float(r["dual_clip"]) not in by_c:
+                by_c.setdefault(float(r["dual_clip"]), []).append(r)
+            elif r["variant"] == "ppo":
+                ppo[setting].append(r["final_eval"])
+        ppo[setting] += [r["final_eval"] for r in rows if r["setting"] == setting and r["variant"] == "ppo"
+                         and r["final_eval"] is not None]
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ppo = {r["setting"]: [] for r in rows}
-    for r in rows:
-        if r["variant"] == "ppo" and r["final_eval"] is not None:
-            ppo[r["setting"]].append(r["final_eval"])
     for i, (setting, by_c) in enumerate(sorted(by_setting.items(), key=lambda kv: setting_order(kv[0]))):
         color = _plt().get_cmap("tab10")(i)
         cs = sorted(by_c)
@@ -448,11 +455,29 @@ def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("final evaluation return (learner)")
-    axes[0].set_title("final evaluation return: mean, 95 % bootstrap CI", fontsize=9)
+    axes[0].set_title("final evaluation return: mean, 95 % bootstrap CI (longer runs: at this budget)", fontsize=9)
     axes[1].set_ylabel("share of samples where c·A bounds the loss (%)")
     axes[1].set_title("how often the bound acts (updates with the full lag)", fontsize=9)
     return _save(fig, f"{env}: sensitivity to the dual-clip constant c",
                  out / f"c_sensitivity_{_slug(env)}.png")
+
+
+def _longer_runs(rows: List[Dict[str, Any]], setting: Tuple[Tuple[str, Any], ...]) -> List[Dict[str, Any]]:
+    """Runs whose setting is ``setting`` but for a longer budget, as rows whose ``final_eval`` is their evaluation at
+    ``setting``'s budget (runs without an evaluation at exactly that step are left out)."""
+    keys = dict(setting)
+    budget = keys.get("n_timesteps")
+    out = []
+    if budget is None:
+        return out
+    for r in rows:
+        other = dict(r["setting"])
+        if other.get("n_timesteps", 0) <= budget or {**other, "n_timesteps": budget} != keys:
+            continue
+        evals = r["record"]["eval"]
+        if budget in evals["steps"]:
+            out.append({**r, "final_eval": float(np.mean(evals["returns"][evals["steps"].index(budget)]))})
+    return out
 
 
 def fig_training_diagnostics(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:

@@ -210,3 +210,28 @@ def test_run_folder_from_before_the_temperature_keys_is_not_refused(tmp_path: Pa
     assert _settings_differ(folder, argv) is None
     (folder / "config.yml").write_text(yaml.safe_dump({**old, "behavior_temperature": 2.0}))
     assert "behavior_temperature is 2.0 there, 1.0 in this grid" in _settings_differ(folder, argv)
+
+
+def fake_record(algo: str, seed: int, n_timesteps: int, evals: dict, **axes) -> dict:
+    """A record as studies.records writes one, with only what the report reads."""
+    meta = {"name": f"{algo}_{n_timesteps}_{axes}_{seed}", "algo": algo, "seed": seed, "env": "E-v0",
+            "axes": {"env": "E-v0", "algo": algo, "seed": seed, **axes},
+            "config": {"policy_lag": axes.get("policy_lag", 0), "dual_clip": axes.get("dual_clip", 3.0)},
+            "n_timesteps": n_timesteps, "steps": n_timesteps, "wall_time_s": 1.0, "code": "x", "path": "single-run",
+            "machine": {"cpu": "c"}}
+    return {"meta": meta, "updates": {"step": [n_timesteps], "rollout/ep_rew_mean": [0.0]},
+            "eval": {"steps": list(evals), "returns": [[v] for v in evals.values()], "lengths": [[1]] * len(evals)}}
+
+
+def test_c_sweep_takes_longer_runs_at_its_budget() -> None:
+    """A 300k-step c-sweep gets c = 3 from a 500k-step grid, evaluated at step 300k, not at its end."""
+    from studies.report import _longer_runs, run_rows
+
+    records = [fake_record("dualclip", 1, 300, {300: 10.0}, dual_clip=1.5, policy_lag=4),
+               fake_record("dualclip", 1, 500, {300: 20.0, 500: 99.0}, policy_lag=4),
+               fake_record("dualclip", 1, 500, {400: 5.0, 500: 7.0}, policy_lag=8)]
+    rows, keys = run_rows(records)
+    assert "n_timesteps" in keys  # budgets differ: separate cells
+    sweep_setting = next(r["setting"] for r in rows if r["dual_clip"] == 1.5)
+    (longer,) = _longer_runs(rows, sweep_setting)
+    assert longer["dual_clip"] == 3.0 and longer["final_eval"] == 20.0
