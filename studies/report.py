@@ -310,6 +310,8 @@ def eval_curves(group: List[Dict[str, Any]]) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def fig_curves(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
+    if not any(r["record"]["eval"]["steps"] for r in rows):
+        return None  # a study without evaluations (diagnostics only)
     plt = _plt()
     groups = cells(rows)
     settings = sorted({s for s, _ in groups}, key=setting_order)
