@@ -168,13 +168,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                    else run_local(todo, runs_dir, args.save_freq, args.jobs))
         for res in results:
             line = f"{res['name']}: {res['message']}"
-            if res["ok"] and res["record"] is not None:
+            if not res["ok"]:
+                failed += 1
+            elif res["record"] is not None:  # (None: another sweep process is running it)
                 path = write_record(results_dir, res["record"])
                 if args.commit:
                     error = commit_record(path, f"results/{study}: record {res['name']}")
                     line += ", committed" if error is None else f", NOT committed ({error})"
-            else:
-                failed += 1
             print(line, flush=True)
         if not args.no_report and (results_dir / "runs").is_dir():
             from studies.report import write_report

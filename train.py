@@ -300,8 +300,9 @@ def train(model: Any, env: Any, run_dir: Path, args: argparse.Namespace, config:
         )
         check_finite(model)
     except StopRequested as stop:
-        save_outputs(model, env, run_dir)
+        # the marker first: a model.zip without it would read as a finished run
         (run_dir / INTERRUPTED).write_text(f"stopped by signal {stop.args[0]} at step {model.num_timesteps}\n")
+        save_outputs(model, env, run_dir)
         name = signal.Signals(stop.args[0]).name
         print(f"train.py: stopped by {name} at step {model.num_timesteps} of {config['n_timesteps']} (checkpoint and "
               f"model.zip written); continue with: python train.py --resume {shlex.quote(str(run_dir))}",

@@ -9,8 +9,9 @@ Whoever acts (the learner at lag 0, or a lag snapshot) samples from a *tempered 
 - Categorical, and each component of a MultiDiscrete: logits / tau;
 - Bernoulli (MultiBinary): logits / tau.
 
-tau > 1 explores more, tau < 1 less, tau = 1 is the policy itself (and never enters this module: stock SB3's
-sampling path stays untouched, bit for bit). The rollout buffer stores log mu of the tempered distribution that
+tau > 1 explores more, tau < 1 less, tau = 1 is the policy itself: a rollout whose environments all have
+temperature 1 never enters the tempered path (stock SB3's sampling stays untouched, bit for bit); in ``per-env``
+mode the tempered path also serves environment 0, at temperature 1. The rollout buffer stores log mu of the tempered distribution that
 sampled, so every ratio downstream is pi_theta / mu. The learner, its loss and evaluation never see a temperature.
 """
 

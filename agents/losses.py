@@ -47,7 +47,7 @@ class DecoupledLossOutput(NamedTuple):
     approx_kl: torch.Tensor  #: masked mean of ``prox_log_prob - log_prob`` (after the clamp)
     clip_fraction_lower: torch.Tensor
     ratio_max: torch.Tensor  #: largest pi_theta / pi_prox
-    is_weight_mean: torch.Tensor  #: mean of the truncated weight w = min(pi_prox / mu, w_max)
+    is_weight_mean: torch.Tensor  #: mean of the weight w as used (truncated at w_max, or 0 where filtered)
     is_weight_max: torch.Tensor  #: largest w (after truncation)
     is_weight_truncated: torch.Tensor  #: share of valid steps whose weight was truncated to w_max (mode truncate)
     is_ess: torch.Tensor  #: effective sample size of w as a share of the valid steps, (sum w)^2 / (n sum w^2) in (0, 1]

@@ -48,7 +48,9 @@ def run_state(run: RunSpec, runs_dir: Path, recorded: bool) -> str:
         try:
             os.kill(int(pid), 0)
             return "running"
-        except (ValueError, ProcessLookupError, PermissionError):
+        except PermissionError:
+            return "running"  # the process exists (another user's)
+        except (ValueError, ProcessLookupError):
             pass  # a stale marker: its process is gone
     folder = Path(runs_dir) / run.name
     if finished(folder):
@@ -84,15 +86,16 @@ def execute(run: RunSpec, runs_dir: str, save_freq: int) -> Dict[str, Any]:
     start = time.time()
     if cmd is not None:
         mark = marker(runs, run.name)
-        mark.write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        mark.write_text(f"{socket.gethostname()} {proc.pid}\n")  # train.py's pid: it outlives a killed sweep
         try:
-            env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+            _, stderr = proc.communicate()
         finally:
             mark.unlink(missing_ok=True)
-        if res.returncode != 0:
-            tail = " | ".join(res.stderr.strip().splitlines()[-3:])[-400:]
-            return {"name": run.name, "ok": False, "record": None, "message": f"FAILED rc={res.returncode}: {tail}"}
+        if proc.returncode != 0:
+            tail = " | ".join(stderr.strip().splitlines()[-3:])[-400:]
+            return {"name": run.name, "ok": False, "record": None, "message": f"FAILED rc={proc.returncode}: {tail}"}
     record = build_record(folder, run.study, run.axes, list(run.argv), host=socket.gethostname())
     return {"name": run.name, "ok": True, "record": record, "message": f"ok ({time.time() - start:.0f} s)"}
 
@@ -121,9 +124,12 @@ def _settings_differ(folder: Path, argv: List[str]) -> Optional[str]:
 
 def run_local(runs: List[RunSpec], runs_dir: Path, save_freq: int, jobs: int) -> Iterator[Dict[str, Any]]:
     """Results in the order runs finish, ``jobs`` at a time (each a process with one torch thread)."""
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures: List[Future] = [pool.submit(execute, run, str(runs_dir), save_freq) for run in runs]
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    futures: List[Future] = [pool.submit(execute, run, str(runs_dir), save_freq) for run in runs]
+    try:
         yield from _as_completed(futures, lambda f: f.result())
+    finally:  # Ctrl-C: the running train.py processes stop at their next boundary; queued runs never start
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_ray(runs: List[RunSpec], runs_dir: Path, save_freq: int, address: Optional[str],

@@ -83,9 +83,10 @@ def _fmt(value: Any) -> str:
     """A value as it appears on a command line (YAML for hyperparameters: lists, dicts, null)."""
     if isinstance(value, str):
         return value
-    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+    if isinstance(value, (bool, float, list, dict)) or value is None:  # YAML, as -params reads it back (1e-05
+        # would read as a string; YAML writes 1.0e-05)
         return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
-    return repr(value) if isinstance(value, float) else str(value)
+    return str(value)
 
 
 def _label(key: str, value: Any) -> str:
@@ -169,10 +170,10 @@ def load_grid(path: Path) -> Tuple[str, List[RunSpec]]:
                 argv = ["--env", env]
                 params = []
                 for key, value in merged.items():
-                    if key in flags:
-                        if value is None:
-                            continue  # a flag's "none" is its default
+                    if key in flags and value is not None:
                         argv += [flags[key], _fmt(value)]
+                    elif key in flags and key not in axes:
+                        continue  # a flag set to null in settings: its default
                     else:
                         params.append(f"{key}:{_fmt(value)}")
                 if params:

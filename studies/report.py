@@ -81,6 +81,8 @@ def variant_label(row: Dict[str, Any]) -> str:
     c = row.get("dual_clip")
     if c is not None and c != DEFAULT_C.get(row["algo"]):
         parts.append(f"c={c:g}")
+    elif c is None and row["algo"] == "dualclip":
+        parts.append("c=off")  # the bound turned off (-params dual_clip:null): a vanilla clip in our loss module
     if row["algo"] == "decoupled":
         mode, cap = row.get("is_weight_mode") or "truncate", row.get("is_weight_max")
         if mode != "truncate" or (cap is not None and cap != ARM_DEFAULTS["is_weight_max"]):
@@ -419,7 +421,7 @@ def fig_diagnostics_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps
 
 def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
     """Final evaluation return and the share the bound acts on against c, per setting, for dualclip runs."""
-    dual = [r for r in rows if r["algo"] == "dualclip" and r["final_eval"] is not None]
+    dual = [r for r in rows if r["algo"] == "dualclip" and r["final_eval"] is not None and r["dual_clip"] is not None]
     by_setting: Dict[Any, Dict[float, List[Dict[str, Any]]]] = {}
     for r in dual:
         by_setting.setdefault(r["setting"], {}).setdefault(float(r["dual_clip"]), []).append(r)
@@ -430,8 +432,9 @@ def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int
     for setting, by_c in by_setting.items():
         # runs of the same setting with a longer budget join, evaluated at this budget's step (e.g. c = 3 from a
         # 500k-step grid in a 300k-step c-sweep)
+        present = set(by_c)
         for r in _longer_runs(rows, setting):
-            if r["algo"] == "dualclip" and float(r["dual_clip"]) not in by_c:
+            if r["algo"] == "dualclip" and r["dual_clip"] is not None and float(r["dual_clip"]) not in present:
                 by_c.setdefault(float(r["dual_clip"]), []).append(r)
             elif r["variant"] == "ppo":
                 ppo[setting].append(r["final_eval"])
