@@ -31,9 +31,9 @@ def roots(tmp_path: Path) -> list:
     return ["--runs-root", str(tmp_path / "runs"), "--results-root", str(tmp_path / "results")]
 
 
-def sweep(tmp_path: Path, *args: str):
+def sweep(tmp_path: Path, *args: str, timeout: int = 300):
     """sweep.py in its own process (runs train.py processes)."""
-    return run_script("sweep.py", [*args, *roots(tmp_path)])
+    return run_script("sweep.py", [*args, *roots(tmp_path)], timeout=timeout)
 
 
 def sweep_main(tmp_path: Path, *args: str) -> int:
@@ -177,7 +177,8 @@ def test_records_resume_from_records_alone_and_report(tmp_path: Path, capsys: py
 def test_ray_backend_runs_a_tiny_grid(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     path = grid_file(tmp_path, {"algo": ["ppo", "dualclip"], "policy_lag": [2], "seed": [1]})
-    res = sweep(tmp_path, str(path), "--backend", "ray", "--jobs", "2")
+    # Ray's workers unpack the code and import torch first: minutes on a busy 2-core machine
+    res = sweep(tmp_path, str(path), "--backend", "ray", "--jobs", "2", timeout=1200)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count(": ok (") == 2
     assert len(read_records(tmp_path / "results" / "tiny")) == 2
