@@ -12,9 +12,9 @@ import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from agents.cli import CHECKPOINT, INTERRUPTED, MODEL
 from studies.grid import RunSpec
@@ -127,7 +127,8 @@ def run_local(runs: List[RunSpec], runs_dir: Path, save_freq: int, jobs: int) ->
     pool = ThreadPoolExecutor(max_workers=jobs)
     futures: List[Future] = [pool.submit(execute, run, str(runs_dir), save_freq) for run in runs]
     try:
-        yield from _as_completed(futures, lambda f: f.result())
+        for future in as_completed(futures):
+            yield future.result()
     finally:  # Ctrl-C: the running train.py processes stop at their next boundary; queued runs never start
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -165,9 +166,3 @@ def run_ray(runs: List[RunSpec], runs_dir: Path, save_freq: int, address: Option
         if started:
             ray.shutdown()
 
-
-def _as_completed(futures: List[Future], get: Callable[[Future], Any]) -> Iterator[Any]:
-    from concurrent.futures import as_completed
-
-    for future in as_completed(futures):
-        yield get(future)
