@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONF = HERE / "hyperparams" / "ppo.yml"
@@ -45,12 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "to +-10 as verl; -params dual_clip:null turns the bound off, a vanilla clip that differs "
                         "from ppo only where |log pi - log mu| > 10) or decoupled")
     p.add_argument("--env", help="gymnasium id, e.g. HalfCheetah-v4, CartPole-v1, ALE/Breakout-v5 (required)")
-    p.add_argument("--resume", default=None, metavar="RUN_FOLDER",
-                   help="continue a run from its checkpoint to its requested total steps (other flags ignored)")
+    p.add_argument("--resume", nargs="+", default=None, metavar="RUN_FOLDER",
+                   help="continue a run from its checkpoint to its requested total steps (other flags ignored); "
+                        "several folders of one configuration resume as one seed batch")
     p.add_argument("--save-freq", type=int, default=50_000,
                    help="checkpoint every N env steps, at the next rollout boundary (0: only at the end)")
     p.add_argument("-n", "--n-timesteps", type=int, default=None, help="environment steps (default: from YAML)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and recorded in args.yml)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="train these seeds in one process, as one batched model (agents/seed_batch.py: MLP policies "
+                        "on Box or Discrete spaces; equal in distribution to single runs, not bit for bit); each "
+                        "seed gets its own run folder")
     p.add_argument("-f", "--log-folder", default="logs", help="parent folder of run folders (default: logs)")
     p.add_argument("-tb", "--tensorboard-log", default=None, help="write TensorBoard events to DIR/<run> instead")
     p.add_argument("-conf", "--conf-file", default=str(DEFAULT_CONF), help="hyperparameter YAML file")
@@ -84,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the learner (deterministic) every N env steps into eval/evaluations.npz "
                         "(default: never)")
     p.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)")
-    p.add_argument("--run-name", default=None, help="run folder name (default: <algo>_<env>_lag<K>_s<seed>)")
+    p.add_argument("--run-name", default=None,
+                   help="run folder name (default: <algo>_<env>_lag<K>_s<seed>); with --seeds it must contain {seed}")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: SB3 tables on stdout")
     return p
@@ -95,6 +101,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.resume is None and (args.algo is None or args.env is None):
         p.error("--algo and --env are required (or --resume RUN_FOLDER)")
+    if args.seeds is not None:
+        if args.seed is not None:
+            p.error(f"--seed {args.seed} and --seeds: give one of them (--seeds 1 2 3 trains several seeds at once)")
+        if len(set(args.seeds)) != len(args.seeds):
+            p.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed is repeated; give each seed once")
+        if args.run_name is not None and "{seed}" not in args.run_name:
+            p.error(f"--run-name {args.run_name}: with --seeds the name must contain {{seed}}, e.g. cheetah_s{{seed}}")
     if args.save_freq < 0:
         p.error(f"--save-freq {args.save_freq}: use a number of steps >= 0, e.g. --save-freq 50000")
     if args.n_timesteps is not None and args.n_timesteps <= 0:
@@ -180,7 +193,7 @@ def run_folder(args: argparse.Namespace, config: Dict[str, Any]) -> Path:
         return path.exists() or tensorboard_dir(path, args).exists()
 
     if args.run_name:
-        path = parent / args.run_name
+        path = parent / args.run_name.replace("{seed}", str(args.seed))
         if taken(path):
             raise UsageError(f"run folder {path} or its TensorBoard folder {tensorboard_dir(path, args)} exists: "
                              "choose another --run-name (nothing was overwritten)")
@@ -276,8 +289,20 @@ def write_run_files(run_dir: Path, args: argparse.Namespace, config: Dict[str, A
     (run_dir / "command.txt").write_text(shlex.join(["python", *sys.argv]) + "\n")
 
 
-def train(model: Any, env: Any, run_dir: Path, args: argparse.Namespace, config: Dict[str, Any]) -> int:
-    """Learn up to the requested total steps, then save the model, its statistics and a final checkpoint.
+class Run(NamedTuple):
+    """One run: its model and environment, its folder, its flags and its hyperparameters."""
+
+    model: Any
+    env: Any
+    run_dir: Path
+    args: argparse.Namespace
+    config: Dict[str, Any]
+
+
+def train(runs: List[Run]) -> int:
+    """Learn up to the requested total steps, then save each model, its statistics and a final checkpoint. One run
+    learns on the single-run path (bit-identical to stock SB3 at lag 0); several (``--seeds``) learn in lockstep as
+    one batched model (agents/seed_batch.py), each writing what a single run writes into its own folder.
 
     Ctrl-C (SIGINT) or SIGTERM stops at the next rollout boundary: checkpoint, ``model.zip`` and
     ``vecnormalize.pkl`` are written (each atomically), one line gives the ``--resume`` command, and the exit code is
@@ -287,42 +312,62 @@ def train(model: Any, env: Any, run_dir: Path, args: argparse.Namespace, config:
     from agents.checkpoint import divergence_message, save_checkpoint
     from agents.cli import CHECKPOINT, INTERRUPTED
 
-    print(f"run folder: {run_dir}", flush=True)
-    start, start_steps = time.time(), model.num_timesteps
-    run_callbacks = callbacks(args, config, run_dir)
-    stop_at_boundary(next(c for c in run_callbacks if isinstance(c, CheckpointCallback)))
+    for run in runs:
+        print(f"run folder: {run.run_dir}", flush=True)
+    first = runs[0].model
+    start, start_steps = time.time(), first.num_timesteps
+    run_callbacks = [callbacks(run.args, run.config, run.run_dir) for run in runs]
+    stop_at_boundary([next(c for c in cbs if isinstance(c, CheckpointCallback)) for cbs in run_callbacks])
+    todo = int(runs[0].config["n_timesteps"]) - first.num_timesteps
     try:
-        model.learn(
-            total_timesteps=int(config["n_timesteps"]) - model.num_timesteps,
-            callback=run_callbacks,
-            progress_bar=args.progress,
-            reset_num_timesteps=model.num_timesteps == 0,
-        )
-        check_finite(model)
+        if len(runs) == 1:
+            first.learn(total_timesteps=todo, callback=run_callbacks[0], progress_bar=runs[0].args.progress,
+                        reset_num_timesteps=first.num_timesteps == 0)
+        else:
+            from agents.seed_batch import SeedBatch
+
+            SeedBatch([run.model for run in runs]).learn(todo, run_callbacks, reset_num_timesteps=first.num_timesteps == 0)
+        for run in runs:
+            check_finite(run.model)
     except StopRequested as stop:
-        # the marker first: a model.zip without it would read as a finished run
-        (run_dir / INTERRUPTED).write_text(f"stopped by signal {stop.args[0]} at step {model.num_timesteps}\n")
-        save_outputs(model, env, run_dir)
+        for run in runs:
+            # the marker first: a model.zip without it would read as a finished run
+            (run.run_dir / INTERRUPTED).write_text(f"stopped by signal {stop.args[0]} at step {run.model.num_timesteps}\n")
+            save_outputs(run.model, run.env, run.run_dir)
         name = signal.Signals(stop.args[0]).name
-        print(f"train.py: stopped by {name} at step {model.num_timesteps} of {config['n_timesteps']} (checkpoint and "
-              f"model.zip written); continue with: python train.py --resume {shlex.quote(str(run_dir))}",
-              file=sys.stderr)
+        folders = " ".join(shlex.quote(str(run.run_dir)) for run in runs)
+        print(f"train.py: stopped by {name} at step {first.num_timesteps} of {runs[0].config['n_timesteps']} "
+              f"(checkpoint and model.zip written); continue with: python train.py --resume {folders}", file=sys.stderr)
         return 128 + int(stop.args[0])
     except (NonFiniteError, ValueError) as exc:
-        message = divergence_message(model, exc)
+        failed = next((run for run in runs if _diverged(run.model)), runs[0])
+        message = divergence_message(failed.model, exc)
         if message is None:
             raise
-        kept = run_dir / CHECKPOINT
+        kept = failed.run_dir / CHECKPOINT
         where = f"the last good checkpoint is {kept}" if kept.is_file() else "no checkpoint had been written yet"
         print(f"train.py: training stopped: {message}; {where}", file=sys.stderr)
         return 1
-    save_outputs(model, env, run_dir)
-    save_checkpoint(model, run_dir / CHECKPOINT)
-    (run_dir / INTERRUPTED).unlink(missing_ok=True)
+    for run in runs:
+        save_outputs(run.model, run.env, run.run_dir)
+        save_checkpoint(run.model, run.run_dir / CHECKPOINT)
+        (run.run_dir / INTERRUPTED).unlink(missing_ok=True)
     elapsed = time.time() - start
-    steps = model.num_timesteps - start_steps
-    print(f"done: {model.num_timesteps} steps ({steps} in {elapsed:.1f} s, {steps / elapsed:.0f} steps/s)")
+    steps = sum(run.model.num_timesteps for run in runs) - len(runs) * start_steps
+    print(f"done: {first.num_timesteps} steps x {len(runs)} run(s) ({steps} in {elapsed:.1f} s, "
+          f"{steps / elapsed:.0f} steps/s)")
     return 0
+
+
+def _diverged(model: Any) -> bool:
+    """Whether ``model`` is the one whose parameters or last loss stopped being finite."""
+    from agents.checkpoint import NonFiniteError, check_finite
+
+    try:
+        check_finite(model)
+    except NonFiniteError:
+        return True
+    return False
 
 
 def save_outputs(model: Any, env: Any, run_dir: Path) -> None:
@@ -338,16 +383,17 @@ def save_outputs(model: Any, env: Any, run_dir: Path) -> None:
         os.replace(run_dir / ".vecnormalize.tmp.pkl", run_dir / "vecnormalize.pkl")
 
 
-def stop_at_boundary(checkpoints: Any) -> None:
-    """On the first SIGINT or SIGTERM ask ``checkpoints`` (the run's CheckpointCallback) to stop at the next rollout
+def stop_at_boundary(checkpoints: List[Any]) -> None:
+    """On the first SIGINT or SIGTERM ask ``checkpoints`` (each run's CheckpointCallback) to stop at the next rollout
     boundary; on a second, exit at once (atomic writes keep the last checkpoint whole)."""
 
     def handler(signum: int, frame: Any) -> None:
-        if checkpoints.stop_requested is not None:
+        if checkpoints[0].stop_requested is not None:
             print(f"train.py: second {signal.Signals(signum).name}: stopping now; the last checkpoint is kept",
                   file=sys.stderr, flush=True)
             os._exit(128 + signum)
-        checkpoints.stop_requested = signum
+        for callback in checkpoints:
+            callback.stop_requested = signum
         print(f"train.py: {signal.Signals(signum).name}: stopping at the end of this rollout's update (send it again "
               "to stop at once)", file=sys.stderr, flush=True)
 
@@ -380,8 +426,8 @@ def read_run_files(run_dir: Path) -> tuple:
     return argparse.Namespace(**saved), config
 
 
-def resume(args: argparse.Namespace) -> Optional[tuple]:
-    """Set up the run in ``args.resume`` to continue from its checkpoint (None: it is already complete)."""
+def resume(folder: str) -> Optional[Run]:
+    """Set up the run in ``folder`` to continue from its checkpoint (None: it is already complete)."""
     from agents import ALGOS
     from agents.checkpoint import read_checkpoint, restore_env, restore_model, restore_pending_logs
     from agents.cli import CHECKPOINT
@@ -390,7 +436,7 @@ def resume(args: argparse.Namespace) -> Optional[tuple]:
 
     from envs import fast_statistics
 
-    run_dir = Path(args.resume)
+    run_dir = Path(folder)
     needed = [run_dir / "args.yml", run_dir / "config.yml", run_dir / CHECKPOINT]
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
@@ -413,7 +459,7 @@ def resume(args: argparse.Namespace) -> Optional[tuple]:
     restore_pending_logs(model, state)
     with open(run_dir / "command.txt", "a") as f:
         f.write(shlex.join(["python", *sys.argv]) + f"  # resumed at step {state['num_timesteps']}\n")
-    return model, env, run_dir, saved, config
+    return Run(model, env, run_dir, saved, config)
 
 
 def set_threads(n: int) -> None:
@@ -427,30 +473,58 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def new_runs(args: argparse.Namespace) -> List[Run]:
+    """The runs ``args`` asks for (one per seed of ``--seeds``), their models built; nothing written yet. Raises
+    UsageError or ValueError naming the bad value."""
+    seeds = args.seeds or [args.seed]
+    runs: List[Run] = []
+    try:
+        for seed in seeds:
+            seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
+            config = build_config(seed_args)
+            run_dir = run_folder(seed_args, config)
+            if any(run.run_dir == run_dir for run in runs):
+                raise UsageError(f"--run-name {args.run_name}: two seeds get the folder {run_dir}; put {{seed}} in it")
+            model, env = make_model(seed_args, config)
+            runs.append(Run(model, env, run_dir, seed_args, config))
+        if args.seeds is not None:
+            from agents.seed_batch import check_batchable
+
+            check_batchable(runs[0].model)
+    except (UsageError, ValueError):
+        for run in runs:
+            run.env.close()
+        raise
+    return runs
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     set_threads(args.num_threads)
     if args.resume is not None:
         try:
-            resumed = resume(args)
+            resumed = [run for run in (resume(folder) for folder in args.resume) if run is not None]
+            if len(resumed) > 1:
+                from agents.seed_batch import check_batchable
+
+                check_batchable(resumed[0].model)
         except (UsageError, ValueError) as exc:
             print(f"train.py: error: {exc}", file=sys.stderr)
             return 2
-        return 0 if resumed is None else train(*resumed)
-    if args.seed is None:
+        return train(resumed) if resumed else 0
+    if args.seed is None and args.seeds is None:
         from agents.cli import draw_seed
 
         args.seed = draw_seed()
     try:
-        config = build_config(args)
-        run_dir = run_folder(args, config)
-        model, env = make_model(args, config)
+        runs = new_runs(args)
     except (UsageError, ValueError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
-    write_run_files(run_dir, args, config)
-    model.set_logger(make_logger(run_dir, args))
-    return train(model, env, run_dir, args, config)
+    for run in runs:
+        write_run_files(run.run_dir, run.args, run.config)
+        run.model.set_logger(make_logger(run.run_dir, run.args))
+    return train(runs)
 
 
 if __name__ == "__main__":

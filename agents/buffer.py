@@ -70,17 +70,7 @@ class LaggedColumns:
         """
         assert self.full, ""
         indices = np.random.permutation(self.buffer_size * self.n_envs)
-        if not self.generator_ready:
-            self._flatten_observations()
-            for name in ("actions", "values", "log_probs", "advantages", "returns"):
-                self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
-            self.generator_ready = True
-            # Our columns, flattened exactly as SB3 flattens its own (env-major), once per rollout.
-            self._flat_extras = (
-                self.swap_and_flatten(self.segment_ids()),
-                self.swap_and_flatten(self.prox_log_probs),
-            )
-            self._torch_columns = self._to_torch_columns()
+        self.prepare()
         if batch_size is None:
             batch_size = self.buffer_size * self.n_envs
         # th.from_numpy of the permutation keeps its values; one conversion instead of one per minibatch
@@ -89,6 +79,27 @@ class LaggedColumns:
         while start_idx < self.buffer_size * self.n_envs:
             yield self._samples_at(torch_indices[start_idx : start_idx + batch_size])
             start_idx += batch_size
+
+    def prepare(self) -> None:
+        """Flatten the columns env-major (as SB3's ``get`` does) and convert them to torch, once per rollout:
+        ``torch_columns`` then holds observations, actions, values, log mu, advantages, returns, segment ids and
+        pi_prox, one row per stored step."""
+        if self.generator_ready:
+            return
+        self._flatten_observations()
+        for name in ("actions", "values", "log_probs", "advantages", "returns"):
+            self.__dict__[name] = self.swap_and_flatten(self.__dict__[name])
+        self.generator_ready = True
+        # Our columns, flattened exactly as SB3 flattens its own (env-major), once per rollout.
+        self._flat_extras = (
+            self.swap_and_flatten(self.segment_ids()),
+            self.swap_and_flatten(self.prox_log_probs),
+        )
+        self._torch_columns = self._to_torch_columns()
+
+    @property
+    def torch_columns(self) -> Tuple[Any, ...]:
+        return self._torch_columns
 
     def _to_torch_columns(self) -> Tuple[th.Tensor, ...]:
         """The flattened columns as tensors, in the dtypes and shapes SB3's ``_get_samples`` gives a minibatch."""

@@ -77,6 +77,8 @@ def save_checkpoint(model: Any, path: Path) -> None:
         "num_timesteps": model.num_timesteps,
         "model_zip": zipped.getvalue(),
         "snapshots": model.lag_snapshots() if hasattr(model, "lag_snapshots") else [],
+        # a seed of a seed batch draws from its own generators (agents/seed_batch.py), not the global ones
+        "seed_batch_rng": getattr(model, "_seed_batch_rng", None),
         "rng": {"torch": th.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         "vec_normalize": None if vec_normalize is None else cloudpickle.dumps(vec_normalize),
         "vec_normalize_returns": None if vec_normalize is None else vec_normalize.returns.copy(),
@@ -121,6 +123,8 @@ def restore_model(cls: type, state: Dict[str, Any], env: VecEnv, device: str) ->
         inner._reset_seeds()  # load() queued seeds for a reset that a faithful resume never does
     if state["snapshots"]:
         model.load_lag_snapshots(state["snapshots"])
+    if state.get("seed_batch_rng") is not None:
+        model._seed_batch_rng = state["seed_batch_rng"]
     th.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])

@@ -131,7 +131,8 @@ class LaggedPPO(PPO):
 
     def _excluded_save_params(self) -> List[str]:
         # Lag snapshots are training state, not part of the model: keep them out of model.zip.
-        return super()._excluded_save_params() + ["_snapshots", "_fast", "_learner_log_prob_cache"]
+        # The seed batch's random-stream states (agents/seed_batch.py) go into checkpoints, not model.zip.
+        return super()._excluded_save_params() + ["_snapshots", "_fast", "_learner_log_prob_cache", "_seed_batch_rng"]
 
     def _evaluate_actions(self, obs: th.Tensor, actions: th.Tensor) -> Tuple[th.Tensor, th.Tensor, Optional[th.Tensor]]:
         if self._fast_ok():
@@ -169,10 +170,12 @@ class LaggedPPO(PPO):
         return module
 
     @th.no_grad()
-    def _push_snapshot(self, tensors: Optional[Snapshot] = None) -> None:
-        """Append the learner's current parameters (or ``tensors``) as the newest snapshot, recycling the oldest."""
-        full = len(self._snapshots) == self._snapshots.maxlen
-        module = self._snapshots.popleft() if full else self._copy_policy()
+    def _push_snapshot(self, tensors: Optional[Snapshot] = None, module: Optional[nn.Module] = None) -> None:
+        """Append the learner's current parameters (or ``tensors``) as the newest snapshot, in ``module`` or else
+        recycling the oldest (a new copy of the learner while fewer than K are held)."""
+        if module is None:
+            full = len(self._snapshots) == self._snapshots.maxlen
+            module = self._snapshots.popleft() if full else self._copy_policy()
         source = self._tensors(self.policy) if tensors is None else tensors
         for name, tensor in self._tensors(module).items():
             tensor.copy_(source[name])
@@ -183,9 +186,10 @@ class LaggedPPO(PPO):
         return [{k: t.detach().clone() for k, t in self._tensors(m).items()} for m in self._snapshots]
 
     def load_lag_snapshots(self, snapshots: List[Snapshot]) -> None:
+        spare = list(self._snapshots)  # modules to reuse (the seed batch reloads them after every update)
         self._snapshots.clear()
         for tensors in snapshots:
-            self._push_snapshot(tensors)
+            self._push_snapshot(tensors, spare.pop() if spare else None)
 
     def _behavior_groups(self, lags: np.ndarray) -> List[Tuple[Optional[nn.Module], np.ndarray]]:
         """Group environments by the policy that acts for them (None = the learner itself)."""
@@ -320,17 +324,7 @@ class LaggedPPO(PPO):
             if isinstance(self.action_space, spaces.Discrete):
                 actions = actions.reshape(-1, 1)
 
-            # Timeout bootstrap with the learner's critic, as stock SB3 (GitHub issue #633)
-            for idx, done in enumerate(dones):
-                if (
-                    done
-                    and infos[idx].get("terminal_observation") is not None
-                    and infos[idx].get("TimeLimit.truncated", False)
-                ):
-                    terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
-                    with th.no_grad():
-                        terminal_value = self.policy.predict_values(terminal_obs)[0]  # type: ignore[arg-type]
-                    rewards[idx] += self.gamma * terminal_value
+            self._bootstrap_timeouts(rewards, dones, infos)  # SB3's lines, in a method the seed batch shares
 
             rollout_buffer.add(
                 self._last_obs,  # type: ignore[arg-type]
@@ -363,6 +357,20 @@ class LaggedPPO(PPO):
 
         return True
 
+    def _bootstrap_timeouts(self, rewards: np.ndarray, dones: np.ndarray, infos: List[Dict[str, Any]]) -> None:
+        """Timeout bootstrap with the learner's critic, SB3's lines (GitHub issue #633): an episode cut by a time
+        limit gets gamma * V(terminal observation) added to its last reward."""
+        for idx, done in enumerate(dones):
+            if (
+                done
+                and infos[idx].get("terminal_observation") is not None
+                and infos[idx].get("TimeLimit.truncated", False)
+            ):
+                terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
+                with th.no_grad():
+                    terminal_value = self.policy.predict_values(terminal_obs)[0]  # type: ignore[arg-type]
+                rewards[idx] += self.gamma * terminal_value
+
     # ------------------------------------------------------------------------------ start-of-update diagnostics
     def _discrete_actions(self, actions: th.Tensor) -> th.Tensor:
         return actions.long().flatten() if isinstance(self.action_space, spaces.Discrete) else actions
@@ -380,7 +388,7 @@ class LaggedPPO(PPO):
         n = buf.buffer_size * buf.n_envs
         obs = flat_observations(buf)
         actions = buf.actions.reshape(n, *buf.actions.shape[2:])
-        fresh = (self._last_rollout_lags == 0) & (self._temperatures == 1.0)  # acted by the learner, untempered
+        fresh = self._fresh_envs()
         if fresh.all():
             # The learner acted the whole rollout: pi_theta = mu, and log mu is used verbatim below anyway
             buf.prox_log_probs[:] = buf.log_probs  # type: ignore[attr-defined]
@@ -390,14 +398,21 @@ class LaggedPPO(PPO):
             out = cache[1]  # computed with the critic's values at the end of the rollout, same parameters
         else:
             out = self._learner_log_prob_chunks(obs, actions)
-        log_prob = th.cat(out)
-        prox = log_prob.cpu().numpy().reshape(buf.buffer_size, buf.n_envs)
-        # Where the data were acted with lag 0 and temperature 1 the learner *was* the behaviour policy: reuse log mu
-        # verbatim
-        # (a batched recomputation can differ from it in the last float bit).
+        return self._write_prox_log_probs(th.cat(out), fresh)
+
+    def _fresh_envs(self) -> np.ndarray:
+        """Per environment: whether the last rollout was acted by the learner itself, untempered (lag 0, tau 1)."""
+        return (self._last_rollout_lags == 0) & (self._temperatures == 1.0)
+
+    def _write_prox_log_probs(self, log_prob: th.Tensor, fresh: np.ndarray) -> th.Tensor:
+        """Store the learner's log-probs (flat, step-major) as the buffer's ``prox_log_probs`` and return them as
+        stored. Where the data were acted with lag 0 and temperature 1 the learner *was* the behaviour policy: log mu
+        is reused verbatim there (a batched recomputation can differ from it in the last float bit)."""
+        buf = self.rollout_buffer
+        prox = log_prob.detach().cpu().numpy().reshape(buf.buffer_size, buf.n_envs).copy()
         prox[:, fresh] = buf.log_probs[:, fresh]
         buf.prox_log_probs[:] = prox  # type: ignore[attr-defined]
-        return log_prob
+        return th.as_tensor(prox.reshape(-1), device=log_prob.device)
 
     def _learner_log_prob_chunks(self, obs: np.ndarray, actions: np.ndarray) -> List[th.Tensor]:
         out = []
@@ -446,6 +461,47 @@ class LaggedPPO(PPO):
         policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
         return policy_loss, {}
 
+    def _minibatch_loss(
+        self, rollout_data: Any, values: th.Tensor, log_prob: th.Tensor, entropy: Optional[th.Tensor],
+        clip_range: float, clip_range_vf: Optional[float],
+    ) -> Tuple[th.Tensor, Dict[str, th.Tensor], th.Tensor]:
+        """The loss of one minibatch, its metrics and ``approx_kl``: SB3's ``PPO.train`` lines between
+        ``evaluate_actions`` and early stopping, with the policy term from ``_policy_term``. Tensors only (no host
+        sync and no data-dependent branch), so the seed-batched trainer runs it per seed under ``torch.func.vmap``.
+        """
+        advantages = rollout_data.advantages
+        if self.normalize_advantage and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+        # OURS: the policy term; SB3's clip_fraction keeps SB3's definition
+        policy_loss, pg_metrics = self._policy_term(rollout_data, log_prob, advantages, clip_range)
+        with th.no_grad():
+            ratio = th.exp(log_prob - rollout_data.old_log_prob)
+            metrics = {"clip_fraction": th.mean((th.abs(ratio - 1) > clip_range).float()), **pg_metrics}
+        metrics["policy_gradient_loss"] = policy_loss.detach()
+
+        if clip_range_vf is None:
+            values_pred = values
+        else:
+            values_pred = rollout_data.old_values + th.clamp(
+                values - rollout_data.old_values, -clip_range_vf, clip_range_vf
+            )
+        value_loss = F.mse_loss(rollout_data.returns, values_pred)
+        metrics["value_loss"] = value_loss.detach()
+
+        if entropy is None:
+            entropy_loss = -th.mean(-log_prob)
+        else:
+            entropy_loss = -th.mean(entropy)
+        metrics["entropy_loss"] = entropy_loss.detach()
+
+        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+        with th.no_grad():
+            log_ratio = log_prob - rollout_data.old_log_prob
+            approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio)
+        return loss, metrics, approx_kl_div
+
     def train(self) -> None:
         """SB3's ``PPO.train`` line for line, preceded by the lag diagnostics; lines that differ are marked ``# OURS``.
 
@@ -461,6 +517,7 @@ class LaggedPPO(PPO):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        clip_range_vf = None
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
 
@@ -474,41 +531,14 @@ class LaggedPPO(PPO):
                 actions = self._discrete_actions(rollout_data.actions)
 
                 values, log_prob, entropy = self._evaluate_actions(rollout_data.observations, actions)  # OURS
-                values = values.flatten()
-                advantages = rollout_data.advantages
-                if self.normalize_advantage and len(advantages) > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
-                # OURS: the policy term; SB3's clip_fraction keeps SB3's definition
-                policy_loss, pg_metrics = self._policy_term(rollout_data, log_prob, advantages, clip_range)
-                with th.no_grad():
-                    ratio = th.exp(log_prob - rollout_data.old_log_prob)
-                    metrics["clip_fraction"].append(th.mean((th.abs(ratio - 1) > clip_range).float()))
-                for key, value in pg_metrics.items():
+                # OURS: SB3's lines from here to the approx_kl below live in _minibatch_loss (one seed's minibatch,
+                # shared with the seed-batched trainer, agents/seed_batch.py)
+                loss, minibatch_metrics, approx_kl_div = self._minibatch_loss(
+                    rollout_data, values.flatten(), log_prob, entropy, clip_range, clip_range_vf
+                )
+                for key, value in minibatch_metrics.items():
                     metrics[key].append(value)
-                metrics["policy_gradient_loss"].append(policy_loss.detach())
-
-                if self.clip_range_vf is None:
-                    values_pred = values
-                else:
-                    values_pred = rollout_data.old_values + th.clamp(
-                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
-                    )
-                value_loss = F.mse_loss(rollout_data.returns, values_pred)
-                metrics["value_loss"].append(value_loss.detach())
-
-                if entropy is None:
-                    entropy_loss = -th.mean(-log_prob)
-                else:
-                    entropy_loss = -th.mean(entropy)
-                metrics["entropy_loss"].append(entropy_loss.detach())
-
-                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-
-                with th.no_grad():
-                    log_ratio = log_prob - rollout_data.old_log_prob
-                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio)
-                    approx_kl_divs.append(approx_kl_div)
+                approx_kl_divs.append(approx_kl_div)
 
                 # OURS: early stopping asks how far *this update* moved the policy: the KL to the policy at the start
                 # of the update (pi_prox), not to mu, which under lag can be far already before the first step (the

@@ -1,0 +1,208 @@
+"""The seed-batched trainer (agents/seed_batch.py) against the single-run path it batches."""
+
+import copy
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch as th
+import yaml
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import configure
+
+from agents import ALGOS
+from agents.checkpoint import read_checkpoint
+from agents.seed_batch import SeedBatch, check_batchable
+from tests.helpers import ROOT, run_script
+
+SMALL = dict(n_steps=64, batch_size=32, n_epochs=2, policy_kwargs=dict(net_arch=[16]))
+ENVS = ("Pendulum-v1", "CartPole-v1")  # diagonal Gaussian, categorical
+
+
+def make(algo, env_id, seed, **kwargs):
+    return ALGOS[algo]("MlpPolicy", make_vec_env(env_id, n_envs=2, seed=seed), seed=seed, **{**SMALL, **kwargs})
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.parametrize("algo", ["ppo", "dualclip", "decoupled"])
+def test_a_seed_does_not_depend_on_its_batch(algo, env_id):
+    """Seed 3 trained alone and inside a batch of five ends with the same parameters, bit for bit (lag drawn per
+    rollout, tempered actors: every per-seed stream is exercised)."""
+    lagged = dict(policy_lag=2, lag_mode="uniform", behavior_temperature=1.5)
+    alone = make(algo, env_id, 3, **lagged)
+    SeedBatch([alone]).learn(384)
+    batch = [make(algo, env_id, seed, **lagged) for seed in (1, 2, 3, 4, 5)]
+    SeedBatch(batch).learn(384)
+    expected, got = params(alone), params(batch[2])
+    assert all(th.equal(expected[k], got[k]) for k in expected)
+    assert not th.equal(params(batch[1])["action_net.weight"], got["action_net.weight"])  # seeds do differ
+
+
+class _GlobalOrder:
+    """The minibatch order of a single run whose global numpy RNG is seeded with ``seed``."""
+
+    def __init__(self, seed):
+        self.random_state = np.random.RandomState(seed)
+        self.bit_generator = SimpleNamespace(state=None)
+
+    def permutation(self, n):
+        return self.random_state.permutation(n)
+
+
+def _copy_state(src, dst):
+    """dst gets src's parameters, optimizer state and rollout (a single-run twin of one seed of a batch)."""
+    dst.policy.load_state_dict(src.policy.state_dict())
+    dst.policy.optimizer.load_state_dict(src.policy.optimizer.state_dict())
+    dst.rollout_buffer = copy.deepcopy(src.rollout_buffer)
+    dst._last_rollout_lags = src._last_rollout_lags.copy()
+    dst._current_progress_remaining = src._current_progress_remaining
+    dst._n_updates = src._n_updates
+    dst.set_logger(configure(None, []))
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.parametrize("algo,extra", [
+    ("ppo", {}), ("dualclip", {}), ("decoupled", {}), ("decoupled", dict(dual_clip=3.0, is_weight_mode="filter",
+                                                                       is_weight_max=1.2)),
+])
+def test_each_seed_updates_as_the_single_run_code(algo, extra, env_id):
+    """On identical inputs (parameters, optimizer state, rollout, minibatch order) one batched update gives each seed
+    the parameters, optimizer state and metrics of the single-run ``train()``, to float tolerance. The data are
+    stale (lag 2, two updates in) and tempered, so the ratios, the dual-clip bound and the weights all act."""
+    kwargs = dict(policy_lag=2, behavior_temperature=1.5, **extra)
+    seeds = (1, 2, 3)
+    batched = [make(algo, env_id, seed, **kwargs) for seed in seeds]
+    batch = SeedBatch(batched)
+    batch.learn(2 * 128)  # two updates: the learner has moved away from mu
+    callbacks = [m._init_callback(None) for m in batched]
+    batch.collect_rollouts(callbacks)
+    singles = [make(algo, env_id, seed, **kwargs) for seed in seeds]
+    batch.export()
+    for src, dst in zip(batched, singles):
+        _copy_state(src, dst)
+    # the same minibatch order: the single runs draw from the global numpy RNG, the batch from its streams
+    batch._numpy_rngs = [_GlobalOrder(100 + s) for s in range(len(seeds))]
+    batch.train()
+    batch.export()
+    for s, (b, single) in enumerate(zip(batched, singles)):
+        np.random.seed(100 + s)
+        single.train()
+        mine, theirs = params(b), params(single)
+        for key in mine:
+            assert th.allclose(mine[key], theirs[key], rtol=1e-5, atol=1e-6), key
+        assert not th.equal(mine["action_net.weight"], params(make(algo, env_id, seeds[s]))["action_net.weight"])
+        state_b = b.policy.optimizer.state_dict()["state"]
+        state_s = single.policy.optimizer.state_dict()["state"]
+        for i in state_s:
+            for k in ("exp_avg", "exp_avg_sq"):
+                assert th.allclose(state_b[i][k], state_s[i][k], rtol=1e-4, atol=1e-7), (i, k)
+            assert float(state_b[i]["step"]) == float(state_s[i]["step"])
+        logged_b, logged_s = b.logger.name_to_value, single.logger.name_to_value
+        for key, value in logged_s.items():
+            if key.startswith("train/") and key != "train/log_ratio":
+                assert np.isclose(logged_b[key], value, rtol=1e-4, atol=1e-6, equal_nan=True), key
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+def test_batched_forward_matches_the_policy(env_id):
+    """Values, log-probs and entropies of the batched forward pass equal SB3's ``evaluate_actions`` per seed."""
+    models = [make("ppo", env_id, seed) for seed in (1, 2)]
+    batch = SeedBatch(models)
+    obs = th.as_tensor(np.stack([m.env.reset() for m in models]))
+    dist, values = batch._forward(batch.params, obs)
+    actions = dist.sample(batch._noise(obs.shape[1]))
+    for s, m in enumerate(models):
+        v, lp, ent = m.policy.evaluate_actions(obs[s], actions[s])
+        assert th.allclose(values[s], v.flatten(), atol=1e-6)
+        assert th.allclose(dist.log_prob(actions)[s], lp, atol=1e-5)
+        assert th.allclose(dist.entropy()[s], ent, atol=1e-6)
+
+
+def test_models_save_and_load_as_stock_sb3():
+    models = [make("dualclip", "Pendulum-v1", seed, policy_lag=1) for seed in (1, 2)]
+    SeedBatch(models).learn(256)
+    for m, path in zip(models, ("a", "b")):
+        m.save(f"/tmp/_seed_batch_{path}.zip")
+        loaded = PPO.load(f"/tmp/_seed_batch_{path}.zip")
+        for k, v in params(m).items():
+            assert th.equal(loaded.policy.state_dict()[k], v)
+        assert len(m.policy.optimizer.state) == len(list(m.policy.parameters()))  # Adam state handed back
+    assert models[0].num_timesteps == 256 and models[0]._n_updates == 2 * SMALL["n_epochs"]
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(target_kl=0.01), "target_kl=0.01"),
+    (dict(loss_agg_mode="seq-mean-token-mean"), "loss_agg_mode=seq-mean-token-mean"),
+    (dict(use_sde=True), "use_sde=True"),
+])
+def test_unsupported_settings_are_refused_in_one_line(kwargs, needle):
+    model = make("dualclip", "Pendulum-v1", 1, **kwargs)
+    with pytest.raises(ValueError, match=needle) as info:
+        check_batchable(model)
+    assert "\n" not in str(info.value) and "one per process" in str(info.value)
+
+
+def test_a_batch_needs_one_configuration():
+    with pytest.raises(ValueError, match="policy_lag"):
+        SeedBatch([make("ppo", "Pendulum-v1", 1), make("ppo", "Pendulum-v1", 2, policy_lag=1)])
+    with pytest.raises(ValueError, match="share their class"):
+        SeedBatch([make("ppo", "Pendulum-v1", 1), make("dualclip", "Pendulum-v1", 2)])
+
+
+# ------------------------------------------------------------------------------------------------- train.py --seeds
+BATCH_ARGS = ["--algo", "decoupled", "--env", "CartPole-v1", "-n", "6144", "--seeds", "3", "5", "--policy-lag", "2",
+              "--lag-mode", "uniform", "--behavior-temperature", "1.5", "--save-freq", "0", "--verbose", "0",
+              "-params", "n_steps:32", "n_epochs:4", "normalize:true", "policy_kwargs:{net_arch: [16]}"]
+
+
+def test_cli_seeds_stop_on_ctrl_c_and_resume_exactly(tmp_path):
+    """``--seeds``: one folder per seed; Ctrl-C stops every seed at a boundary with its checkpoint; ``--resume`` of
+    the folders continues the batch to exactly the uninterrupted batch's parameters (CartPole pickles faithfully);
+    each model loads in stock SB3."""
+    stopped = tmp_path / "stopped"
+    victim = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *BATCH_ARGS, "-f", str(stopped)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = stopped / "decoupled_CartPole-v1_lag2-uniform_t1.5_s5" / "progress.csv"
+    deadline = time.time() + 240
+    while (not progress.exists() or progress.stat().st_size < 2000) and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGINT)
+    _, stderr = victim.communicate(timeout=240)
+    assert victim.returncode == 130, stderr
+    folders = sorted(stopped.iterdir())
+    assert [f.name[-2:] for f in folders] == ["s3", "s5"]
+    assert f"--resume {folders[0]} {folders[1]}" in stderr.strip().splitlines()[-1]
+    steps = {read_checkpoint(f / "checkpoint.pkl")["num_timesteps"] for f in folders}
+    assert len(steps) == 1 and 0 < steps.pop() < 6144
+
+    resumed = run_script("train.py", ["--resume", *map(str, folders)])
+    assert resumed.returncode == 0, resumed.stderr
+    full = run_script("train.py", [*BATCH_ARGS, "-f", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr
+    for folder in folders:
+        again = PPO.load(folder / "model.zip", device="cpu")
+        whole = PPO.load(tmp_path / "full" / folder.name / "model.zip", device="cpu")
+        assert again.num_timesteps == whole.num_timesteps == 6144
+        assert all(th.equal(a, b) for a, b in zip(again.policy.parameters(), whole.policy.parameters()))
+        assert yaml.safe_load((folder / "args.yml").read_text())["seeds"] == [3, 5]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--seed", "1"], "--seed 1 and --seeds"),
+    (["--run-name", "same"], "must contain {seed}"),
+    (["-params", "target_kl:0.01"], "target_kl=0.01"),
+])
+def test_cli_seeds_refuse_bad_input_in_one_line(tmp_path, extra, needle):
+    res = run_script("train.py", ["--algo", "ppo", "--env", "CartPole-v1", "--seeds", "1", "2", "-f", str(tmp_path), *extra])
+    assert res.returncode == 2
+    assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing written
