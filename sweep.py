@@ -45,6 +45,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                    help="train nothing: write the records of finished run folders that have none (e.g. folders "
                         "copied from another machine)")
     p.add_argument("--no-report", action="store_true", help="do not rewrite the study's report at the end")
+    p.add_argument("--no-batch", action="store_true",
+                   help="one process per run; by default the seeds of a grid cell that start together train as one "
+                        "seed batch (train.py --seeds) when the configuration allows it")
+    p.add_argument("--study", default=None, metavar="NAME",
+                   help="record under results/NAME instead of the grid's study name (one grid file; e.g. the same "
+                        "grid on the single-run and the seed-batched path)")
     p.add_argument("--save-freq", type=int, default=50_000, help="checkpoint every N steps (the resume unit)")
     p.add_argument("--runs-root", default="logs/sweeps", help="parent of the run folders (default logs/sweeps)")
     p.add_argument("--results-root", default=str(HERE / "results"), help="parent of the study folders")
@@ -53,6 +59,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         p.error(f"--jobs {args.jobs}: use 1 or more parallel runs")
     if args.max_runs is not None and args.max_runs < 0:
         p.error(f"--max-runs {args.max_runs}: use 0 or more")
+    if args.study is not None and len(args.grids) != 1:
+        p.error(f"--study {args.study}: give exactly one grid file with it")
     if args.address is not None and args.backend != "ray":
         p.error(f"--address {args.address} needs --backend ray")
     return args
@@ -95,7 +103,8 @@ def estimate(runs: List[RunSpec], states: Dict[str, str], results_dir: Path, job
         return out
 
     own = speeds([results_dir])
-    others = speeds([p for p in results_dir.parent.iterdir() if p != results_dir and (p / "runs").is_dir()])
+    siblings = results_dir.parent.iterdir() if results_dir.parent.is_dir() else []
+    others = speeds([p for p in siblings if p != results_dir and (p / "runs").is_dir()])
     todo = [r for r in runs if states[r.name] != "recorded"]
     borrowed = sorted({r.env for r in todo if r.env not in own and r.env in others})
     speed = {**others, **own}
@@ -117,7 +126,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     studies: Dict[str, List[RunSpec]] = {}
     try:
         for grid in args.grids:
-            study, runs = load_grid(Path(grid))
+            study, runs = load_grid(Path(grid), study=args.study)
             known = {r.name: r for r in studies.get(study, [])}
             for run in runs:
                 if run.name in known and known[run.name].argv != run.argv:
@@ -132,7 +141,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"sweep.py: error: {problem} (nothing was run)", file=sys.stderr)
         return 2
 
-    from studies.execute import run_local, run_ray, run_state
+    from studies.execute import plan, run_local, run_ray, run_state
     from studies.records import write_record
 
     failed = 0
@@ -164,8 +173,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         todo = todo[: args.max_runs] if args.max_runs is not None else todo
         print(f"{study}: {len(todo)} runs to do ({sum(s == 'recorded' for s in states.values())} recorded)",
               flush=True)
-        results = (run_ray(todo, runs_dir, args.save_freq, args.address, args.jobs) if args.backend == "ray"
-                   else run_local(todo, runs_dir, args.save_freq, args.jobs))
+        units = plan(todo, runs_dir, batch=not args.no_batch)
+        if any(len(unit) > 1 for unit in units):
+            print(f"{study}: {sum(len(u) for u in units if len(u) > 1)} runs train as "
+                  f"{sum(len(u) > 1 for u in units)} seed batches", flush=True)
+        results = (run_ray(units, runs_dir, args.save_freq, args.address, args.jobs) if args.backend == "ray"
+                   else run_local(units, runs_dir, args.save_freq, args.jobs))
         for res in results:
             line = f"{res['name']}: {res['message']}"
             if not res["ok"]:

@@ -58,46 +58,137 @@ def run_state(run: RunSpec, runs_dir: Path, recorded: bool) -> str:
     return "checkpointed" if (folder / CHECKPOINT).is_file() else "to do"
 
 
-def execute(run: RunSpec, runs_dir: str, save_freq: int) -> Dict[str, Any]:
-    """Train ``run`` to the end (continuing from its checkpoint if it has one) and return
-    ``{"name", "ok", "message", "record"}``; a failure returns its last stderr lines and no record."""
+def plan(runs: List[RunSpec], runs_dir: Path, batch: bool) -> List[List[RunSpec]]:
+    """The units of work: with ``batch``, the runs of one grid cell (same configuration, seeds aside) that start
+    afresh train as one seed batch when the configuration allows it (agents/seed_batch.py), and the checkpointed
+    runs of one interrupted batch resume together; every other run is a unit alone."""
+    if not batch:
+        return [[run] for run in runs]
+    units: Dict[tuple, List[RunSpec]] = {}
+    for run in runs:
+        folder = Path(runs_dir) / run.name
+        if (folder / CHECKPOINT).is_file() or (folder / MODEL).is_file():
+            mates = _batch_mates(folder)
+            key = ("resume", run.cell, mates) if mates and not finished(folder) else ("alone", run.name)
+        else:
+            key = ("start", run.cell) if _batchable(run) else ("alone", run.name)
+        units.setdefault(key, []).append(run)
+    out: List[List[RunSpec]] = []
+    for key, unit in units.items():
+        if key[0] == "resume" and {r.seed for r in unit} != set(key[2]):  # not every seed of the batch is here
+            out += [[run] for run in unit]
+        else:
+            out.append(unit)
+    return out
+
+
+def _batch_mates(folder: Path) -> Optional[tuple]:
+    """The seeds a run was started with as a seed batch (``--seeds`` in its args.yml), or None."""
+    import yaml
+
+    saved = yaml.safe_load((folder / "args.yml").read_text()) if (folder / "args.yml").is_file() else {}
+    seeds = (saved or {}).get("seeds") or []
+    return tuple(seeds) if len(seeds) > 1 else None
+
+
+_BATCHABLE: Dict[tuple, bool] = {}
+
+
+def _batchable(run: RunSpec) -> bool:
+    """Whether the seed-batched trainer takes this run's configuration (the model is built once per cell)."""
+    if run.cell not in _BATCHABLE:
+        import train
+        from agents.seed_batch import check_batchable
+
+        model, env = train.make_model(*_args_and_config(run))
+        try:
+            check_batchable(model)
+            _BATCHABLE[run.cell] = True
+        except ValueError:
+            _BATCHABLE[run.cell] = False
+        finally:
+            env.close()
+    return _BATCHABLE[run.cell]
+
+
+def _args_and_config(run: RunSpec) -> tuple:
+    import train
+
+    args = train.parse_args([*run.argv, "--verbose", "0"])
+    return args, train.build_config(args)
+
+
+def execute(unit: List[RunSpec], runs_dir: str, save_freq: int) -> List[Dict[str, Any]]:
+    """Train the runs of ``unit`` to the end (one run, or the seeds of one cell as one seed batch; continuing from
+    their checkpoints if they have them) and return, per run, ``{"name", "ok", "message", "record"}``; a failure
+    returns its last stderr lines and no record."""
+    from studies.grid import batch_argv
     from studies.records import build_record
 
     runs = Path(runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
-    folder = runs / run.name
-    argv = run.train_argv(runs, save_freq)
-    state = run_state(run, runs, recorded=False)
-    if state.startswith("running"):  # another sweep process took it after this one listed its runs
-        return {"name": run.name, "ok": True, "record": None, "message": f"{state} (another sweep), skipped"}
-    if (folder / MODEL).is_file() or (folder / CHECKPOINT).is_file():
-        differ = _settings_differ(folder, argv)
-        if differ:
-            return {"name": run.name, "ok": False, "record": None,
-                    "message": f"REFUSED: the run folder {folder} has other settings ({differ}); move it away"}
-    if finished(folder):
-        cmd = None  # finished earlier, only its record is missing
-    elif (folder / CHECKPOINT).is_file():
-        cmd = [sys.executable, str(ROOT / "train.py"), "--resume", str(folder)]
-    else:
-        if folder.exists():  # cut off before its first checkpoint: keep it aside, start again
+    results: Dict[str, Dict[str, Any]] = {}
+    todo: List[RunSpec] = []
+    for run in unit:
+        folder = runs / run.name
+        state = run_state(run, runs, recorded=False)
+        if state.startswith("running"):  # another sweep process took it after this one listed its runs
+            results[run.name] = {"name": run.name, "ok": True, "record": None, "message": f"{state} (another sweep), skipped"}
+            continue
+        if (folder / MODEL).is_file() or (folder / CHECKPOINT).is_file():
+            differ = _settings_differ(folder, run.train_argv(runs, save_freq))
+            if differ:
+                results[run.name] = {"name": run.name, "ok": False, "record": None,
+                                     "message": f"REFUSED: the run folder {folder} has other settings ({differ}); move it away"}
+                continue
+        if not finished(folder):
+            todo.append(run)
+    started = [r for r in todo if (runs / r.name / CHECKPOINT).is_file()]
+    for run in todo:
+        folder = runs / run.name
+        if run not in started and folder.exists():  # cut off before its first checkpoint: keep it aside, start again
             folder.rename(folder.with_name(f"{run.name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"))
-        cmd = [sys.executable, str(ROOT / "train.py"), *argv]
     start = time.time()
-    if cmd is not None:
-        mark = marker(runs, run.name)
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    commands: List[tuple] = []
+    if len(todo) > 1 and not started:
+        commands.append((todo, batch_argv(todo, runs, save_freq)))
+    elif len(todo) > 1 and len(started) == len(todo):
+        commands.append((todo, ["--resume", *(str(runs / r.name) for r in todo)]))
+    else:
+        commands += [([r], ["--resume", str(runs / r.name)] if r in started else r.train_argv(runs, save_freq))
+                     for r in todo]
+    for members, argv in commands:
+        failure = _train(members, runs, argv)
+        for run in members:
+            if failure is not None:
+                results[run.name] = {"name": run.name, "ok": False, "record": None, "message": failure}
+    for run in unit:
+        if run.name not in results:
+            record = build_record(runs / run.name, run.study, run.axes, list(run.argv), host=socket.gethostname())
+            how = f" (seed batch of {len(todo)})" if len(todo) > 1 and run in todo else ""
+            results[run.name] = {"name": run.name, "ok": True, "record": record,
+                                 "message": f"ok ({time.time() - start:.0f} s{how})"}
+    return [results[run.name] for run in unit]
+
+
+def _train(members: List[RunSpec], runs: Path, argv: List[str]) -> Optional[str]:
+    """Run train.py with ``argv`` for the runs ``members`` (their ``.running`` markers held meanwhile); the failure
+    message, or None."""
+    marks = [marker(runs, run.name) for run in members]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for mark in marks:
         mark.write_text(f"{socket.gethostname()} {proc.pid}\n")  # train.py's pid: it outlives a killed sweep
-        try:
-            _, stderr = proc.communicate()
-        finally:
+    try:
+        _, stderr = proc.communicate()
+    finally:
+        for mark in marks:
             mark.unlink(missing_ok=True)
-        if proc.returncode != 0:
-            tail = " | ".join(stderr.strip().splitlines()[-3:])[-400:]
-            return {"name": run.name, "ok": False, "record": None, "message": f"FAILED rc={proc.returncode}: {tail}"}
-    record = build_record(folder, run.study, run.axes, list(run.argv), host=socket.gethostname())
-    return {"name": run.name, "ok": True, "record": record, "message": f"ok ({time.time() - start:.0f} s)"}
+    if proc.returncode != 0:
+        tail = " | ".join(stderr.strip().splitlines()[-3:])[-400:]
+        return f"FAILED rc={proc.returncode}: {tail}"
+    return None
 
 
 def _settings_differ(folder: Path, argv: List[str]) -> Optional[str]:
@@ -122,20 +213,20 @@ def _settings_differ(folder: Path, argv: List[str]) -> Optional[str]:
     return None
 
 
-def run_local(runs: List[RunSpec], runs_dir: Path, save_freq: int, jobs: int) -> Iterator[Dict[str, Any]]:
-    """Results in the order runs finish, ``jobs`` at a time (each a process with one torch thread)."""
+def run_local(units: List[List[RunSpec]], runs_dir: Path, save_freq: int, jobs: int) -> Iterator[Dict[str, Any]]:
+    """Results in the order units finish, ``jobs`` units at a time (each a process with one torch thread)."""
     pool = ThreadPoolExecutor(max_workers=jobs)
-    futures: List[Future] = [pool.submit(execute, run, str(runs_dir), save_freq) for run in runs]
+    futures: List[Future] = [pool.submit(execute, unit, str(runs_dir), save_freq) for unit in units]
     try:
         for future in as_completed(futures):
-            yield future.result()
+            yield from future.result()
     finally:  # Ctrl-C: the running train.py processes stop at their next boundary; queued runs never start
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_ray(runs: List[RunSpec], runs_dir: Path, save_freq: int, address: Optional[str],
+def run_ray(units: List[List[RunSpec]], runs_dir: Path, save_freq: int, address: Optional[str],
             num_cpus: Optional[int] = None) -> Iterator[Dict[str, Any]]:
-    """Each run as a Ray task with one CPU. ``address``: an existing cluster (``ray start --head`` prints it;
+    """Each unit (a run, or a seed batch) as a Ray task with one CPU. ``address``: an existing cluster (``ray start --head`` prints it;
     ``auto`` finds a local one); None starts a local instance. The code travels as Ray's ``working_dir`` (this
     checkout without logs/ and results/), so workers need only the same Python packages."""
     try:
@@ -153,15 +244,16 @@ def run_ray(runs: List[RunSpec], runs_dir: Path, save_freq: int, address: Option
         ray.init(**kwargs)
     remote = ray.remote(num_cpus=1, max_retries=0)(execute)
     try:
-        pending = {remote.remote(run, str(runs_dir), save_freq): run.name for run in runs}
+        pending = {remote.remote(unit, str(runs_dir), save_freq): unit for unit in units}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                name = pending.pop(ref)
+                unit = pending.pop(ref)
                 try:
-                    yield ray.get(ref)
-                except Exception as exc:  # a worker that died: report the run as failed, go on
-                    yield {"name": name, "ok": False, "record": None, "message": f"FAILED on Ray: {exc}"}
+                    yield from ray.get(ref)
+                except Exception as exc:  # a worker that died: report its runs as failed, go on
+                    for run in unit:
+                        yield {"name": run.name, "ok": False, "record": None, "message": f"FAILED on Ray: {exc}"}
     finally:
         if started:
             ray.shutdown()

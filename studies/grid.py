@@ -66,6 +66,22 @@ class RunSpec:
         return [*self.argv, "-f", str(runs_dir), "--run-name", self.name, "--verbose", "0",
                 "--save-freq", str(save_freq)]
 
+    @property
+    def cell(self) -> Tuple[str, ...]:
+        """The run's train.py arguments without its seed: runs with the same cell differ only by seed."""
+        i = self.argv.index("--seed")
+        return self.argv[:i] + self.argv[i + 2 :]
+
+
+def batch_argv(runs: List[RunSpec], runs_dir: Path, save_freq: int) -> List[str]:
+    """One train.py command line training the seeds of one cell (``runs``) as one seed batch, each in the folder
+    its single run would have."""
+    names = {r.name[: -len(f"s{r.seed}")] + "s{seed}" for r in runs}
+    if len({r.cell for r in runs}) != 1 or len(names) != 1:
+        raise ValueError("a seed batch holds the seeds of one grid cell")
+    return [*runs[0].cell, "--seeds", *(str(r.seed) for r in runs), "-f", str(runs_dir), "--run-name", names.pop(),
+            "--verbose", "0", "--save-freq", str(save_freq)]
+
 
 def flag_names() -> Dict[str, str]:
     """train.py's long options by their dest (``policy_lag`` -> ``--policy-lag``), read from its parser."""
@@ -115,9 +131,10 @@ def _mapping(value: Any, where: str) -> Dict[str, Any]:
     return value
 
 
-def load_grid(path: Path) -> Tuple[str, List[RunSpec]]:
+def load_grid(path: Path, study: Optional[str] = None) -> Tuple[str, List[RunSpec]]:
     """The study name and every run of the grid file ``path`` (seed-major: all of seed 1's runs come first, so a
-    study cut short has every cell for its first seeds). Raises :class:`GridError` with a one-line reason."""
+    study cut short has every cell for its first seeds). ``study`` replaces the file's study name. Raises
+    :class:`GridError` with a one-line reason."""
     path = Path(path)
     if not path.is_file():
         raise GridError(f"grid file {path} not found: pass an existing ablations/*.yml")
@@ -130,7 +147,7 @@ def load_grid(path: Path) -> Tuple[str, List[RunSpec]]:
     unknown = sorted(set(table) - set(FILE_KEYS))
     if unknown:
         raise GridError(f"{path}: unknown key {unknown[0]!r}: a grid file has {', '.join(FILE_KEYS)}")
-    study = str(table.get("study") or path.stem)
+    study = str(study or table.get("study") or path.stem)
     settings = _mapping(table.get("settings"), f"{path}: settings")
     envs = table.get("envs")
     if isinstance(envs, list):
@@ -202,10 +219,9 @@ def check_runs(runs: List[RunSpec], build_models: bool = True) -> Optional[str]:
 
     seen = set()
     for run in runs:
-        key = tuple(a for i, a in enumerate(run.argv) if not (i > 0 and run.argv[i - 1] == "--seed"))
-        if key in seen:
+        if run.cell in seen:
             continue
-        seen.add(key)
+        seen.add(run.cell)
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):

@@ -96,8 +96,7 @@ def eval_rows(run_dir: Path) -> Dict[str, list]:
                 "lengths": [[int(v) for v in row] for row in data["ep_lengths"]]}
 
 
-def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str], path: str = "single-run",
-                 **meta: Any) -> Dict[str, Any]:
+def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str], **meta: Any) -> Dict[str, Any]:
     """The record of the finished run in ``run_dir`` (see the module docstring)."""
     import yaml
 
@@ -106,6 +105,9 @@ def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str
     args = yaml.safe_load((run_dir / "args.yml").read_text())
     config = yaml.safe_load((run_dir / "config.yml").read_text())
     updates = update_rows(run_dir)
+    # the training path: one run per process, or seeds trained together (train.py --seeds); a resumed part of a
+    # run may have taken the other path, which its command lines show
+    path = "seed-batch" if len(args.get("seeds") or []) > 1 else "single-run"
     return {
         "format": FORMAT,
         "meta": {
@@ -115,6 +117,7 @@ def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str
             "command": (run_dir / "command.txt").read_text().strip().splitlines(),
             "code": args.get("code", "unknown"), "versions": library_versions(), "machine": machine_info(),
             "torch_threads": args.get("num_threads"), "wall_time_s": round(wall_time(run_dir), 1), "path": path,
+            "batch_seeds": args.get("seeds") if path == "seed-batch" else None,  # wall time is the batch's
             "recorded": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), **meta,
         },
         "updates": updates,

@@ -585,7 +585,8 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
     codes = sorted({r["code"] for r in rows})
     versions = sorted({tuple(sorted(r["record"]["meta"]["versions"].items())) for r in rows})
     cpus = sorted({r["cpu"] for r in rows})
-    hours = sum(r["wall_time_s"] or 0 for r in rows) / 3600
+    # a seed batch's runs share one process: each record holds the batch's wall time, counted once here
+    hours = sum((r["wall_time_s"] or 0) / len(r["record"]["meta"].get("batch_seeds") or [0]) for r in rows) / 3600
     lines = [f"# Study `{study}`", "",
              f"Written by `python sweep.py report results/{study}` from the {len(rows)} committed records in "
              f"`results/{study}/runs/` (nothing else is read). Each record holds its run's command, config, code "

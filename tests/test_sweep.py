@@ -236,3 +236,26 @@ def test_c_sweep_takes_longer_runs_at_its_budget() -> None:
     sweep_setting = next(r["setting"] for r in rows if r["dual_clip"] == 1.5)
     (longer,) = _longer_runs(rows, sweep_setting)
     assert longer["dual_clip"] == 3.0 and longer["final_eval"] == 20.0
+
+
+def test_seeds_of_a_cell_train_as_one_seed_batch(tmp_path: Path) -> None:
+    """By default the seeds of one grid cell train in one process (train.py --seeds), each in its own run folder
+    with its own record, which names the path; --no-batch trains one process per run."""
+    path = grid_file(tmp_path, {"algo": ["decoupled"], "policy_lag": [2], "seed": [1, 2, 3]})
+    res = sweep(tmp_path, str(path), "--no-report")
+    assert res.returncode == 0, res.stderr
+    assert "3 runs train as 1 seed batches" in res.stdout and res.stdout.count("(seed batch of 3)") == 3
+    records = {r["meta"]["seed"]: r for r in read_records(tmp_path / "results" / "tiny")}
+    assert sorted(records) == [1, 2, 3]
+    for seed, record in records.items():
+        meta = record["meta"]
+        assert meta["path"] == "seed-batch" and meta["batch_seeds"] == [1, 2, 3]
+        assert "--seeds 1 2 3" in meta["command"][0] and meta["train_argv"][meta["train_argv"].index("--seed") + 1] == str(seed)
+        assert record["updates"]["step"] == [64, 128, 192, 256] and record["eval"]["steps"] == [0, 128, 256]
+    assert records[1]["updates"]["train/loss"] != records[2]["updates"]["train/loss"]
+
+    alone = grid_file(tmp_path, {"algo": ["ppo"], "seed": [1, 2]}, name="alone", study="alone")
+    res = sweep(tmp_path, str(alone), "--no-report", "--no-batch")
+    assert res.returncode == 0, res.stderr
+    assert "seed batch" not in res.stdout
+    assert {r["meta"]["path"] for r in read_records(tmp_path / "results" / "alone")} == {"single-run"}
