@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 GRID = ROOT / "ablations" / "seed_batch_check.yml"
 OUT = ROOT / "results" / "seed_batch_check"
-PATHS = {"single": ["--no-batch"], "batch": []}
+PATHS = {"batch": [], "single": ["--no-batch"]}
 
 
 def run(jobs: int) -> int:
