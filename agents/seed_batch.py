@@ -57,6 +57,7 @@ from agents.checkpoint import StopRequested
 from agents.fast_optim import adam_step
 from agents.fast_policy import _ENTROPY_CONST, _LOG_SQRT_2PI
 from agents.lagged import LaggedPPO, _max, _mean
+from envs.seed_envs import SeedEnvs
 
 Params = Dict[str, th.Tensor]  #: parameter name -> tensor with a leading seed axis
 _ACTIVATIONS: Dict[type, Callable[[th.Tensor], th.Tensor]] = {nn.Tanh: th.tanh, nn.ReLU: th.relu}
@@ -175,6 +176,35 @@ class _Distribution:
         return (cdf < noise.unsqueeze(-1)).sum(dim=-1).clamp(max=cdf.shape[-1] - 1)
 
 
+class _StackedRollout:
+    """The step columns of S seeds' rollout buffers as views of stacked arrays (S, n_steps, E, ...), so that one
+    assignment per step stores for every seed what ``RolloutBuffer.add`` would store (same dtypes, same values).
+    ``arrays`` keeps the stacked arrays from one rollout to the next."""
+
+    COLUMNS = ("observations", "actions", "rewards", "episode_starts", "values", "log_probs")
+
+    def __init__(self, buffers: Sequence[Any], arrays: Dict[tuple, np.ndarray]) -> None:
+        self.buffers = buffers
+        self.arrays = []
+        for name in self.COLUMNS:
+            first = getattr(buffers[0], name)  # freshly reset: (n_steps, E, ...) zeros in the buffer's dtype
+            key = (name, first.shape, first.dtype)
+            if key not in arrays:
+                arrays[key] = np.zeros((len(buffers), *first.shape), dtype=first.dtype)
+            for s, buf in enumerate(buffers):
+                setattr(buf, name, arrays[key][s])
+            self.arrays.append(arrays[key])
+
+    def add(self, *columns: np.ndarray) -> None:
+        """Store one step of every seed: observations, actions, rewards, episode starts, values, log-probs."""
+        pos = self.buffers[0].pos
+        for array, column in zip(self.arrays, columns):
+            array[:, pos] = column.reshape(array.shape[:1] + array.shape[2:])
+        for buf in self.buffers:
+            buf.pos += 1
+            buf.full = buf.pos == buf.buffer_size
+
+
 class SeedBatch:
     """Train S models of one configuration (one per seed) in lockstep, as one batched model.
 
@@ -216,6 +246,7 @@ class SeedBatch:
             [{n: th.stack([snaps[i][n] for snaps in per_seed]) for n in names} for i in range(len(per_seed[0]))],
             maxlen=first.policy_lag,
         )
+        self._rollout_arrays: Dict[tuple, np.ndarray] = {}  # the rollout buffers' stacked columns (_StackedRollout)
         self._torch_rngs, self._numpy_rngs = [], []
         for model in models:
             seed = int(model.seed or 0)
@@ -244,18 +275,19 @@ class SeedBatch:
             v = _linear(params, arg, v) if kind == "linear" else arg(v)
         return dist, _linear(params, "value_net", v).squeeze(-1)
 
-    def _noise(self, n_rows: int) -> th.Tensor:
-        """Per-seed noise for ``n_rows`` samples, each seed from its own generator."""
-        action_dim = self.models[0].action_space.shape[0] if self.gaussian else None
-        draws = [th.randn((n_rows, action_dim), generator=g, device=self.device) if self.gaussian
-                 else th.rand((n_rows,), generator=g, device=self.device) for g in self._torch_rngs]
+    def _noise(self, *shape: int) -> th.Tensor:
+        """Per-seed noise of ``shape`` samples (e.g. steps x environments), each seed from its own generator:
+        standard normal per action dimension (Gaussian), uniform (categorical)."""
+        draws = [th.randn((*shape, self.models[0].action_space.shape[0]), generator=g, device=self.device)
+                 if self.gaussian else th.rand(shape, generator=g, device=self.device) for g in self._torch_rngs]
         return th.stack(draws)
 
     @th.no_grad()
-    def _act(self, obs: th.Tensor, lags: np.ndarray, tau: Optional[th.Tensor]) -> Tuple[th.Tensor, th.Tensor, th.Tensor]:
+    def _act(self, obs: th.Tensor, lags: np.ndarray, tau: Optional[th.Tensor],
+             noise: th.Tensor) -> Tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Actions, values and log mu for obs (S, E, D): environment e of seed s is acted by the snapshot
-        ``lags[s, e]`` updates old (0 = the learner), tempered by ``tau`` (S, E) when given."""
-        noise = self._noise(obs.shape[1])
+        ``lags[s, e]`` updates old (0 = the learner), tempered by ``tau`` (S, E) when given, sampling with
+        ``noise`` (S, E, ...) from :meth:`_noise`."""
         out: Optional[List[th.Tensor]] = None
         for lag in np.unique(lags):
             params = self.params if lag == 0 else self.snapshots[-int(lag)]
@@ -352,27 +384,36 @@ class SeedBatch:
         temperatures = np.stack([m._temperatures for m in models])
         tau = None if (temperatures == 1.0).all() else th.as_tensor(temperatures, dtype=th.float32, device=self.device)
         box = isinstance(first.action_space, spaces.Box)
+        venvs = [m.env for m in models]
+        together = SeedEnvs(venvs) if SeedEnvs.supports(venvs) else None  # else each seed's VecEnv steps alone
+        rollout = _StackedRollout([m.rollout_buffer for m in models], self._rollout_arrays)
+        noise = self._noise(first.n_steps, first.n_envs)  # the rollout's noise, drawn at once per seed
+        obs_np = np.stack([m._last_obs for m in models])
+        starts = np.stack([m._last_episode_starts for m in models])
 
-        for _ in range(first.n_steps):
-            obs = th.as_tensor(np.stack([m._last_obs for m in models]), device=self.device)
-            actions, values, log_probs = self._act(obs, lags, tau)
+        for step in range(first.n_steps):
+            actions, values, log_probs = self._act(th.as_tensor(obs_np, device=self.device), lags, tau, noise[:, step])
             actions_np = actions.cpu().numpy()
+            clipped_np = np.clip(actions_np, first.action_space.low, first.action_space.high) if box else actions_np
+            if together is not None:
+                new_obs_np, rewards, dones, infos = together.step(clipped_np)
+            else:
+                stepped = [m.env.step(a) for m, a in zip(models, clipped_np)]
+                new_obs_np, rewards, dones = (np.stack([out[i] for out in stepped]) for i in range(3))
+                infos = [out[3] for out in stepped]
             for s, (model, cb) in enumerate(zip(models, seed_callbacks)):
-                seed_actions = actions_np[s]
-                clipped = np.clip(seed_actions, first.action_space.low, first.action_space.high) if box else seed_actions
-                new_obs, rewards, dones, infos = model.env.step(clipped)
                 model.num_timesteps += model.env.num_envs
-                cb.update_locals({"actions": seed_actions, "clipped_actions": clipped, "new_obs": new_obs,
-                                  "rewards": rewards, "dones": dones, "infos": infos})
+                cb.update_locals({"actions": actions_np[s], "clipped_actions": clipped_np[s], "new_obs": new_obs_np[s],
+                                  "rewards": rewards[s], "dones": dones[s], "infos": infos[s]})
                 if not cb.on_step():
                     return False
-                model._update_info_buffer(infos, dones)
-                stored = seed_actions if box else seed_actions.reshape(-1, 1)
-                model._bootstrap_timeouts(rewards, dones, infos)
-                model.rollout_buffer.add(model._last_obs, stored, rewards, model._last_episode_starts,
-                                         values[s], log_probs[s])
-                model._last_obs = new_obs
-                model._last_episode_starts = dones
+                model._update_info_buffer(infos[s], dones[s])
+                model._bootstrap_timeouts(rewards[s], dones[s], infos[s])  # (adds to rewards[s] in place)
+                model._last_obs, model._last_episode_starts = new_obs_np[s], dones[s]
+            # what each seed's RolloutBuffer.add would store, for all seeds at once
+            rollout.add(obs_np, actions_np if box else actions_np.reshape(*actions_np.shape[:2], 1), rewards, starts,
+                        values.cpu().numpy(), log_probs.cpu().numpy())
+            obs_np, starts = new_obs_np, dones
 
         lagged = lags.any(axis=1)
         if lagged.any():  # values for GAE from the learner's critic, one batched pass over the rollout

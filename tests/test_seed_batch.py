@@ -119,7 +119,7 @@ def test_batched_forward_matches_the_policy(env_id):
     batch = SeedBatch(models)
     obs = th.as_tensor(np.stack([m.env.reset() for m in models]))
     dist, values = batch._forward(batch.params, obs)
-    actions = dist.sample(batch._noise(obs.shape[1]))
+    actions = dist.sample(batch._noise(obs.shape[1]))  # (S, E, ...)
     for s, m in enumerate(models):
         v, lp, ent = m.policy.evaluate_actions(obs[s], actions[s])
         assert th.allclose(values[s], v.flatten(), atol=1e-6)
@@ -206,3 +206,41 @@ def test_cli_seeds_refuse_bad_input_in_one_line(tmp_path, extra, needle):
     assert res.returncode == 2
     assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("env_id,normalize", [("Pendulum-v1", True), ("CartPole-v1", True), ("CartPole-v1", False)])
+def test_seed_envs_step_as_each_seeds_own_vec_env(env_id, normalize):
+    """envs.seed_envs.SeedEnvs gives every seed what its own (VecNormalize over) DummyVecEnv gives, value for value,
+    across episode ends (terminal observations, time-limit truncation), with the same statistics afterwards."""
+    from envs import make_env
+    from envs.seed_envs import SeedEnvs
+
+    def envs():
+        return [make_env(env_id, n_envs=3, seed=seed, normalize=normalize) for seed in (1, 2)]
+
+    alone, together = envs(), envs()
+    batch = SeedEnvs(together)
+    for venv in alone + together:
+        venv.reset()
+    rng = np.random.default_rng(0)
+    space = alone[0].action_space
+    for _ in range(450):  # Pendulum's episodes end by time limit at 200 steps; CartPole's terminate
+        if hasattr(space, "n"):
+            actions = rng.integers(0, space.n, size=(2, 3))
+        else:
+            actions = rng.uniform(space.low, space.high, size=(2, 3, *space.shape)).astype(np.float32)
+        obs, rewards, dones, infos = batch.step(actions)
+        for s, venv in enumerate(alone):
+            o, r, d, i = venv.step(actions[s])
+            assert np.array_equal(o, obs[s]) and np.array_equal(r, rewards[s]) and np.array_equal(d, dones[s])
+            assert o.dtype == obs[s].dtype and r.dtype == rewards[s].dtype
+            for mine, theirs in zip(infos[s], i):
+                assert mine.keys() == theirs.keys()
+                if "terminal_observation" in theirs:
+                    assert np.array_equal(mine["terminal_observation"], theirs["terminal_observation"])
+    if normalize:
+        for a, b in zip(alone, together):
+            for name in ("obs_rms", "ret_rms"):
+                x, y = getattr(a, name), getattr(b, name)
+                assert np.array_equal(x.mean, y.mean) and np.array_equal(x.var, y.var) and x.count == y.count
+            assert np.array_equal(a.returns, b.returns)
