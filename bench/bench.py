@@ -11,6 +11,12 @@ min..max, and the median steps/s. Memory: each variant once more in a fresh chil
 own), which also gives a standalone steps/s. Written: JSON with every round, versions and machine.
 
 Targets (what the suite promises its users): dualclip/stock >= 0.97, dualclip lag 8 / dualclip lag 0 >= 0.95.
+
+Seed batches (``--seed-batch 5 10``): summed env-steps/s of S seeds trained as one seed batch (agents/seed_batch.py)
+against S single runs, SB3's default HalfCheetah-v4 settings, dualclip at lag 0, in one process with interleaved,
+rotated rounds as above (each round: every single run learns one rollout and update, then each batch does).
+Printed: the median paired ratio per S with its min..max over rounds, and where a batch's time goes (cProfile of
+one batch in a child process: environments, acting, the learner's update, the rest). Target: S = 5 >= 3.
 """
 
 from __future__ import annotations
@@ -100,6 +106,101 @@ def interleave(case: str, variants: List[str], chunk: int, rounds: int, seed: in
     queue.put(rows)
 
 
+SEED_BATCH_CASE = "halfcheetah-sb3-defaults"
+
+
+def interleave_seeds(sizes: List[int], rounds: int, seed: int, threads: Optional[int], queue: Any) -> None:
+    """Child process: max(sizes) single runs and one seed batch per size; per round the single runs learn one
+    chunk each (one after another, as a machine runs them one at a time), then every batch learns one chunk."""
+    from agents.seed_batch import SeedBatch
+
+    chunk = CASES[SEED_BATCH_CASE][3]
+    singles = [build_model(SEED_BATCH_CASE, "dualclip-lag0", seed + i, threads) for i in range(max(sizes))]
+    batches = {n: SeedBatch([build_model(SEED_BATCH_CASE, "dualclip-lag0", seed + 100 * n + i, threads)
+                             for i in range(n)]) for n in sizes}
+    for model in singles:  # warm-up
+        model.learn(chunk)
+    for batch in batches.values():
+        batch.learn(chunk)
+    names = ["single"] + [f"batch-{n}" for n in sizes]
+    rows: List[Dict[str, float]] = []
+    for r in range(rounds):
+        row = {}
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            if name == "single":
+                for model in singles:
+                    model.learn(chunk, reset_num_timesteps=False)
+                row[name] = len(singles) * chunk / (time.perf_counter() - start)
+            else:
+                n = int(name.split("-")[1])
+                batches[n].learn(chunk, reset_num_timesteps=False)
+                row[name] = n * chunk / (time.perf_counter() - start)
+        rows.append(row)
+    queue.put(rows)
+
+
+def profile_seed_batch(n: int, seed: int, threads: Optional[int], queue: Any) -> None:
+    """Child process: where one seed batch's time goes (cProfile over two rollouts and updates, after a warm-up)."""
+    import cProfile
+    import pstats
+
+    from agents.seed_batch import SeedBatch
+
+    chunk = CASES[SEED_BATCH_CASE][3]
+    batch = SeedBatch([build_model(SEED_BATCH_CASE, "dualclip-lag0", seed + i, threads) for i in range(n)])
+    batch.learn(chunk)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    batch.learn(2 * chunk, reset_num_timesteps=False)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # (file, line, function) -> (calls, primitive calls, tottime, cumtime, ...)
+
+    def cumulative(file_end: str, function: str) -> float:
+        return sum(v[3] for k, v in stats.items() if k[0].endswith(file_end) and k[2] == function)
+
+    total = cumulative("seed_batch.py", "learn")
+    parts = {
+        "environments (simulator, wrappers, normalisation)": cumulative("seed_envs.py", "step"),
+        "acting (batched forward, sampling)": cumulative("seed_batch.py", "_act"),
+        "learner update (train)": cumulative("seed_batch.py", "train"),
+        "  of which backward": cumulative("_tensor.py", "backward"),
+        "  of which the vmapped minibatch loss": cumulative("apis.py", "wrapped"),
+        "  of which Adam and clipping": cumulative("fast_optim.py", "adam_step") + cumulative("seed_batch.py", "_clip_grad_norm"),
+    }
+    top = [k for k in parts if not k.startswith(" ")]
+    parts["rest (callbacks, buffers, GAE, logging)"] = total - sum(parts[k] for k in top)
+    queue.put({"seconds": total, "shares": {k: v / total for k, v in parts.items()}})
+
+
+def seed_batch_main(args: argparse.Namespace, out_path: Path, argv: Optional[List[str]]) -> int:
+    """``--seed-batch``: the paired ratios of seed batches to single runs, and a profile of the first size."""
+    ctx = mp.get_context("spawn")
+    rows = run_child(ctx, interleave_seeds, (args.seed_batch, args.rounds, args.seed, args.threads), "seed batch")
+    profile = run_child(ctx, profile_seed_batch, (args.seed_batch[0], args.seed, args.threads), "seed batch profile")
+    summary = {f"batch-{n}": {"median_steps_per_s": statistics.median(row[f"batch-{n}"] for row in rows),
+                              "ratio_to_single": _paired(rows, f"batch-{n}", "single")} for n in args.seed_batch}
+    summary["single"] = {"median_steps_per_s": statistics.median(row["single"] for row in rows)}
+    print(f"\n{SEED_BATCH_CASE}, dualclip lag 0, {args.rounds} interleaved rounds: summed steps/s (median) | paired "
+          "ratio to single runs, median (min..max over rounds)")
+    print(f"{'single runs':14s} {summary['single']['median_steps_per_s']:7.0f}")
+    for n in args.seed_batch:
+        v = summary[f"batch-{n}"]
+        r = v["ratio_to_single"]
+        print(f"{'batch of ' + str(n):14s} {v['median_steps_per_s']:7.0f} | x{r['median']:.2f} ({r['min']:.2f}..{r['max']:.2f})")
+    print(f"\nwhere a batch of {args.seed_batch[0]} spends its time ({profile['seconds']:.1f} s under cProfile):")
+    for part, share in profile["shares"].items():
+        print(f"  {part:55s} {100 * share:5.1f} %")
+    from agents.cli import provenance
+
+    meta = {**provenance("bench/bench.py", argv if argv is not None else sys.argv[1:]), "rounds": args.rounds,
+            "case": SEED_BATCH_CASE, "chunk": CASES[SEED_BATCH_CASE][3], "seed": args.seed, "threads": args.threads}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps({"meta": meta, "summary": summary, "rounds": rows, "profile": profile}, indent=1))
+    print(f"\nwritten: {out_path}")
+    return 0
+
+
 def run_child(ctx: Any, target: Any, args: tuple, what: str) -> Any:
     """``target(*args, queue)`` in a fresh process; a child that dies without reporting stops the benchmark."""
     queue = ctx.Queue()
@@ -131,6 +232,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="env steps of the standalone memory run (default: per case)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed-batch", type=int, nargs="+", default=None, metavar="S",
+                   help=f"instead of the cases: seed batches of these sizes against single runs ({SEED_BATCH_CASE})")
     p.add_argument("--out", default=None,
                    help="JSON file to write, never an existing one (default: results/bench/bench-<UTC time>.json)")
     args = p.parse_args(argv)
@@ -140,6 +243,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from agents.cli import refuse_existing
 
     refuse_existing(p, out_path)
+    if args.seed_batch is not None:
+        if min(args.seed_batch) < 1:
+            p.error(f"--seed-batch {' '.join(map(str, args.seed_batch))}: sizes are numbers of seeds >= 1")
+        return seed_batch_main(args, out_path, argv)
 
     ctx = mp.get_context("spawn")
     rounds: Dict[str, List[Dict[str, float]]] = {}
