@@ -36,22 +36,47 @@ def marker(runs_dir: Path, name: str) -> Path:
     return Path(runs_dir) / f"{name}.running"
 
 
+def _holder(mark: Path) -> Optional[str]:
+    """"running" / "running on HOST" when the marker names a live process, None when it is missing or stale."""
+    try:
+        host, _, pid = mark.read_text().strip().partition(" ")
+    except FileNotFoundError:
+        return None
+    if host != socket.gethostname():
+        return f"running on {host}"
+    try:
+        os.kill(int(pid), 0)
+        return "running"
+    except PermissionError:
+        return "running"  # the process exists (another user's)
+    except (ValueError, ProcessLookupError):
+        return None  # a stale marker: its process is gone
+
+
+def claim(mark: Path) -> bool:
+    """Take the marker atomically (created only if absent; a stale one is replaced): False when a live process
+    holds it, so two sweep processes never start the same run."""
+    for _ in range(2):
+        try:
+            fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _holder(mark) is not None:
+                return False
+            mark.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")  # this sweep, until train.py runs
+        return True
+    return False
+
+
 def run_state(run: RunSpec, runs_dir: Path, recorded: bool) -> str:
     """recorded / running / checkpointed / to do, as ``--dry-run`` lists it."""
     if recorded:
         return "recorded"
-    mark = marker(runs_dir, run.name)
-    if mark.is_file():
-        host, _, pid = mark.read_text().strip().partition(" ")
-        if host != socket.gethostname():
-            return f"running on {host}"
-        try:
-            os.kill(int(pid), 0)
-            return "running"
-        except PermissionError:
-            return "running"  # the process exists (another user's)
-        except (ValueError, ProcessLookupError):
-            pass  # a stale marker: its process is gone
+    holder = _holder(marker(runs_dir, run.name))
+    if holder is not None:
+        return holder
     folder = Path(runs_dir) / run.name
     if finished(folder):
         return "finished, not recorded"
@@ -141,8 +166,12 @@ def execute(unit: List[RunSpec], runs_dir: str, save_freq: int) -> List[Dict[str
                 results[run.name] = {"name": run.name, "ok": False, "record": None,
                                      "message": f"REFUSED: the run folder {folder} has other settings ({differ}); move it away"}
                 continue
-        if not finished(folder):
-            todo.append(run)
+        if finished(folder):
+            continue
+        if not claim(marker(runs, run.name)):  # another sweep process took it after this one listed its runs
+            results[run.name] = {"name": run.name, "ok": True, "record": None, "message": "running (another sweep), skipped"}
+            continue
+        todo.append(run)
     started = [r for r in todo if (runs / r.name / CHECKPOINT).is_file()]
     for run in todo:
         folder = runs / run.name
@@ -172,14 +201,21 @@ def execute(unit: List[RunSpec], runs_dir: str, save_freq: int) -> List[Dict[str
 
 
 def _train(members: List[RunSpec], runs: Path, argv: List[str]) -> Optional[str]:
-    """Run train.py with ``argv`` for the runs ``members`` (their ``.running`` markers held meanwhile); the failure
-    message, or None."""
+    """Run train.py with ``argv`` for the runs ``members``, whose ``.running`` markers this process claimed (they
+    name train.py's pid while it runs, and go when it ends); the failure message, or None."""
     marks = [marker(runs, run.name) for run in members]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    for mark in marks:
-        mark.write_text(f"{socket.gethostname()} {proc.pid}\n")  # train.py's pid: it outlives a killed sweep
+    try:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    except BaseException:
+        for mark in marks:
+            mark.unlink(missing_ok=True)
+        raise
+    for mark in marks:  # train.py's pid: it outlives a killed sweep
+        tmp = mark.with_name(mark.name + ".tmp")
+        tmp.write_text(f"{socket.gethostname()} {proc.pid}\n")
+        tmp.replace(mark)
     try:
         _, stderr = proc.communicate()
     finally:

@@ -89,6 +89,16 @@ def test_each_seed_updates_as_the_single_run_code(algo, extra, env_id):
     batch.export()
     for src, dst in zip(batched, singles):
         _copy_state(src, dst)
+        # advantages and value targets: the single run's critic and GAE on the same rollout give the batch's
+        buf = dst.rollout_buffer
+        n = buf.buffer_size * buf.n_envs
+        with th.no_grad():
+            values = dst.policy.predict_values(th.as_tensor(buf.observations.reshape(n, -1))).reshape(buf.values.shape)
+            last = dst.policy.predict_values(th.as_tensor(src._last_obs))
+        buf.values[:] = values.numpy()
+        buf.compute_returns_and_advantage(last_values=last, dones=src._last_episode_starts)
+        assert np.allclose(buf.advantages, src.rollout_buffer.advantages, rtol=1e-5, atol=1e-5)
+        assert np.allclose(buf.returns, src.rollout_buffer.returns, rtol=1e-5, atol=1e-5)
     # the same minibatch order: the single runs draw from the global numpy RNG, the batch from its streams
     batch._numpy_rngs = [_GlobalOrder(100 + s) for s in range(len(seeds))]
     batch.train()

@@ -259,3 +259,16 @@ def test_seeds_of_a_cell_train_as_one_seed_batch(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "seed batch" not in res.stdout
     assert {r["meta"]["path"] for r in read_records(tmp_path / "results" / "alone")} == {"single-run"}
+
+
+def test_a_run_marker_is_claimed_once(tmp_path: Path) -> None:
+    """Two sweep processes cannot both take a run: the marker is created exclusively; a stale one (its process
+    gone) is taken over."""
+    import socket
+
+    from studies.execute import claim, marker
+
+    mark = marker(tmp_path, "run")
+    assert claim(mark) and not claim(mark)  # held by this (live) process
+    mark.write_text(f"{socket.gethostname()} 999999999\n")  # a process that no longer exists
+    assert claim(mark) and mark.read_text().split()[1] != "999999999"
