@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
@@ -75,22 +75,35 @@ class LearnerEvalCallback(EvalCallback):
             self._evaluate()
 
     def _on_step(self) -> bool:
-        step = self.model.num_timesteps
-        if step // self.eval_freq > max(self._last_eval_step, 0) // self.eval_freq:
+        if self.due():
             self._evaluate()
         return True
+
+    def due(self) -> bool:
+        """Whether the current step crosses a multiple of ``eval_freq`` not evaluated yet."""
+        return self.model.num_timesteps // self.eval_freq > max(self._last_eval_step, 0) // self.eval_freq
 
     def _on_training_end(self) -> None:
         if self._last_eval_step != self.model.num_timesteps:
             self._evaluate()
 
-    def _evaluate(self) -> None:
-        step = self.model.num_timesteps
+    def prepare(self) -> None:
+        """Set the evaluation env up for the next evaluation: the training env's normalisation statistics (frozen
+        copy) and the seed ``seed + k`` of evaluation k."""
         if self.model.get_vec_normalize_env() is not None:
             sync_envs_normalization(self.training_env, self.eval_env)
         self.eval_env.seed(self.seed + len(self.evaluations_timesteps))
+
+    def _evaluate(self) -> None:
+        self.prepare()
         returns, lengths = evaluate_policy(self.model, self.eval_env, n_eval_episodes=self.n_eval_episodes,
                                            deterministic=True, return_episode_rewards=True, warn=False)
+        self.record(list(returns), list(lengths))
+
+    def record(self, returns: List[float], lengths: List[int]) -> None:
+        """Store and log one evaluation at the current step (the seed batch evaluates its seeds together and hands
+        each seed's episodes in here)."""
+        step = self.model.num_timesteps
         self._last_eval_step = step
         self.evaluations_timesteps.append(step)
         self.evaluations_results.append(list(returns))

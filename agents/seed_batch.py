@@ -167,6 +167,10 @@ class _Distribution:
         logits = th.clamp(self.logits, min=th.finfo(self.logits.dtype).min)
         return -(logits * th.softmax(self.logits, dim=-1)).sum(dim=-1)
 
+    def mode(self) -> th.Tensor:
+        """The deterministic action, as SB3's ``predict(deterministic=True)``: the mean, or the likeliest category."""
+        return self.loc if self.gaussian else th.argmax(self.logits, dim=-1)
+
     def sample(self, noise: th.Tensor) -> th.Tensor:
         """Actions from per-row noise drawn by each seed's own generator: standard normal (S, B, A) for the
         Gaussian (loc + noise * scale, as ``Normal.rsample``), uniform (S, B) for the categorical (inverse CDF)."""
@@ -174,6 +178,27 @@ class _Distribution:
             return self.loc + noise * self.scale
         cdf = th.softmax(self.logits, dim=-1).cumsum(dim=-1)
         return (cdf < noise.unsqueeze(-1)).sum(dim=-1).clamp(max=cdf.shape[-1] - 1)
+
+
+def _learner_evals(seed_callbacks: Sequence[Any]) -> List[Any]:
+    """Every seed's ``LearnerEvalCallback`` when each seed has exactly one and their evaluation envs can step
+    together (Monitor-wrapped, one structure), else [] (each seed then evaluates alone, inside its callback)."""
+    from stable_baselines3.common.monitor import Monitor
+
+    from agents.callbacks import LearnerEvalCallback
+
+    found = []
+    for cb in seed_callbacks:
+        mine = [c for c in getattr(cb, "callbacks", [cb]) if isinstance(c, LearnerEvalCallback)]
+        if len(mine) != 1:
+            return []
+        found.append(mine[0])
+    envs = [e.eval_env for e in found]
+    if not SeedEnvs.supports(envs) or not all(all(env.env_is_wrapped(Monitor)) for env in envs):
+        return []
+    if len({(e.eval_freq, e.n_eval_episodes) for e in found}) != 1:
+        return []
+    return found
 
 
 class _StackedRollout:
@@ -247,6 +272,7 @@ class SeedBatch:
             maxlen=first.policy_lag,
         )
         self._rollout_arrays: Dict[tuple, np.ndarray] = {}  # the rollout buffers' stacked columns (_StackedRollout)
+        self._evals: List[Any] = []  # the seeds' learner evaluations, run together (_evaluate_together)
         self._torch_rngs, self._numpy_rngs = [], []
         for model in models:
             seed = int(model.seed or 0)
@@ -344,6 +370,7 @@ class SeedBatch:
                   for m, cb in zip(self.models, callbacks)]
         total = setups[0][0]
         seed_callbacks = [cb for _, cb in setups]
+        self._evals = _learner_evals(seed_callbacks)
         for cb in seed_callbacks:
             cb.on_training_start(locals(), globals())
         iteration = 0
@@ -401,8 +428,11 @@ class SeedBatch:
                 stepped = [m.env.step(a) for m, a in zip(models, clipped_np)]
                 new_obs_np, rewards, dones = (np.stack([out[i] for out in stepped]) for i in range(3))
                 infos = [out[3] for out in stepped]
-            for s, (model, cb) in enumerate(zip(models, seed_callbacks)):
+            for model in models:
                 model.num_timesteps += model.env.num_envs
+            if self._evals and all(e.due() for e in self._evals):  # each seed's evaluation, all seeds at once
+                self._evaluate_together(self._evals)
+            for s, (model, cb) in enumerate(zip(models, seed_callbacks)):
                 cb.update_locals({"actions": actions_np[s], "clipped_actions": clipped_np[s], "new_obs": new_obs_np[s],
                                   "rewards": rewards[s], "dones": dones[s], "infos": infos[s]})
                 if not cb.on_step():
@@ -433,6 +463,36 @@ class SeedBatch:
             cb.update_locals({"dones": model._last_episode_starts})
             cb.on_rollout_end()
         return True
+
+    @th.no_grad()
+    def _evaluate_together(self, evals: List[Any]) -> None:
+        """Each seed's due learner evaluation (``LearnerEvalCallback``: its env seeded and given the training
+        statistics, deterministic actions, ``n_eval_episodes`` episodes counted from the Monitor's info as SB3's
+        ``evaluate_policy`` counts them), with one batched forward per step for all seeds and their evaluation envs
+        stepping together; each seed's episodes go to its own callback."""
+        for e in evals:
+            e.prepare()
+        envs = SeedEnvs([e.eval_env for e in evals])
+        obs = np.stack([e.eval_env.reset() for e in evals])
+        n_envs = obs.shape[1]
+        targets = np.array([[(e.n_eval_episodes + i) // n_envs for i in range(n_envs)] for e in evals])
+        counts = np.zeros_like(targets)
+        returns: List[List[float]] = [[] for _ in evals]
+        lengths: List[List[int]] = [[] for _ in evals]
+        space = self.models[0].action_space
+        while (counts < targets).any():
+            actions = self._forward(self.params, th.as_tensor(obs, device=self.device), critic=False)[0].mode()
+            actions_np = actions.cpu().numpy()
+            if isinstance(space, spaces.Box):
+                actions_np = np.clip(actions_np, space.low, space.high)
+            obs, _, dones, infos = envs.step(actions_np)
+            for s, e in zip(*np.nonzero(dones & (counts < targets))):
+                if "episode" in infos[s][e]:
+                    returns[s].append(infos[s][e]["episode"]["r"])
+                    lengths[s].append(infos[s][e]["episode"]["l"])
+                    counts[s, e] += 1
+        for e, seed_returns, seed_lengths in zip(evals, returns, lengths):
+            e.record(seed_returns, seed_lengths)
 
     @th.no_grad()
     def _learner_pass(self, values: bool) -> Tuple[th.Tensor, Optional[th.Tensor]]:

@@ -254,3 +254,30 @@ def test_seed_envs_step_as_each_seeds_own_vec_env(env_id, normalize):
                 x, y = getattr(a, name), getattr(b, name)
                 assert np.array_equal(x.mean, y.mean) and np.array_equal(x.var, y.var) and x.count == y.count
             assert np.array_equal(a.returns, b.returns)
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+def test_seeds_are_evaluated_together_as_each_alone(env_id, tmp_path, monkeypatch):
+    """The seeds' periodic learner evaluations run as one batched pass; each seed's episodes equal what its own
+    LearnerEvalCallback (SB3's evaluate_policy) records when the seeds evaluate one by one."""
+    import agents.seed_batch as seed_batch
+    from agents.callbacks import LearnerEvalCallback
+    from envs import make_env
+
+    def run(folder):
+        models = [make("dualclip", env_id, seed, policy_lag=1) for seed in (1, 2)]
+        evals = [LearnerEvalCallback(make_env(env_id, seed=100 + seed, normalize=True, training=False), eval_freq=128,
+                                     n_eval_episodes=2, log_path=str(folder / str(seed)), seed=seed) for seed in (1, 2)]
+        batch = SeedBatch(models)
+        batch.learn(384, [[e] for e in evals])
+        return batch, [np.load(folder / str(seed) / "evaluations.npz") for seed in (1, 2)]
+
+    together, got = run(tmp_path / "together")
+    assert len(together._evals) == 2
+    monkeypatch.setattr(seed_batch, "_learner_evals", lambda callbacks: [])
+    alone, expected = run(tmp_path / "alone")
+    assert alone._evals == []
+    for mine, theirs in zip(got, expected):
+        assert list(mine["timesteps"]) == list(theirs["timesteps"]) == [0, 128, 256, 384]
+        assert np.allclose(mine["results"], theirs["results"], rtol=1e-5)
+        assert np.array_equal(mine["ep_lengths"], theirs["ep_lengths"])
