@@ -156,39 +156,47 @@ def variant_order(variants: Sequence[str]) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------------------ statistics
-def mean_ci(values: Sequence[float], reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Tuple[float, float, float]:
-    """Mean and its 95 % stratified-bootstrap interval (rliable); one value: no interval (NaN)."""
+def _interval_estimates(scores: Dict[str, Any], func: Any, reps: int, seed: int) -> Tuple[Dict, Dict]:
+    """``rliable.library.get_interval_estimates``, reproducibly: rliable's stratified bootstraps draw their indices
+    from numpy's global generator (``np.random.choice``; the ``random_state`` they accept does not reach them), so it
+    is seeded here for the call and restored afterwards. The same records then give the same intervals."""
     from rliable import library as rly
 
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return rly.get_interval_estimates(scores, func, reps=reps)
+    finally:
+        np.random.set_state(saved)
+
+
+def mean_ci(values: Sequence[float], reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Tuple[float, float, float]:
+    """Mean and its 95 % stratified-bootstrap interval (rliable); one value: no interval (NaN)."""
     arr = np.asarray(values, dtype=float).reshape(-1, 1)
     if len(arr) < 2:
         return float(arr.mean()), math.nan, math.nan
-    point, interval = rly.get_interval_estimates({"x": arr}, lambda s: np.array([np.mean(s)]), reps=reps,
-                                                 random_state=np.random.RandomState(seed))
+    point, interval = _interval_estimates({"x": arr}, lambda s: np.array([np.mean(s)]), reps=reps, seed=seed)
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
 def iqm_ci(values: Sequence[float], reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Tuple[float, float, float]:
-    from rliable import library as rly
     from rliable import metrics
 
     arr = np.asarray(values, dtype=float).reshape(-1, 1)
     if len(arr) < 2:
         return float(arr.mean()), math.nan, math.nan
-    point, interval = rly.get_interval_estimates({"x": arr}, lambda s: np.array([metrics.aggregate_iqm(s)]),
-                                                 reps=reps, random_state=np.random.RandomState(seed))
+    point, interval = _interval_estimates({"x": arr}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=reps,
+                                          seed=seed)
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
 def improvement_ci(x: Sequence[float], y: Sequence[float], reps: int = BOOTSTRAP_REPS,
                    seed: int = 0) -> Tuple[float, float, float]:
     """rliable's probability that a run of X beats a run of Y (ties count half), with its 95 % interval."""
-    from rliable import library as rly
     from rliable import metrics
 
     a, b = (np.asarray(v, dtype=float).reshape(-1, 1) for v in (x, y))
-    point, interval = rly.get_interval_estimates({"p": (a, b)}, metrics.probability_of_improvement,
-                                                 reps=reps, random_state=np.random.RandomState(seed))
+    point, interval = _interval_estimates({"p": (a, b)}, metrics.probability_of_improvement, reps=reps, seed=seed)
     lo, hi = np.ravel(interval["p"])
     return float(np.ravel(point["p"])[0]), float(lo), float(hi)
 
@@ -196,7 +204,6 @@ def improvement_ci(x: Sequence[float], y: Sequence[float], reps: int = BOOTSTRAP
 def curve_band(curves: np.ndarray, reps: int = BOOTSTRAP_REPS,
                seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over seeds (rows) at each point (columns) and a 95 % bootstrap band (rliable)."""
-    from rliable import library as rly
 
     if len(curves) < 2:
         return curves.mean(0), curves.mean(0), curves.mean(0)
@@ -205,8 +212,7 @@ def curve_band(curves: np.ndarray, reps: int = BOOTSTRAP_REPS,
     def mean_per_point(s: np.ndarray) -> np.ndarray:
         return s.mean(axis=(0, 1))
 
-    point, interval = rly.get_interval_estimates({"x": scores}, mean_per_point, reps=max(reps // 2, 100),
-                                                 random_state=np.random.RandomState(seed))
+    point, interval = _interval_estimates({"x": scores}, mean_per_point, reps=max(reps // 2, 100), seed=seed)
     return point["x"], interval["x"][0], interval["x"][1]
 
 
