@@ -35,7 +35,7 @@ class EvalError(Exception):
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    from agents.cli import OneLineParser
+    from cli.common import OneLineParser
 
     p = OneLineParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="run folder written by train.py, or a model .zip inside one")
@@ -299,7 +299,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
         raise EvalError(f"--env {env_id}: {exc}" if args.env else str(exc)) from exc
     atari = is_atari(env_id)
     deterministic = (not atari) if args.deterministic is None else args.deterministic
-    from agents.cli import draw_seed
+    from cli.common import draw_seed
 
     seed = args.seed if args.seed is not None else draw_seed()
 

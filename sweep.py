@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from agents.cli import OneLineParser
+from cli.common import OneLineParser
 from studies.grid import GridError, RunSpec, check_runs, load_grid
 
 HERE = Path(__file__).resolve().parent

@@ -36,7 +36,7 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     """train.py's flags (sweep.py also reads them: a grid axis named like a flag is passed as that flag)."""
-    from agents.cli import OneLineParser
+    from cli.common import OneLineParser
     from agents.options import ALGO_IDS, IS_WEIGHT_MODES, LAG_MODES, LOSS_AGG_MODES, TEMPERATURE_MODES
 
     p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0])
@@ -141,7 +141,7 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
     """The run's hyperparameters (YAML-typed): file entry, then -params, then the dedicated flags."""
     from agents import ALGOS
     from agents.behavior import check_temperature_args
-    from agents.hyperparams import check_env_values, check_keys, load_hyperparams, parse_override
+    from cli.hyperparams import check_env_values, check_keys, load_hyperparams, parse_override
     from envs import check_env_id, is_atari
 
     check_env_id(args.env)
@@ -214,7 +214,7 @@ def make_run_env(args: argparse.Namespace, config: Dict[str, Any], *, evaluation
     """The run's training environments (``n_envs`` copies, the run's seed), or with ``evaluation`` one copy seeded
     apart (seed + 10000) whose normalisation statistics are not updated. ``normalize=False`` leaves VecNormalize
     off (a resumed run restores its own)."""
-    from agents.hyperparams import normalize_kwargs
+    from cli.hyperparams import normalize_kwargs
     from envs import make_env
 
     seed = args.seed + 10_000 if evaluation and args.seed is not None else args.seed
@@ -232,7 +232,7 @@ def make_run_env(args: argparse.Namespace, config: Dict[str, Any], *, evaluation
 def make_model(args: argparse.Namespace, config: Dict[str, Any]):
     """Environment and algorithm from the config; raises ValueError on bad values, writes nothing."""
     from agents import ALGOS
-    from agents.hyperparams import to_constructor_kwargs
+    from cli.hyperparams import to_constructor_kwargs
 
     kwargs = to_constructor_kwargs(config)
     env = make_run_env(args, config)
@@ -266,7 +266,7 @@ def make_logger(run_dir: Path, args: argparse.Namespace, csv_suffix: str = ""):
 def callbacks(args: argparse.Namespace, config: Dict[str, Any], run_dir: Path) -> list:
     from agents.callbacks import HParamCallback, LearnerEvalCallback
     from agents.checkpoint import CheckpointCallback
-    from agents.cli import CHECKPOINT
+    from cli.common import CHECKPOINT
 
     out: list = [HParamCallback(args.algo, config), CheckpointCallback(run_dir / CHECKPOINT, args.save_freq)]
     if args.eval_freq > 0:  # the learner itself, deterministic, every eval_freq env steps (and at start and end)
@@ -282,7 +282,7 @@ def write_run_files(run_dir: Path, args: argparse.Namespace, config: Dict[str, A
     run_dir.mkdir(parents=True)
     with open(run_dir / "config.yml", "w") as f:
         yaml.safe_dump(config, f, sort_keys=True)
-    from agents.cli import code_version
+    from cli.common import code_version
 
     with open(run_dir / "args.yml", "w") as f:
         yaml.safe_dump({**vars(args), "code": code_version()}, f, sort_keys=True)
@@ -310,7 +310,7 @@ def train(runs: List[Run]) -> int:
     """
     from agents.checkpoint import CheckpointCallback, NonFiniteError, StopRequested, check_finite
     from agents.checkpoint import divergence_message, save_checkpoint
-    from agents.cli import CHECKPOINT, INTERRUPTED
+    from cli.common import CHECKPOINT, INTERRUPTED
 
     for run in runs:
         print(f"run folder: {run.run_dir}", flush=True)
@@ -374,7 +374,7 @@ def save_outputs(model: Any, env: Any, run_dir: Path) -> None:
     """``model.zip`` and (with VecNormalize) ``vecnormalize.pkl``, each written to a temporary file and renamed."""
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from agents.cli import MODEL
+    from cli.common import MODEL
 
     model.save(run_dir / ".model.tmp.zip")
     os.replace(run_dir / ".model.tmp.zip", run_dir / MODEL)
@@ -430,8 +430,8 @@ def resume(folder: str) -> Optional[Run]:
     """Set up the run in ``folder`` to continue from its checkpoint (None: it is already complete)."""
     from agents import ALGOS
     from agents.checkpoint import read_checkpoint, restore_env, restore_model, restore_pending_logs
-    from agents.cli import CHECKPOINT
-    from agents.checkpoint import truncate_logs
+    from cli.common import CHECKPOINT
+    from cli.event_files import truncate_logs
     from stable_baselines3.common.vec_env import VecNormalize
 
     from envs import fast_statistics
@@ -463,8 +463,8 @@ def resume(folder: str) -> Optional[Run]:
 
 
 def set_threads(n: int) -> None:
-    """torch's CPU threads (``n > 0``), and glibc's malloc set to keep freed memory for reuse (agents.cli)."""
-    from agents.cli import keep_freed_memory
+    """torch's CPU threads (``n > 0``), and glibc's malloc set to keep freed memory for reuse (cli.common)."""
+    from cli.common import keep_freed_memory
 
     keep_freed_memory()
     if n > 0:
@@ -513,7 +513,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         return train(resumed) if resumed else 0
     if args.seed is None and args.seeds is None:
-        from agents.cli import draw_seed
+        from cli.common import draw_seed
 
         args.seed = draw_seed()
     try:

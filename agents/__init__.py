@@ -7,7 +7,7 @@
 - ``dualclip``: dual-clip PPO (``DualClipPPO``);
 - ``decoupled``: decoupled PPO, clip against a proximal policy, importance weight against mu (``DecoupledPPO``).
 
-The classes load torch and SB3 on first use (``import agents.options`` or ``agents.cli`` alone stays light, so
+The classes load torch and SB3 on first use (``import agents.options`` alone stays light, so
 ``train.py --help`` answers at once).
 """
 

@@ -324,7 +324,7 @@ class LaggedPPO(PPO):
             if isinstance(self.action_space, spaces.Discrete):
                 actions = actions.reshape(-1, 1)
 
-            self._bootstrap_timeouts(rewards, dones, infos)  # SB3's lines, in a method the seed batch shares
+            self._bootstrap_timeouts(rewards, dones, infos)  # OURS: SB3's timeout bootstrap, a shared method
 
             rollout_buffer.add(
                 self._last_obs,  # type: ignore[arg-type]
@@ -343,8 +343,8 @@ class LaggedPPO(PPO):
             self._push_snapshot()
             if self._learner_log_prob_cache is not None:  # valid while the learner still has these parameters
                 self._learner_log_prob_cache = (self._snapshots[-1], self._learner_log_prob_cache)
-        self.logger.record("rollout/policy_lag", float(lags.mean()))
-        self.logger.record("rollout/behavior_temperature", float(self._temperatures.mean()))
+        self.logger.record("rollout/policy_lag", float(lags.mean()))  # LAG: the lag the data actually had
+        self.logger.record("rollout/behavior_temperature", float(self._temperatures.mean()))  # LAG: and their tau
 
         with th.no_grad():
             values = self.policy.predict_values(obs_as_tensor(new_obs, self.device))  # type: ignore[arg-type]
@@ -477,30 +477,30 @@ class LaggedPPO(PPO):
         policy_loss, pg_metrics = self._policy_term(rollout_data, log_prob, advantages, clip_range)
         with th.no_grad():
             ratio = th.exp(log_prob - rollout_data.old_log_prob)
-            metrics = {"clip_fraction": th.mean((th.abs(ratio - 1) > clip_range).float()), **pg_metrics}
-        metrics["policy_gradient_loss"] = policy_loss.detach()
+            metrics = {"clip_fraction": th.mean((th.abs(ratio - 1) > clip_range).float()), **pg_metrics}  # OURS
+        metrics["policy_gradient_loss"] = policy_loss.detach()  # OURS: metrics as tensors, no host sync
 
-        if clip_range_vf is None:
+        if clip_range_vf is None:  # OURS: the value passed in (SB3 tests self.clip_range_vf)
             values_pred = values
         else:
             values_pred = rollout_data.old_values + th.clamp(
                 values - rollout_data.old_values, -clip_range_vf, clip_range_vf
             )
         value_loss = F.mse_loss(rollout_data.returns, values_pred)
-        metrics["value_loss"] = value_loss.detach()
+        metrics["value_loss"] = value_loss.detach()  # OURS
 
         if entropy is None:
             entropy_loss = -th.mean(-log_prob)
         else:
             entropy_loss = -th.mean(entropy)
-        metrics["entropy_loss"] = entropy_loss.detach()
+        metrics["entropy_loss"] = entropy_loss.detach()  # OURS
 
         loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
 
         with th.no_grad():
             log_ratio = log_prob - rollout_data.old_log_prob
-            approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio)
-        return loss, metrics, approx_kl_div
+            approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio)  # OURS: a tensor (SB3: .cpu().numpy())
+        return loss, metrics, approx_kl_div  # OURS
 
     def train(self) -> None:
         """SB3's ``PPO.train`` line for line, preceded by the lag diagnostics; lines that differ are marked ``# OURS``.
@@ -517,18 +517,18 @@ class LaggedPPO(PPO):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
-        clip_range_vf = None
+        clip_range_vf = None  # OURS: passed to _minibatch_loss
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
 
         metrics: Dict[str, List[th.Tensor]] = defaultdict(list)  # OURS: every metric, every minibatch
-        approx_kl_divs: List[th.Tensor] = []
+        approx_kl_divs: List[th.Tensor] = []  # OURS: tensors, averaged at the end
         parameters = list(self.policy.parameters())  # OURS: listed once per update, not once per minibatch
         continue_training = True
         for epoch in range(self.n_epochs):
             approx_kl_divs = []  # SB3 reports approx_kl of the last epoch only
             for rollout_data in self.rollout_buffer.get(self.batch_size):
-                actions = self._discrete_actions(rollout_data.actions)
+                actions = self._discrete_actions(rollout_data.actions)  # OURS: SB3's Discrete cast, in a method
 
                 values, log_prob, entropy = self._evaluate_actions(rollout_data.observations, actions)  # OURS
                 # OURS: SB3's lines from here to the approx_kl below live in _minibatch_loss (one seed's minibatch,
@@ -536,7 +536,7 @@ class LaggedPPO(PPO):
                 loss, minibatch_metrics, approx_kl_div = self._minibatch_loss(
                     rollout_data, values.flatten(), log_prob, entropy, clip_range, clip_range_vf
                 )
-                for key, value in minibatch_metrics.items():
+                for key, value in minibatch_metrics.items():  # OURS: every metric kept as a tensor
                     metrics[key].append(value)
                 approx_kl_divs.append(approx_kl_div)
 
@@ -546,9 +546,9 @@ class LaggedPPO(PPO):
                 # stored log-probs verbatim, so stock SB3's decision. Host sync only when target_kl is set.
                 if self.target_kl is not None:
                     with th.no_grad():
-                        moved = log_prob - rollout_data.prox_log_prob
-                        update_kl = th.mean((th.exp(moved) - 1) - moved)
-                    if update_kl.item() > 1.5 * self.target_kl:
+                        moved = log_prob - rollout_data.prox_log_prob  # OURS: against pi_prox
+                        update_kl = th.mean((th.exp(moved) - 1) - moved)  # OURS
+                    if update_kl.item() > 1.5 * self.target_kl:  # OURS
                         continue_training = False
                         if self.verbose >= 1:
                             print(f"Early stopping at step {epoch} due to reaching max kl: {update_kl.item():.2f}")

@@ -249,8 +249,9 @@ class SeedBatch:
                                  f"{type(model).__name__} given): batch each algorithm separately")
             different = [k for k in _SHARED if getattr(model, k, None) != getattr(first, k, None)]
             if different or model.num_timesteps != first.num_timesteps:
-                raise ValueError(f"models of one batch must share their configuration ({', '.join(different) or 'num_timesteps'} "
-                                 "differ): batch only the seeds of one grid cell")
+                what = ", ".join(different) or "num_timesteps"
+                raise ValueError(f"models of one batch must share their configuration ({what} differ): batch only "
+                                 "the seeds of one grid cell")
         self.models = list(models)
         self.device = first.device
         policy = first.policy
@@ -287,7 +288,8 @@ class SeedBatch:
             self._numpy_rngs.append(numpy_rng)
 
     # -------------------------------------------------------------------------------------------- the policy
-    def _forward(self, params: Params, obs: th.Tensor, critic: bool = True) -> Tuple[_Distribution, Optional[th.Tensor]]:
+    def _forward(self, params: Params, obs: th.Tensor,
+                 critic: bool = True) -> Tuple[_Distribution, Optional[th.Tensor]]:
         """SB3's ActorCriticPolicy (flatten, MLP extractor, action and value heads) for every seed: obs (S, B, D)."""
         obs = obs.float()  # preprocess_obs for Box
         x = obs
@@ -325,7 +327,8 @@ class SeedBatch:
                 out = parts
             else:  # environments acted by this lag take this group's rows
                 rows = th.as_tensor(lags == lag, device=self.device)
-                out = [th.where(rows.view(*rows.shape, *([1] * (new.dim() - 2))), new, old) for new, old in zip(parts, out)]
+                out = [th.where(rows.view(*rows.shape, *([1] * (new.dim() - 2))), new, old)
+                       for new, old in zip(parts, out)]
         assert out is not None and values is not None
         return out[0], out[1], out[2]
 
@@ -459,7 +462,8 @@ class SeedBatch:
         for s, (model, cb) in enumerate(zip(models, seed_callbacks)):
             model.logger.record("rollout/policy_lag", float(lags[s].mean()))
             model.logger.record("rollout/behavior_temperature", float(temperatures[s].mean()))
-            model.rollout_buffer.compute_returns_and_advantage(last_values=last_values[s], dones=model._last_episode_starts)
+            model.rollout_buffer.compute_returns_and_advantage(last_values=last_values[s],
+                                                               dones=model._last_episode_starts)
             cb.update_locals({"dones": model._last_episode_starts})
             cb.on_rollout_end()
         return True
@@ -568,7 +572,8 @@ class SeedBatch:
                 model.logger.record(f"train/{key}", reduce([v[s] for v in values_list]))
             model.logger.record("train/approx_kl", _mean([v[s] for v in approx_kl_divs]))
             model.logger.record("train/loss", loss[s].item())
-            model.logger.record("train/explained_variance", explained_variance(buf.values.flatten(), buf.returns.flatten()))
+            explained_var = explained_variance(buf.values.flatten(), buf.returns.flatten())
+            model.logger.record("train/explained_variance", explained_var)
             if self.gaussian:
                 model.logger.record("train/std", th.exp(self.params["log_std"][s]).mean().item())
             model.logger.record("train/n_updates", model._n_updates, exclude="tensorboard")

@@ -56,10 +56,10 @@ def build_model(case: str, variant: str, seed: int, threads: Optional[int]):
     from stable_baselines3 import PPO
 
     from agents import ALGOS
-    from agents.hyperparams import load_hyperparams, normalize_kwargs, to_constructor_kwargs
+    from cli.hyperparams import load_hyperparams, normalize_kwargs, to_constructor_kwargs
     from envs import is_atari, make_env
 
-    from agents.cli import keep_freed_memory
+    from cli.common import keep_freed_memory
 
     keep_freed_memory()  # as train.py does; in the shared process of the interleaved rounds it applies to all
     if threads:
@@ -191,7 +191,7 @@ def seed_batch_main(args: argparse.Namespace, out_path: Path, argv: Optional[Lis
     print(f"\nwhere a batch of {args.seed_batch[0]} spends its time ({profile['seconds']:.1f} s under cProfile):")
     for part, share in profile["shares"].items():
         print(f"  {part:55s} {100 * share:5.1f} %")
-    from agents.cli import provenance
+    from cli.common import provenance
 
     meta = {**provenance("bench/bench.py", argv if argv is not None else sys.argv[1:]), "rounds": args.rounds,
             "case": SEED_BATCH_CASE, "chunk": CASES[SEED_BATCH_CASE][3], "seed": args.seed, "threads": args.threads}
@@ -240,7 +240,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.rounds < 1:
         p.error(f"--rounds {args.rounds}: give at least 1")
     out_path = Path(args.out or ROOT / "results" / "bench" / time.strftime("bench-%Y%m%d-%H%M%S.json", time.gmtime()))
-    from agents.cli import refuse_existing
+    from cli.common import refuse_existing
 
     refuse_existing(p, out_path)
     if args.seed_batch is not None:
@@ -287,7 +287,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             r = by_variant["lag8_over_lag0"]
             print(f"{case:26s} lag 8 / lag 0: x{r['median']:.3f} ({r['min']:.3f}..{r['max']:.3f})")
 
-    from agents.cli import provenance
+    from cli.common import provenance
 
     meta = {**provenance("bench/bench.py", argv if argv is not None else sys.argv[1:]),
             "rounds": args.rounds, "chunks": {c: args.chunk or CASES[c][3] for c in args.cases},

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.cli import provenance, refuse_existing  # noqa: E402
+from cli.common import provenance, refuse_existing  # noqa: E402
 
 GYM_ID, POOL_ID = "BreakoutNoFrameskip-v4", "Breakout-v5"
 #: EnvPool options equal to SB3's AtariWrapper defaults (its own defaults differ: no episodic life, no clip).

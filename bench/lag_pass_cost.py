@@ -30,7 +30,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=4096)
     p.add_argument("--out", type=Path, default=None, help="JSON file to write (refuses an existing one)")
     args = p.parse_args()
-    from agents.cli import provenance, refuse_existing
+    from cli.common import provenance, refuse_existing
 
     refuse_existing(p, args.out)
     import agents.lagged as lagged

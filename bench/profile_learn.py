@@ -44,7 +44,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import stable_baselines3
 
-    from agents.cli import code_version, machine_info
+    from cli.common import code_version, machine_info
 
     print(f"command: python bench/profile_learn.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"versions: python {platform.python_version()}, torch {torch.__version__}, stable_baselines3 "

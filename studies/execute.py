@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-from agents.cli import CHECKPOINT, INTERRUPTED, MODEL
+from cli.common import CHECKPOINT, INTERRUPTED, MODEL
 from studies.grid import RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]

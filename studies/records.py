@@ -100,7 +100,7 @@ def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str
     """The record of the finished run in ``run_dir`` (see the module docstring)."""
     import yaml
 
-    from agents.cli import library_versions, machine_info
+    from cli.common import library_versions, machine_info
 
     args = yaml.safe_load((run_dir / "args.yml").read_text())
     config = yaml.safe_load((run_dir / "config.yml").read_text())

@@ -635,7 +635,7 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
 
 
 def main(argv: List[str]) -> int:
-    from agents.cli import OneLineParser
+    from cli.common import OneLineParser
 
     p = OneLineParser(prog="sweep.py report", description="Write a study's report from its records.")
     p.add_argument("studies", nargs="+", metavar="results/STUDY", help="study folders with runs/*.json records")

@@ -1,4 +1,4 @@
-"""agents.cli: the code version recorded with every run and result."""
+"""cli.common: the code version recorded with every run and result."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agents import cli
+from cli import common as cli
 
 
 def test_code_version_ignores_results_but_not_code(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,7 +41,7 @@ def test_halfcheetah_smoke_run_writes_run_folder(tmp_path) -> None:
 
 
 def test_vecnormalize_gamma_is_the_algorithms() -> None:
-    from agents.hyperparams import normalize_kwargs
+    from cli.hyperparams import normalize_kwargs
 
     assert normalize_kwargs({"normalize": False, "gamma": 0.9}) is False
     assert normalize_kwargs({"normalize": True}) == {"gamma": 0.99}  # SB3 PPO's default
