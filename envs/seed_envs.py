@@ -152,7 +152,8 @@ class _Stacked:
             return
         self.mean = np.stack([np.asarray(r.mean) for r in self.stats])
         self.var = np.stack([np.asarray(r.var) for r in self.stats])
-        self.count = np.array([r.count for r in self.stats], dtype=np.float64).reshape(-1, *([1] * (self.mean.ndim - 1)))
+        counts = np.array([r.count for r in self.stats], dtype=np.float64)
+        self.count = counts.reshape(-1, *([1] * (self.mean.ndim - 1)))
 
     def update(self, batch: np.ndarray) -> None:
         """``RunningMeanStd.update(batch[s])`` for every seed s, as SB3 computes it (``update_from_moments``), the
