@@ -88,32 +88,48 @@ def recorded_argv(results_dir: Path, run: RunSpec) -> Optional[List[str]]:
     return read_record(path)["meta"]["train_argv"] if path.is_file() else None
 
 
-def estimate(runs: List[RunSpec], states: Dict[str, str], results_dir: Path, jobs: int) -> str:
-    """Time for the runs still to do, from the median speed (the last ``time/fps``) of the study's records per env,
-    or, for an env the study has not recorded yet, of the other studies' records under the same results root."""
+def estimate(units: List[List[RunSpec]], results_dir: Path, jobs: int) -> str:
+    """Time for the units of work still to do (a run, or a seed batch), from the median speed (the last
+    ``time/fps``) of recorded runs per env and path: the study's own records, or, for an env it has not recorded
+    yet, the other studies' records under the same results root. A seed batch takes as long as one of its seeds at
+    the per-seed speed of recorded seed batches; with none recorded yet, as its runs one after another."""
     from studies.records import read_records
 
-    def speeds(folders: List[Path]) -> Dict[str, List[float]]:
-        out: Dict[str, List[float]] = {}  # seconds per step
+    def speeds(folders: List[Path]) -> Dict[tuple, List[float]]:
+        out: Dict[tuple, List[float]] = {}  # (env, path) -> seconds per step of one run (one seed of a batch)
         for folder in folders:
             for rec in read_records(folder):
                 fps = [v for v in rec["updates"].get("time/fps", []) if v]
                 if fps:
-                    out.setdefault(rec["meta"]["env"], []).append(1 / fps[-1])
+                    out.setdefault((rec["meta"]["env"], rec["meta"]["path"]), []).append(1 / fps[-1])
         return out
 
     own = speeds([results_dir])
     siblings = results_dir.parent.iterdir() if results_dir.parent.is_dir() else []
     others = speeds([p for p in siblings if p != results_dir and (p / "runs").is_dir()])
-    todo = [r for r in runs if states[r.name] != "recorded"]
-    borrowed = sorted({r.env for r in todo if r.env not in own and r.env in others})
-    speed = {**others, **own}
-    unknown = sorted({r.env for r in todo if r.env not in speed})
-    seconds = sum(sorted(speed[r.env])[len(speed[r.env]) // 2] * r.n_timesteps for r in todo if r.env in speed)
-    text = f"{len(todo)} runs to do: about {seconds / 3600 / jobs:.1f} h with {jobs} job(s)"
+    speed = {k: sorted(v)[len(v) // 2] for k, v in {**others, **own}.items()}
+    seconds, borrowed, unknown, sequential = 0.0, set(), set(), False
+    for unit in units:
+        env, budget = unit[0].env, max(r.n_timesteps for r in unit)
+        batch = len(unit) > 1
+        if batch and (env, "seed-batch") in speed:
+            key, runs_in_turn = (env, "seed-batch"), 1
+        else:
+            key, runs_in_turn = (env, "single-run"), len(unit)
+            sequential = sequential or batch
+        if key not in speed:
+            unknown.add(env)
+            continue
+        if not any(k == key for k in own):
+            borrowed.add(env)
+        seconds += speed[key] * budget * runs_in_turn
+    n_runs = sum(len(u) for u in units)
+    text = f"{n_runs} runs to do: about {seconds / 3600 / jobs:.1f} h with {jobs} job(s)"
     if borrowed:
-        text += f" ({', '.join(borrowed)}: speed of other studies' runs)"
-    return text + (f" plus {', '.join(unknown)} (no recorded speed yet)" if unknown else "")
+        text += f" ({', '.join(sorted(borrowed))}: speed of other studies' runs)"
+    if sequential:
+        text += " (seed batches counted as their runs one after another: no seed batch recorded yet)"
+    return text + (f" plus {', '.join(sorted(unknown))} (no recorded speed yet)" if unknown else "")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -159,8 +175,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.dry_run:
             for run in runs:
                 print(f"{study}  {run.name:<60} {states[run.name]}")
+            todo = [r for r in runs if states[r.name] != "recorded"]
+            units = plan(todo, runs_dir, batch=not args.no_batch)
             print(f"{study}: {sum(s == 'recorded' for s in states.values())} of {len(runs)} recorded; "
-                  + estimate(runs, states, results_dir, args.jobs))
+                  + estimate(units, results_dir, args.jobs))
             continue
         for name in refused:
             print(f"{name}: REFUSED, results/{study}/runs/{name}.json was recorded with another command: "
