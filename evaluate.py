@@ -81,23 +81,16 @@ def locate(path_arg: str) -> Tuple[Path, Path]:
 
 def read_run(run_dir: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(config.yml, args.yml) of a run folder, checked for what evaluation needs."""
-    import yaml
+    from cli import run_files
 
-    out = []
-    for name in ("config.yml", "args.yml"):
-        try:
-            with open(run_dir / name) as f:
-                data = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError) as exc:
-            raise EvalError(f"{run_dir / name}: unreadable ({str(exc).splitlines()[0]}): re-create the run") from exc
-        if not isinstance(data, dict):
-            raise EvalError(f"{run_dir / name}: not a YAML mapping: re-create the run with train.py")
-        out.append(data)
-    config, run_args = out
+    try:
+        files = run_files.read(run_dir)
+    except run_files.RunFilesError as exc:
+        raise EvalError(f"{exc}: re-create the run with train.py") from exc
     for key in ("algo", "env"):
-        if not isinstance(run_args.get(key), str):
-            raise EvalError(f"{run_dir / 'args.yml'}: no {key!r} entry: re-create the run with train.py")
-    return config, run_args
+        if not isinstance(files.args.get(key), str):
+            raise EvalError(f"{run_dir / run_files.ARGS}: no {key!r} entry: re-create the run with train.py")
+    return files.config, files.args
 
 
 def check_zip(model_path: Path) -> None:

@@ -277,16 +277,10 @@ def callbacks(args: argparse.Namespace, config: Dict[str, Any], run_dir: Path) -
 
 
 def write_run_files(run_dir: Path, args: argparse.Namespace, config: Dict[str, Any]) -> None:
-    import yaml
-
-    run_dir.mkdir(parents=True)
-    with open(run_dir / "config.yml", "w") as f:
-        yaml.safe_dump(config, f, sort_keys=True)
+    from cli import run_files
     from cli.common import code_version
 
-    with open(run_dir / "args.yml", "w") as f:
-        yaml.safe_dump({**vars(args), "code": code_version()}, f, sort_keys=True)
-    (run_dir / "command.txt").write_text(shlex.join(["python", *sys.argv]) + "\n")
+    run_files.write(run_dir, args, config, code_version())
 
 
 class Run(NamedTuple):
@@ -408,28 +402,23 @@ RESUME_KEYS = ("algo", "env", "seed", "device", "verbose", "tensorboard_log", "p
 
 def read_run_files(run_dir: Path) -> tuple:
     """``args.yml`` (as a Namespace) and ``config.yml`` of a run folder; UsageError when either is damaged."""
-    import yaml
+    from cli import run_files
 
     try:
-        saved = yaml.safe_load((run_dir / "args.yml").read_text())
-        config = yaml.safe_load((run_dir / "config.yml").read_text())
-        if not isinstance(saved, dict) or not isinstance(config, dict):
-            raise ValueError("not a YAML mapping")
-        missing = [k for k in RESUME_KEYS if k not in saved] + [k for k in ("n_timesteps",) if k not in config]
-        if missing:
-            raise ValueError(f"missing {', '.join(missing)}")
-        int(config["n_timesteps"])
-    except (yaml.YAMLError, ValueError, TypeError) as exc:
+        files = run_files.read(run_dir, args_keys=RESUME_KEYS, config_keys=("n_timesteps",))
+        int(files.config["n_timesteps"])
+    except (run_files.RunFilesError, ValueError, TypeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError(f"--resume {run_dir}: args.yml or config.yml is damaged ({reason}); "
                          "restore them from a copy or start a new run") from exc
-    return argparse.Namespace(**saved), config
+    return files.namespace, files.config
 
 
 def resume(folder: str) -> Optional[Run]:
     """Set up the run in ``folder`` to continue from its checkpoint (None: it is already complete)."""
     from agents import ALGOS
     from agents.checkpoint import read_checkpoint, restore_env, restore_model, restore_pending_logs
+    from cli import run_files
     from cli.common import CHECKPOINT
     from cli.event_files import truncate_logs
     from stable_baselines3.common.vec_env import VecNormalize
@@ -457,8 +446,7 @@ def resume(folder: str) -> Optional[Run]:
     truncate_logs(run_dir, state["num_timesteps"])
     model.set_logger(make_logger(run_dir, saved, csv_suffix=f"_from{state['num_timesteps']}"))
     restore_pending_logs(model, state)
-    with open(run_dir / "command.txt", "a") as f:
-        f.write(shlex.join(["python", *sys.argv]) + f"  # resumed at step {state['num_timesteps']}\n")
+    run_files.append_command(run_dir, f"resumed at step {state['num_timesteps']}")
     return Run(model, env, run_dir, saved, config)
 
 

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
+from cli import run_files
 from cli.common import CHECKPOINT, INTERRUPTED, MODEL
 from studies.grid import RunSpec
 
@@ -109,10 +110,7 @@ def plan(runs: List[RunSpec], runs_dir: Path, batch: bool) -> List[List[RunSpec]
 
 def _batch_mates(folder: Path) -> Optional[tuple]:
     """The seeds a run was started with as a seed batch (``--seeds`` in its args.yml), or None."""
-    import yaml
-
-    saved = yaml.safe_load((folder / "args.yml").read_text()) if (folder / "args.yml").is_file() else {}
-    seeds = (saved or {}).get("seeds") or []
+    seeds = run_files.read_if_present(folder).args.get("seeds") or []
     return tuple(seeds) if len(seeds) > 1 else None
 
 
@@ -237,8 +235,8 @@ def _settings_differ(folder: Path, argv: List[str]) -> Optional[str]:
         expected = yaml.safe_load(yaml.safe_dump(train.build_config(train.parse_args(argv))))
     except (train.UsageError, ValueError) as exc:
         return f"this grid's config cannot be rebuilt here ({exc})"
-    config = yaml.safe_load((folder / "config.yml").read_text()) if (folder / "config.yml").is_file() else {}
-    saved = yaml.safe_load((folder / "args.yml").read_text()) if (folder / "args.yml").is_file() else {}
+    files = run_files.read_if_present(folder)
+    config, saved = files.config, files.args
     config = {**IMPLIED_BY_ABSENCE, **config}  # a folder written before these keys existed had their defaults
     keys = sorted(k for k in set(expected) | set(config) if expected.get(k) != config.get(k))
     if keys:

@@ -98,12 +98,11 @@ def eval_rows(run_dir: Path) -> Dict[str, list]:
 
 def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str], **meta: Any) -> Dict[str, Any]:
     """The record of the finished run in ``run_dir`` (see the module docstring)."""
-    import yaml
-
+    from cli import run_files
     from cli.common import library_versions, machine_info
 
-    args = yaml.safe_load((run_dir / "args.yml").read_text())
-    config = yaml.safe_load((run_dir / "config.yml").read_text())
+    files = run_files.read(run_dir)
+    args, config = files.args, files.config
     updates = update_rows(run_dir)
     # the training path: one run per process, or seeds trained together (train.py --seeds); a resumed part of a
     # run may have taken the other path, which its command lines show
