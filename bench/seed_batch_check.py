@@ -57,6 +57,11 @@ def report(reps: int = 2000) -> int:
             finals[name].setdefault(meta["env"], []).append(final_eval(rec))
             share = len(meta.get("batch_seeds") or [0])  # a batch's wall time is shared by its seeds
             wall[name][meta["env"]] = wall[name].get(meta["env"], 0.0) + meta["wall_time_s"] / share
+    from studies.grid import load_grid
+
+    expected: dict = {}
+    for run in load_grid(GRID)[1]:
+        expected[run.env] = expected.get(run.env, 0) + 1
     envs = sorted(set(finals["single"]) | set(finals["batch"]))
     if not envs:
         print(f"seed_batch_check.py: no records under {OUT}: run `python bench/seed_batch_check.py run` first",
@@ -77,13 +82,17 @@ def report(reps: int = 2000) -> int:
     verdicts = []
     for env in envs:
         single, batch = finals["single"].get(env, []), finals["batch"].get(env, [])
-        poi, p_value = "", ""
+        poi, p_value, verdict = "", "", "too few seeds to compare"
         if len(single) > 1 and len(batch) > 1:
             point, lo, hi = improvement_ci(batch, single, reps=reps)
             poi = fmt_ci(point, lo, hi, digits=2)
             p_value = fmt(float(mannwhitneyu(batch, single, alternative="two-sided").pvalue), 2)
-            verdicts.append(f"{env}: " + ("no significant difference (the CI of P(batch > single) contains 0.5)"
-                                          if lo <= 0.5 <= hi else "the paths differ (the CI excludes 0.5)"))
+            verdict = ("no significant difference (the CI of P(batch > single) contains 0.5)" if lo <= 0.5 <= hi
+                       else "the paths differ (the CI excludes 0.5)")
+        if min(len(single), len(batch)) < expected.get(env, 0):
+            verdict = (f"INCOMPLETE ({len(batch)} batched and {len(single)} single of {expected[env]} seeds "
+                       f"each recorded), so far: {verdict}")
+        verdicts.append(f"{env}: {verdict}")
         for name, values in (("single", single), ("batch", batch)):
             if not values:
                 continue
