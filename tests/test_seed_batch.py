@@ -169,7 +169,7 @@ def test_a_batch_needs_one_configuration():
 
 
 # ------------------------------------------------------------------------------------------------- train.py --seeds
-BATCH_ARGS = ["--algo", "decoupled", "--env", "CartPole-v1", "-n", "6144", "--seeds", "3", "5", "--policy-lag", "2",
+BATCH_ARGS = ["--algo", "decoupled", "--env", "CartPole-v1", "-n", "3072", "--seeds", "3", "5", "--policy-lag", "2",
               "--lag-mode", "uniform", "--behavior-temperature", "1.5", "--save-freq", "0", "--verbose", "0",
               "-params", "n_steps:32", "n_epochs:4", "normalize:true", "policy_kwargs:{net_arch: [16]}"]
 
@@ -183,7 +183,7 @@ def test_cli_seeds_stop_on_ctrl_c_and_resume_exactly(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     progress = stopped / "decoupled_CartPole-v1_lag2-uniform_t1.5_s5" / "progress.csv"
     deadline = time.time() + 240
-    while (not progress.exists() or progress.stat().st_size < 2000) and victim.poll() is None and time.time() < deadline:
+    while (not progress.exists() or progress.stat().st_size < 1200) and victim.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     victim.send_signal(signal.SIGINT)
     _, stderr = victim.communicate(timeout=240)
@@ -192,7 +192,7 @@ def test_cli_seeds_stop_on_ctrl_c_and_resume_exactly(tmp_path):
     assert [f.name[-2:] for f in folders] == ["s3", "s5"]
     assert f"--resume {folders[0]} {folders[1]}" in stderr.strip().splitlines()[-1]
     steps = {read_checkpoint(f / "checkpoint.pkl")["num_timesteps"] for f in folders}
-    assert len(steps) == 1 and 0 < steps.pop() < 6144
+    assert len(steps) == 1 and 0 < steps.pop() < 3072
 
     resumed = run_script("train.py", ["--resume", *map(str, folders)])
     assert resumed.returncode == 0, resumed.stderr
@@ -201,7 +201,7 @@ def test_cli_seeds_stop_on_ctrl_c_and_resume_exactly(tmp_path):
     for folder in folders:
         again = PPO.load(folder / "model.zip", device="cpu")
         whole = PPO.load(tmp_path / "full" / folder.name / "model.zip", device="cpu")
-        assert again.num_timesteps == whole.num_timesteps == 6144
+        assert again.num_timesteps == whole.num_timesteps == 3072
         assert all(th.equal(a, b) for a, b in zip(again.policy.parameters(), whole.policy.parameters()))
         assert yaml.safe_load((folder / "args.yml").read_text())["seeds"] == [3, 5]
 
