@@ -204,6 +204,8 @@ def test_cli_seeds_stop_on_ctrl_c_and_resume_exactly(tmp_path):
         assert again.num_timesteps == whole.num_timesteps == 3072
         assert all(th.equal(a, b) for a, b in zip(again.policy.parameters(), whole.policy.parameters()))
         assert yaml.safe_load((folder / "args.yml").read_text())["seeds"] == [3, 5]
+    evaluated = run_script("evaluate.py", [str(folders[1]), "--episodes", "2"])
+    assert evaluated.returncode == 0 and "returns:" in evaluated.stdout, evaluated.stderr
 
 
 @pytest.mark.parametrize("extra,needle", [
