@@ -33,7 +33,8 @@ def params(model):
 
 
 @pytest.mark.parametrize("env_id", ENVS)
-@pytest.mark.parametrize("algo", ["ppo", "dualclip", "decoupled"])
+@pytest.mark.parametrize("algo", [pytest.param("ppo", marks=pytest.mark.slow),  # the batched parts are the arms'
+                                  pytest.param("dualclip", marks=pytest.mark.slow), "decoupled"])  # (decoupled: most)
 def test_a_seed_does_not_depend_on_its_batch(algo, env_id):
     """Seed 3 trained alone and inside a batch of five ends with the same parameters, bit for bit (lag drawn per
     rollout, tempered actors: every per-seed stream is exercised)."""
