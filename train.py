@@ -493,9 +493,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             resumed = [run for run in (resume(folder) for folder in args.resume) if run is not None]
             if len(resumed) > 1:
-                from agents.seed_batch import check_batchable
+                from agents.seed_batch import check_batch
 
-                check_batchable(resumed[0].model)
+                check_batch([run.model for run in resumed])
         except (UsageError, ValueError) as exc:
             print(f"train.py: error: {exc}", file=sys.stderr)
             return 2

@@ -98,6 +98,24 @@ def check_batchable(model: LaggedPPO) -> None:
         raise ValueError(f"seeds cannot be batched with {problem}: train these seeds one per process instead")
 
 
+def check_batch(models: Sequence[LaggedPPO]) -> None:
+    """Raise ValueError (one line) unless ``models`` can train as one seed batch: each batchable, one class, one
+    configuration and the same number of steps done."""
+    if not models:
+        raise ValueError("a seed batch needs at least one model")
+    first = models[0]
+    for model in models:
+        check_batchable(model)
+        if type(model) is not type(first):
+            raise ValueError(f"models of one batch must share their class ({type(first).__name__} and "
+                             f"{type(model).__name__} given): batch each algorithm separately")
+        different = [k for k in _SHARED if getattr(model, k, None) != getattr(first, k, None)]
+        if different or model.num_timesteps != first.num_timesteps:
+            what = ", ".join(different) or "num_timesteps"
+            raise ValueError(f"models of one batch must share their configuration ({what} differ): batch only "
+                             "the seeds of one grid cell")
+
+
 def _layers(net: nn.Sequential, prefix: str) -> List[Tuple[str, Any]]:
     """An MLP as a list of steps: ``("linear", parameter prefix)`` or ``("act", function)``."""
     return [("linear", f"{prefix}.{i}") if type(layer) is nn.Linear else ("act", _ACTIVATIONS[type(layer)])
@@ -239,19 +257,8 @@ class SeedBatch:
     """
 
     def __init__(self, models: Sequence[LaggedPPO]) -> None:
-        if not models:
-            raise ValueError("SeedBatch needs at least one model")
+        check_batch(models)
         first = models[0]
-        for model in models:
-            check_batchable(model)
-            if type(model) is not type(first):
-                raise ValueError(f"models of one batch must share their class ({type(first).__name__} and "
-                                 f"{type(model).__name__} given): batch each algorithm separately")
-            different = [k for k in _SHARED if getattr(model, k, None) != getattr(first, k, None)]
-            if different or model.num_timesteps != first.num_timesteps:
-                what = ", ".join(different) or "num_timesteps"
-                raise ValueError(f"models of one batch must share their configuration ({what} differ): batch only "
-                                 "the seeds of one grid cell")
         self.models = list(models)
         self.device = first.device
         policy = first.policy

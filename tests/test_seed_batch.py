@@ -284,3 +284,17 @@ def test_seeds_are_evaluated_together_as_each_alone(env_id, tmp_path, monkeypatc
         assert list(mine["timesteps"]) == list(theirs["timesteps"]) == [0, 128, 256, 384]
         assert np.allclose(mine["results"], theirs["results"], rtol=1e-5)
         assert np.array_equal(mine["ep_lengths"], theirs["ep_lengths"])
+
+
+def test_cli_resume_refuses_folders_of_different_configurations(tmp_path):
+    """``--resume A B`` resumes a seed batch only when the runs share their configuration; else one line, exit 2."""
+    for name, lag in (("a", "0"), ("b", "1")):
+        res = run_script("train.py", ["--algo", "ppo", "--env", "CartPole-v1", "-n", "64", "--seed", "1",
+                                      "--policy-lag", lag, "-f", str(tmp_path), "--run-name", name, "--verbose", "0",
+                                      "-params", "n_envs:1", "n_steps:64"])
+        assert res.returncode == 0, res.stderr
+        config = tmp_path / name / "config.yml"
+        config.write_text(config.read_text().replace("n_timesteps: 64", "n_timesteps: 128"))  # not complete yet
+    res = run_script("train.py", ["--resume", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "policy_lag" in res.stderr and "share their configuration" in res.stderr
