@@ -93,6 +93,7 @@ class SeedEnvs:
             self.returns = self.returns * self.gamma + rewards
             self.ret_stats.update(self.returns)
         if self.norm_reward:
+            self.ret_stats.sync()
             ret_var = self.ret_stats.var.reshape(len(norms), 1)
             rewards = np.clip(rewards / np.sqrt(ret_var + self.epsilon), -self.clip_reward, self.clip_reward)
         rewards = rewards.astype(np.float32)
