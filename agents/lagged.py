@@ -563,6 +563,11 @@ class LaggedPPO(PPO):
             if not continue_training:
                 break
 
+        self._record_update(metrics, approx_kl_divs, loss, clip_range, clip_range_vf)  # OURS: SB3's logging lines
+
+    def _record_update(self, metrics: Dict[str, List[th.Tensor]], approx_kl_divs: List[th.Tensor], loss: th.Tensor,
+                       clip_range: float, clip_range_vf: Optional[float]) -> None:
+        """The end of SB3's ``PPO.train``: the update's ``train/*`` values (the seed batch calls it per seed)."""
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
 
         # OURS: one host sync for all metrics, each over all minibatches and epochs: the maximum for the arm's

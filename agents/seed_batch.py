@@ -48,7 +48,6 @@ from gymnasium import spaces
 from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
-from stable_baselines3.common.utils import explained_variance
 from torch import nn
 from torch.func import vmap
 
@@ -56,7 +55,7 @@ from agents.buffer import LaggedRolloutBuffer, LaggedRolloutBufferSamples, flat_
 from agents.checkpoint import StopRequested
 from agents.fast_optim import adam_step
 from agents.fast_policy import _ENTROPY_CONST, _LOG_SQRT_2PI
-from agents.lagged import LaggedPPO, _max, _mean
+from agents.lagged import LaggedPPO
 from envs.seed_envs import SeedEnvs
 
 Params = Dict[str, th.Tensor]  #: parameter name -> tensor with a leading seed axis
@@ -344,11 +343,10 @@ class SeedBatch:
         """Give every model its seed's parameters, optimizer state, lag snapshots and random-stream states, so it
         saves, checkpoints and evaluates as a single run's model does."""
         state = self.optimizer.state
+        self._copy_parameters()
         with th.no_grad():
             for s, model in enumerate(self.models):
                 own = dict(model.policy.named_parameters())
-                for name, stacked in self.params.items():
-                    own[name].copy_(stacked[s])
                 opt = model.policy.optimizer
                 for group in opt.param_groups:
                     group["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -358,6 +356,14 @@ class SeedBatch:
                                                 for k, v in state[stacked].items()}
                 model.load_lag_snapshots([{n: t[s] for n, t in snap.items()} for snap in self.snapshots])
                 model._seed_batch_rng = (self._torch_rngs[s].get_state(), self._numpy_rngs[s].bit_generator.state)
+
+    @th.no_grad()
+    def _copy_parameters(self) -> None:
+        """Each model's parameters := its seed's slice of the stacked parameters."""
+        for s, model in enumerate(self.models):
+            own = dict(model.policy.named_parameters())
+            for name, stacked in self.params.items():
+                own[name].copy_(stacked[s])
 
     def _import_optimizer_state(self) -> None:
         """Stack the models' optimizer states (a resumed batch); fresh models have none."""
@@ -572,21 +578,10 @@ class SeedBatch:
             for model in models:
                 model._n_updates += 1
 
+        self._copy_parameters()  # the models' own parameters, for their logged std (and any reader until export)
         for s, model in enumerate(models):
-            buf = model.rollout_buffer
-            for key, values_list in metrics.items():
-                reduce = _max if key in model.MAX_METRICS else _mean
-                model.logger.record(f"train/{key}", reduce([v[s] for v in values_list]))
-            model.logger.record("train/approx_kl", _mean([v[s] for v in approx_kl_divs]))
-            model.logger.record("train/loss", loss[s].item())
-            explained_var = explained_variance(buf.values.flatten(), buf.returns.flatten())
-            model.logger.record("train/explained_variance", explained_var)
-            if self.gaussian:
-                model.logger.record("train/std", th.exp(self.params["log_std"][s]).mean().item())
-            model.logger.record("train/n_updates", model._n_updates, exclude="tensorboard")
-            model.logger.record("train/clip_range", clip_range)
-            if clip_range_vf is not None:
-                model.logger.record("train/clip_range_vf", clip_range_vf)
+            seed_metrics = {key: [per_minibatch[s] for per_minibatch in column] for key, column in metrics.items()}
+            model._record_update(seed_metrics, [kl[s] for kl in approx_kl_divs], loss[s], clip_range, clip_range_vf)
 
     def _stacked_columns(self) -> List[th.Tensor]:
         """Each seed's rollout, flattened env-major as SB3's minibatches see it, stacked: observations, actions,

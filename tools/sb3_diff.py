@@ -3,7 +3,7 @@
     python tools/sb3_diff.py            # unified diffs, then a count of unmarked differing lines per method
 
 ``LaggedPPO.collect_rollouts`` is SB3's ``OnPolicyAlgorithm.collect_rollouts`` and ``LaggedPPO.train`` (with the
-minibatch body it calls, ``LaggedPPO._minibatch_loss``) is SB3's ``PPO.train``, each with its differing lines marked
+minibatch body and the logging it calls, ``_minibatch_loss`` and ``_record_update``) is SB3's ``PPO.train``, each with its differing lines marked
 ``# LAG`` or ``# OURS`` (on the line; on a comment line that opens a changed block, which runs to the next line
 that is SB3's verbatim; or on a line that opens an ``if`` or ``for`` block, for its body). Run this after upgrading
 stable-baselines3 to see what moved upstream. tests/test_sb3_diff.py runs it: a differing line that is
@@ -45,7 +45,7 @@ def pairs() -> List[Tuple[str, List[str], List[str]]]:
 
     from agents.lagged import LaggedPPO
 
-    ours_train = _body(LaggedPPO.train) + _body(LaggedPPO._minibatch_loss)
+    ours_train = _body(LaggedPPO.train) + _body(LaggedPPO._minibatch_loss) + _body(LaggedPPO._record_update)
     return [
         ("collect_rollouts", _body(OnPolicyAlgorithm.collect_rollouts), _body(LaggedPPO.collect_rollouts)),
         ("train", _body(PPO.train), ours_train),
