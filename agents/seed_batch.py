@@ -530,13 +530,8 @@ class SeedBatch:
         # pi_prox and the lag diagnostics, per seed, from one batched pass of the learner
         learner_log_prob = self._learner_pass(values=False)[0]
         for s, model in enumerate(models):
-            fresh = model._fresh_envs()
-            buf = model.rollout_buffer
-            if fresh.all():
-                buf.prox_log_probs[:] = buf.log_probs
-                seed_log_prob = th.as_tensor(buf.log_probs.reshape(-1).copy(), device=self.device)
-            else:
-                seed_log_prob = model._write_prox_log_probs(learner_log_prob[s], fresh)
+            # (where a seed's whole rollout was fresh this stores log mu verbatim, as the single run's shortcut does)
+            seed_log_prob = model._write_prox_log_probs(learner_log_prob[s], model._fresh_envs())
             model._log_lag_diagnostics(seed_log_prob)
             model._update_learning_rate(model.policy.optimizer)
         for group in self.optimizer.param_groups:
