@@ -121,12 +121,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--behavior-temperature {tau}: the temperature must be a number > 0, e.g. 1.5 (1 = no tempering)")
     if args.is_weight_max is not None and not args.is_weight_max > 0:
         p.error(f"--is-weight-max {args.is_weight_max}: the cap must be > 0, e.g. 100 (truncate) or 5 (AReaL's filter)")
-    for flag, value in (("--is-weight-mode", args.is_weight_mode), ("--is-weight-max", args.is_weight_max)):
-        if value is not None and args.algo not in (None, "decoupled"):
-            p.error(f"{flag} {value}: only the decoupled arm has importance weights; use --algo decoupled")
-    if args.algo == "ppo" and args.loss_agg_mode not in (None, "token-mean"):
-        p.error(f"--loss-agg-mode {args.loss_agg_mode}: ppo keeps SB3's token-mean loss; for a vanilla clip with "
-                "another mode use --algo dualclip -params dual_clip:null")
     if args.device != "auto":
         import torch
 
@@ -141,7 +135,7 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
     """The run's hyperparameters (YAML-typed): file entry, then -params, then the dedicated flags."""
     from agents import ALGOS
     from agents.behavior import check_temperature_args
-    from cli.hyperparams import check_env_values, check_keys, load_hyperparams, parse_override
+    from cli.hyperparams import check_env_values, check_keys, constructor_defaults, load_hyperparams, parse_override
     from envs import check_env_id, is_atari
 
     check_env_id(args.env)
@@ -157,25 +151,26 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
             raise UsageError(f"{key} in {conf_path.name} or -params: set it with {flag} (the run name records it)")
     config["policy_lag"] = args.policy_lag
     config["lag_mode"] = args.lag_mode
-    # --dual-clip: the bound of dualclip (default 3), opt-in for decoupled, the diagnostic's c for ppo. A flag
-    # that is given wins over the file and -params; one that is not leaves their value, else the default.
-    c = args.dual_clip
-    if args.algo == "ppo":
-        if c is not None:
-            config["would_bound_c"] = c
-        config.setdefault("would_bound_c", 3.0)
-    else:
-        if c is not None:
-            config["dual_clip"] = c
-        config.setdefault("dual_clip", 3.0 if args.algo == "dualclip" else None)
-        if args.loss_agg_mode is not None:
-            config["loss_agg_mode"] = args.loss_agg_mode
-        config.setdefault("loss_agg_mode", "token-mean")
-    for key in ("is_weight_mode", "is_weight_max", "behavior_temperature", "temperature_mode"):
-        if getattr(args, key, None) is not None:  # a flag given wins over the file and -params
-            config[key] = getattr(args, key)
-    config.setdefault("behavior_temperature", 1.0)
-    config.setdefault("temperature_mode", "fixed")
+    # The arm's flags map to the keyword arguments its class accepts; a flag that is given wins over the file and
+    # -params, one that is not leaves their value, else the class's default (recorded in config.yml).
+    # --dual-clip is the bound c of an arm that takes dual_clip (dualclip: default 3; decoupled: off unless given)
+    # and, for an arm without one (ppo), the c of its train/dual_clip_would_bound diagnostic.
+    accepted = constructor_defaults(ALGOS[args.algo])
+    flags = {"dual_clip" if "dual_clip" in accepted else "would_bound_c": args.dual_clip,
+             "loss_agg_mode": args.loss_agg_mode, "is_weight_mode": args.is_weight_mode,
+             "is_weight_max": args.is_weight_max, "behavior_temperature": args.behavior_temperature,
+             "temperature_mode": args.temperature_mode}
+    for key, value in flags.items():
+        if key not in accepted:
+            if value is not None:
+                arms = [algo for algo, cls in ALGOS.items() if key in constructor_defaults(cls)]
+                raise UsageError(f"--{key.replace('_', '-')} {value}: --algo {args.algo} has no {key}; "
+                                 f"use an arm that has: {', '.join(arms)}")
+            continue
+        if value is not None:
+            config[key] = value
+        if key not in ("is_weight_mode", "is_weight_max"):  # recorded only when set: the records of earlier
+            config.setdefault(key, accepted[key])           # runs read their absence as the default
     check_temperature_args(config["behavior_temperature"], config["temperature_mode"])  # names the bad value
     if args.n_timesteps is not None:
         config["n_timesteps"] = args.n_timesteps

@@ -1,11 +1,12 @@
 """PPO variants for off-policy-lagged rollouts, on stable-baselines3.
 
-``ALGOS`` maps the ``--algo`` ids of ``train.py`` to classes. All share the lag machinery of
-:class:`~agents.lagged.LaggedPPO`; only the policy loss differs:
+``ALGOS`` maps the ``--algo`` ids of ``train.py`` to classes, the registry of arms. All share the trainer
+:class:`~agents.lagged.LaggedPPO`; only the objective (:mod:`agents.objectives`) differs:
 
-- ``ppo``: stock SB3 PPO loss (``LaggedPPO``);
-- ``dualclip``: dual-clip PPO (``DualClipPPO``);
-- ``decoupled``: decoupled PPO, clip against a proximal policy, importance weight against mu (``DecoupledPPO``).
+- ``ppo``: stock SB3 PPO loss (``LaggedPPO``, objective ``ClippedSurrogate``);
+- ``dualclip``: dual-clip PPO (``DualClipPPO``, objective ``DualClip``);
+- ``decoupled``: decoupled PPO, clip against a proximal policy, importance weight against mu (``DecoupledPPO``,
+  objective ``Decoupled``).
 
 The classes load torch and SB3 on first use (``import agents.options`` alone stays light, so
 ``train.py --help`` answers at once).

@@ -76,7 +76,9 @@ def save_checkpoint(model: Any, path: Path) -> None:
     state: Dict[str, Any] = {
         "num_timesteps": model.num_timesteps,
         "model_zip": zipped.getvalue(),
-        "snapshots": model.lag_snapshots() if hasattr(model, "lag_snapshots") else [],
+        # the behaviour policies' training state: their lag snapshots and the generator of uniform lag draws
+        "snapshots": model.behavior.snapshot_tensors(),
+        "lag_rng": model.behavior.rng.bit_generator.state,
         # a seed of a seed batch draws from its own generators (agents/seed_batch.py), not the global ones
         "seed_batch_rng": getattr(model, "_seed_batch_rng", None),
         "rng": {"torch": th.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
@@ -122,7 +124,9 @@ def restore_model(cls: type, state: Dict[str, Any], env: VecEnv, device: str) ->
     elif isinstance(inner, DummyVecEnv):
         inner._reset_seeds()  # load() queued seeds for a reset that a faithful resume never does
     if state["snapshots"]:
-        model.load_lag_snapshots(state["snapshots"])
+        model.behavior.load_snapshots(model.policy, state["snapshots"])
+    if "lag_rng" in state:  # (a checkpoint written before the behaviour policies were one part: model.zip had it)
+        model.behavior.rng.bit_generator.state = state["lag_rng"]
     if state.get("seed_batch_rng") is not None:
         model._seed_batch_rng = state["seed_batch_rng"]
     th.set_rng_state(state["rng"]["torch"])

@@ -96,8 +96,7 @@ def agg_loss(loss_mat: torch.Tensor, mask: Optional[torch.Tensor] = None, loss_a
         ``seq-mean-token-sum-norm``: the sum over all valid steps divided by ``T`` (a constant, as in Dr. GRPO).
         A sequence with no valid step is left out of the "mean over sequences" (never NaN).
     """
-    if loss_agg_mode not in LOSS_AGG_MODES:
-        raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}: choose one of {', '.join(LOSS_AGG_MODES)}")
+    check_loss_agg_mode(loss_agg_mode)
     if mask is not None and mask.shape != loss_mat.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} != loss shape {tuple(loss_mat.shape)}")
     if loss_agg_mode == "token-mean":
@@ -124,7 +123,12 @@ def _clip_bounds(clip_range: float, clip_range_low: Optional[float], clip_range_
     return low, high
 
 
-def _check_dual_clip(dual_clip: Optional[float]) -> None:
+def check_loss_agg_mode(loss_agg_mode: str) -> None:
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"loss_agg_mode={loss_agg_mode!r} is unknown: choose one of {', '.join(LOSS_AGG_MODES)}")
+
+
+def check_dual_clip(dual_clip: Optional[float]) -> None:
     if dual_clip is not None and not dual_clip > 1.0:
         raise ValueError(f"dual_clip={dual_clip} must be > 1 (the paper uses 3.0); pass None for vanilla PPO")
 
@@ -179,7 +183,7 @@ def compute_policy_loss(
     :param loss_agg_mode: see :func:`agg_loss`
     :raises ValueError: ``dual_clip <= 1``, unknown ``loss_agg_mode`` or mismatched shapes
     """
-    _check_dual_clip(dual_clip)
+    check_dual_clip(dual_clip)
     _check_inputs(mask, old_log_prob=old_log_prob, log_prob=log_prob, advantages=advantages)
     low, high = _clip_bounds(clip_range, clip_range_low, clip_range_high)
     log_ratio = torch.clamp(log_prob - old_log_prob, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
@@ -232,7 +236,7 @@ def compute_decoupled_policy_loss(
     :param is_weight_max: w_max, the cap on the importance weight (> 0)
     :param is_weight_mode: ``truncate`` or ``filter`` (see above)
     """
-    _check_dual_clip(dual_clip)
+    check_dual_clip(dual_clip)
     check_is_weight_max(is_weight_max)
     check_is_weight_mode(is_weight_mode)
     _check_inputs(

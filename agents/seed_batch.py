@@ -13,7 +13,7 @@ What stays per seed, so that a seed's trajectory does not depend on which other 
 - random streams: each seed has a torch generator (action noise) and a numpy generator (minibatch order), seeded
   from its seed; nothing reads the global RNGs;
 - the loss: each seed's minibatch loss is the single-run code itself (``LaggedPPO._minibatch_loss`` and the arm's
-  ``_policy_term``: advantage normalisation, clipped or dual-clipped or decoupled policy term, value and entropy
+  objective: advantage normalisation, clipped or dual-clipped or decoupled policy term, value and entropy
   terms), run per seed under ``torch.func.vmap``; the batch minimises the sum of the seeds' losses, whose gradient
   with respect to a seed's parameters is that seed's gradient;
 - gradient clipping: the norm is each seed's own;
@@ -273,7 +273,7 @@ class SeedBatch:
         self.optimizer = type(policy.optimizer)(list(self.params.values()), **policy.optimizer.defaults)
         self._import_optimizer_state()
         # lag snapshots, oldest first: the stacked parameters after each of the last K updates
-        per_seed = [m.lag_snapshots() for m in models]
+        per_seed = [m.behavior.snapshot_tensors() for m in models]
         self.snapshots: Deque[Params] = deque(
             [{n: th.stack([snaps[i][n] for snaps in per_seed]) for n in names} for i in range(len(per_seed[0]))],
             maxlen=first.policy_lag,
@@ -354,7 +354,8 @@ class SeedBatch:
                     if stacked in state and state[stacked]:
                         opt.state[own[name]] = {k: (v.clone() if k == "step" else v[s].clone())
                                                 for k, v in state[stacked].items()}
-                model.load_lag_snapshots([{n: t[s] for n, t in snap.items()} for snap in self.snapshots])
+                seed_snapshots = [{n: t[s] for n, t in snap.items()} for snap in self.snapshots]
+                model.behavior.load_snapshots(model.policy, seed_snapshots)
                 model._seed_batch_rng = (self._torch_rngs[s].get_state(), self._numpy_rngs[s].bit_generator.state)
 
     @th.no_grad()
@@ -421,10 +422,9 @@ class SeedBatch:
                     stop = exc
         if stop is not None:
             raise stop
-        lags = np.stack([np.minimum(m._draw_lags(), len(self.snapshots)) for m in models])  # (S, E)
-        for model, seed_lags in zip(models, lags):
-            model._last_rollout_lags = seed_lags
-        temperatures = np.stack([m._temperatures for m in models])
+        # each seed's behaviour policies pick who acts (their snapshots mirror self.snapshots after export())
+        lags = np.stack([m.behavior.start_rollout() for m in models])  # (S, E)
+        temperatures = np.stack([m.behavior.temperatures for m in models])
         tau = None if (temperatures == 1.0).all() else th.as_tensor(temperatures, dtype=th.float32, device=self.device)
         box = isinstance(first.action_space, spaces.Box)
         venvs = [m.env for m in models]
@@ -530,9 +530,8 @@ class SeedBatch:
         # pi_prox and the lag diagnostics, per seed, from one batched pass of the learner
         learner_log_prob = self._learner_pass(values=False)[0]
         for s, model in enumerate(models):
-            # (where a seed's whole rollout was fresh this stores log mu verbatim, as the single run's shortcut does)
-            seed_log_prob = model._write_prox_log_probs(learner_log_prob[s], model._fresh_envs())
-            model._log_lag_diagnostics(seed_log_prob)
+            # (log mu verbatim where the seed's learner acted untempered, as in the single run)
+            model._log_lag_diagnostics(model._prox_log_probs(learner_log_prob[s]))
             model._update_learning_rate(model.policy.optimizer)
         for group in self.optimizer.param_groups:
             group["lr"] = first.policy.optimizer.param_groups[0]["lr"]

@@ -3,7 +3,7 @@
     python bench/lag_pass_cost.py --out results/bench/lag_pass_cost.json
 
 At lag K > 0 a snapshot acts, so the learner's critic values the rollout afterwards in one batched no-grad pass
-(``LaggedPPO._learner_values``); that pass is lag's only extra work. This script trains dualclip at lag 8 for
+(``LearnerPass.values``, agents/learner_pass.py); that pass is lag's only extra work. This script trains dualclip at lag 8 for
 ``--steps`` steps per case and chunk size and reports the pass's share of the run's wall time, which, unlike
 steps/s ratios between separate runs, does not suffer from machine drift.
 """
@@ -33,21 +33,22 @@ def main() -> int:
     from cli.common import provenance, refuse_existing
 
     refuse_existing(p, args.out)
-    import agents.lagged as lagged
+    import agents.learner_pass as learner_pass
 
     spent = [0.0]
-    original = lagged.LaggedPPO._learner_values
+    original = learner_pass.LearnerPass.values
 
-    def timed(self, buffer):
+    def timed(self, policy, buffer):
         start = time.perf_counter()
-        original(self, buffer)
+        out = original(self, policy, buffer)
         spent[0] += time.perf_counter() - start
+        return out
 
-    lagged.LaggedPPO._learner_values = timed
+    learner_pass.LearnerPass.values = timed
     rows = []
     for case in args.cases:
         for chunk in args.chunks:
-            lagged.CHUNK = chunk
+            learner_pass.CHUNK = chunk
             spent[0] = 0.0
             model = build_model(case, "dualclip-lag8", 0, 1)
             start = time.perf_counter()

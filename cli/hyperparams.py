@@ -88,17 +88,25 @@ def parse_override(item: str) -> tuple:
         raise HyperparamError(f"malformed -params value in {item!r}: {str(exc).splitlines()[0]}") from exc
 
 
-def constructor_keys(cls: type) -> Set[str]:
-    """Keyword arguments accepted by ``cls`` and its bases' ``__init__``."""
-    keys: Set[str] = set()
+def constructor_defaults(cls: type) -> Dict[str, Any]:
+    """Keyword arguments accepted by ``cls`` and its bases' ``__init__``, with their defaults (the most derived
+    class's default wins; ``inspect.Parameter.empty`` for a required one)."""
+    defaults: Dict[str, Any] = {}
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
         if init is None:
             continue
         for name, param in inspect.signature(init).parameters.items():
             if name != "self" and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
-                keys.add(name)
-    return keys - {"policy", "env", "_init_setup_model"}
+                defaults.setdefault(name, param.default)
+    for name in ("policy", "env", "_init_setup_model"):
+        defaults.pop(name, None)
+    return defaults
+
+
+def constructor_keys(cls: type) -> Set[str]:
+    """Keyword arguments accepted by ``cls`` and its bases' ``__init__``."""
+    return set(constructor_defaults(cls))
 
 
 def check_keys(keys: Iterable[str], cls: type) -> None:

@@ -87,14 +87,14 @@ def test_behaviour_params_are_k_updates_old(algo: str) -> None:
 def test_at_most_k_snapshots_held_and_not_saved(tmp_path) -> None:
     model = tiny_model(DualClipPPO, policy_lag=3)
     model.learn(6 * 64)
-    assert len(model._snapshots) == 3
+    assert len(model.behavior.snapshots) == 3
     model.save(tmp_path / "lagged.zip")
     with zipfile.ZipFile(tmp_path / "lagged.zip") as z:
         names, data = z.namelist(), json.loads(z.read("data"))
     assert sorted(names) == ["_stable_baselines3_version", "data", "policy.optimizer.pth", "policy.pth",
                              "pytorch_variables.pth", "system_info.txt"]  # no extra tensor files
-    assert data["policy_lag"] == 3 and not {"_snapshots", "_fast", "_learner_log_prob_cache"} & set(data)
-    assert len(ALGOS["dualclip"].load(tmp_path / "lagged.zip", device="cpu")._snapshots) == 0
+    assert data["policy_lag"] == 3 and not {"behavior", "learner_pass", "objective", "_fast"} & set(data)
+    assert len(ALGOS["dualclip"].load(tmp_path / "lagged.zip", device="cpu").behavior.snapshots) == 0
 
 
 @pytest.mark.parametrize("policy_lag, expect_one", [(0, True), (3, False)])
@@ -133,7 +133,7 @@ def test_first_minibatch_ratio(policy_lag: int, expect_one: bool) -> None:
 def test_every_lag_mode_runs(algo: str, lag_mode: str) -> None:
     model = tiny_model(ALGOS[algo], "CartPole-v1", n_envs=3, policy_lag=2, lag_mode=lag_mode)
     model.learn(4 * 64 * 3)
-    lags = model._last_rollout_lags
+    lags = model.behavior.last_lags
     assert lags.shape == (3,) and lags.min() >= 0 and lags.max() <= 2
     if lag_mode == "per-env":
         assert list(lags) == [0, 1, 2]
@@ -144,7 +144,7 @@ def test_every_lag_mode_runs(algo: str, lag_mode: str) -> None:
 
 def test_uniform_lag_draws_cover_range() -> None:
     model = tiny_model(LaggedPPO, policy_lag=3, lag_mode="uniform")
-    draws = {int(model._draw_lags()[0]) for _ in range(200)}
+    draws = {int(model.behavior.draw_lags()[0]) for _ in range(200)}
     assert draws == {0, 1, 2, 3}
 
 

@@ -95,11 +95,13 @@ def test_lag_snapshot_acts_tempered() -> None:
     """A lag-K snapshot samples from its own distribution tempered by tau; log mu is that distribution's."""
     model = tiny_model(ALGOS["dualclip"], "Pendulum-v1", n_envs=2, policy_lag=2, behavior_temperature=1.5)
     model.learn(4 * 64 * 2)
-    snapshot = model._snapshots[0]  # the oldest: it acts the next rollout at lag 2
+    snapshot = model.behavior.snapshots[0]  # the oldest: it acts the next rollout at lag 2
     assert not th.equal(flat_params(model), th.cat([p.detach().flatten() for p in snapshot.parameters()]))
     obs = th.as_tensor(np.random.default_rng(0).normal(size=(2, 3)), dtype=th.float32)
     th.manual_seed(1)
-    actions, _, log_mu = model._act(obs, model._behavior_groups(np.array([2, 2])))
+    model.behavior.draw_lags = lambda: np.array([2, 2])
+    assert model.behavior.start_rollout().tolist() == [2, 2]
+    actions, _, log_mu = model.behavior.act(model.policy, obs)
     with th.no_grad():
         expected = _hand_tempered(snapshot.get_distribution(obs), 1.5)(actions)
     th.testing.assert_close(log_mu, expected)
@@ -116,9 +118,10 @@ def test_temperature_one_is_stock_sb3() -> None:
 
 
 def test_per_env_temperatures_and_the_learner_pass() -> None:
-    model = tiny_model(ALGOS["ppo"], "CartPole-v1", n_envs=3, behavior_temperature=4.0, temperature_mode="per-env")
+    model = tiny_model(ALGOS["decoupled"], "CartPole-v1", n_envs=3, behavior_temperature=4.0,
+                       temperature_mode="per-env")
     model.learn(2 * 64 * 3)
-    assert model._temperatures.tolist() == pytest.approx([1.0, 2.0, 4.0])
+    assert model.behavior.temperatures.tolist() == pytest.approx([1.0, 2.0, 4.0])
     # pi_prox (the learner) is mu verbatim only for the untempered environment 0 (the update flattened log mu
     # env by env)
     buf = model.rollout_buffer

@@ -235,13 +235,15 @@ def test_missing_atari_extra_is_one_line(tmp_path: Path) -> None:
 def test_checkpoint_roundtrip_keeps_lag_snapshots(tmp_path: Path, algo: str) -> None:
     from agents.checkpoint import restore_env, restore_model, save_checkpoint
 
-    model = tiny_model(ALGOS[algo], policy_lag=3)
+    model = tiny_model(ALGOS[algo], policy_lag=3, lag_mode="uniform")
     model.set_logger(configure(None, []))
     model.learn(4 * 64)
     save_checkpoint(model, tmp_path / "c.pkl")
     state = read_checkpoint(tmp_path / "c.pkl")
     again = restore_model(ALGOS[algo], state, restore_env(state, None), "cpu")
-    assert len(again._snapshots) == 3
-    for x, y in zip(model.lag_snapshots(), again.lag_snapshots()):
+    assert len(again.behavior.snapshots) == 3
+    # the uniform lag draws continue where they stopped
+    assert [again.behavior.draw_lags()[0] for _ in range(20)] == [model.behavior.draw_lags()[0] for _ in range(20)]
+    for x, y in zip(model.behavior.snapshot_tensors(), again.behavior.snapshot_tensors()):
         assert x.keys() == y.keys() and all(th.equal(x[k], y[k]) for k in x)
     assert th.equal(flat_params(model), flat_params(again)) and again.num_timesteps == model.num_timesteps

@@ -64,7 +64,7 @@ def _copy_state(src, dst):
     dst.policy.load_state_dict(src.policy.state_dict())
     dst.policy.optimizer.load_state_dict(src.policy.optimizer.state_dict())
     dst.rollout_buffer = copy.deepcopy(src.rollout_buffer)
-    dst._last_rollout_lags = src._last_rollout_lags.copy()
+    dst.behavior.last_lags = src.behavior.last_lags.copy()
     dst._current_progress_remaining = src._current_progress_remaining
     dst._n_updates = src._n_updates
     dst.set_logger(configure(None, []))

@@ -89,7 +89,7 @@ def test_every_space_arm_and_lag_mode_trains(space: str, algo: str, lag_mode: st
     before = flat_params(m).clone()
     m.learn(4 * 64)
     assert th.isfinite(flat_params(m)).all() and not th.equal(before, flat_params(m))
-    assert len(m._snapshots) == 2
+    assert len(m.behavior.snapshots) == 2
     prox = th.as_tensor(m.rollout_buffer.prox_log_probs)
     assert th.isfinite(prox).all() and not th.equal(prox.flatten(), th.as_tensor(m.rollout_buffer.log_probs).flatten())
 
@@ -104,8 +104,8 @@ def test_checkpoint_resume_on_every_space(tmp_path: Path, space: str) -> None:
     state = read_checkpoint(tmp_path / "c.pkl")
     policy, env_id = SPACES[space]
     again = restore_model(ALGOS["decoupled"], state, restore_env(state, make_vec_env(env_id, n_envs=2, seed=0)), "cpu")
-    assert th.equal(flat_params(m), flat_params(again)) and len(again._snapshots) == 2
-    for x, y in zip(m.lag_snapshots(), again.lag_snapshots()):
+    assert th.equal(flat_params(m), flat_params(again)) and len(again.behavior.snapshots) == 2
+    for x, y in zip(m.behavior.snapshot_tensors(), again.behavior.snapshot_tensors()):
         assert all(th.equal(x[k], y[k]) for k in x)
     again.set_logger(configure(None, []))
     again.learn(2 * 64, reset_num_timesteps=False)

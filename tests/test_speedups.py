@@ -360,15 +360,15 @@ def test_snapshot_module_acts_as_functional_call(env_id: str) -> None:
 
     model = tiny_model(ALGOS["ppo"], env_id, policy_lag=1, learning_rate=3e-2)
     model.learn(2 * 64)  # one update done: the snapshot differs from the learner
-    behaviour = model._snapshots[-1]
+    behaviour = model.behavior.snapshots[-1]
     assert behaviour is not model.policy and getattr(behaviour, "optimizer", None) is None
-    (params,) = model.lag_snapshots()
+    (params,) = model.behavior.snapshot_tensors()
     obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(5)]))
     with th.no_grad():
         th.manual_seed(7)
         expected = functional_call(model.policy, params, (obs,))
         th.manual_seed(7)
-        got = model._forward_with(behaviour, obs)
+        got = model.behavior._forward(behaviour, obs, None, model._fast_ok())
     for a, b in zip(expected, got):
         assert th.equal(a, b)
     assert not th.equal(flat_params(model), th.cat([p.flatten() for p in behaviour.parameters()]))
@@ -378,41 +378,6 @@ def test_snapshots_recycle_k_modules() -> None:
     """At most K policy copies exist besides the learner, whatever the mode: the oldest is recycled."""
     model = tiny_model(ALGOS["dualclip"], "CartPole-v1", n_envs=3, policy_lag=2, lag_mode="per-env")
     model.learn(2 * 64 * 3)
-    first = [id(m) for m in model._snapshots]
+    first = [id(m) for m in model.behavior.snapshots]
     model.learn(3 * 64 * 3, reset_num_timesteps=False)
-    assert len(model._snapshots) == 2 and {id(m) for m in model._snapshots} == set(first)
-
-
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_store_prox_log_probs_from_the_values_pass(env_id: str) -> None:
-    """Lagged rollouts: the log-probs computed with the critic's values pass equal a separate pass, bit for bit,
-    and are not used once the learner's parameters changed in between."""
-    seen = {}
-
-    def spy(model, tag):
-        orig = model._store_prox_log_probs
-
-        def wrapped():
-            out = orig()
-            seen.setdefault(tag, []).append(out.clone())
-            return out
-
-        model._store_prox_log_probs = wrapped
-
-    kwargs = dict(n_envs=2, policy_lag=2, learning_rate=3e-3)
-    cached = tiny_model(ALGOS["decoupled"], env_id, **kwargs)
-    spy(cached, "cached")
-    cached.learn(4 * 64 * 2)
-    fresh = tiny_model(ALGOS["decoupled"], env_id, **kwargs)
-    fresh._still_learner = lambda snapshot: False  # always the separate pass
-    spy(fresh, "fresh")
-    fresh.learn(4 * 64 * 2)
-    assert all(th.equal(a, b) for a, b in zip(seen["cached"], seen["fresh"])) and len(seen["cached"]) == 4
-    assert th.equal(flat_params(cached), flat_params(fresh))
-
-    cached._push_snapshot()
-    snapshot = cached._snapshots[-1]
-    assert cached._still_learner(snapshot)
-    with th.no_grad():
-        next(cached.policy.parameters()).add_(1.0)
-    assert not cached._still_learner(snapshot)
+    assert len(model.behavior.snapshots) == 2 and {id(m) for m in model.behavior.snapshots} == set(first)
