@@ -161,11 +161,12 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
              "is_weight_max": args.is_weight_max, "behavior_temperature": args.behavior_temperature,
              "temperature_mode": args.temperature_mode}
     for key, value in flags.items():
-        if key not in accepted:
-            if value is not None:
-                arms = [algo for algo, cls in ALGOS.items() if key in constructor_defaults(cls)]
+        if key not in accepted:  # refused unless it changes nothing (the default of every arm that has it)
+            defaults = {algo: constructor_defaults(cls)[key] for algo, cls in ALGOS.items()
+                        if key in constructor_defaults(cls)}
+            if value is not None and any(value != default for default in defaults.values()):
                 raise UsageError(f"--{key.replace('_', '-')} {value}: --algo {args.algo} has no {key}; "
-                                 f"use an arm that has: {', '.join(arms)}")
+                                 f"use an arm that has: {', '.join(defaults)}")
             continue
         if value is not None:
             config[key] = value

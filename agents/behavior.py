@@ -10,9 +10,10 @@ after every rollout the learner's parameters are pushed as the newest of K snaps
 ``lag_mode`` spreads the lag: ``fixed`` (every environment K), ``uniform`` (each rollout draws one lag from 0..K),
 ``per-env`` (environment i of n has round(i*K/(n-1)), like actors of different speed).
 
-**Exploring actors.** A behaviour temperature, the second source of off-policy data besides lag. Large asynchronous systems run many actors that both lag and explore, so the behaviour policy mu is flatter than
-the learner pi, and pi/mu often exceeds the dual-clip constant c on samples with A < 0 (the case dual clip was
-designed for, Ye et al. 2019). Lag alone moves pi away from mu slowly; a temperature changes mu's shape at once.
+**Exploring actors.** A behaviour temperature, the second source of off-policy data besides lag. Large asynchronous
+systems run many actors that both lag and explore, so the behaviour policy mu is flatter than the learner pi, and
+pi/mu often exceeds the dual-clip constant c on samples with A < 0 (the case dual clip was designed for, Ye et al.
+2019). Lag alone moves pi away from mu slowly; a temperature changes mu's shape at once.
 Whoever acts (the learner at lag 0, or a lag snapshot) samples from a *tempered copy* of its distribution:
 
 - diagonal Gaussian: the same mean, standard deviation x tau;

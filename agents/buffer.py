@@ -2,8 +2,9 @@
 algorithms need.
 
 - ``segment_ids``: which episode segment a step belongs to (for the ``seq-*`` loss aggregation modes);
-- ``prox_log_probs``: the learner's log-prob of the stored action at the start of ``train()`` (the proximal
-  policy of decoupled PPO).
+- ``prox_log_probs``: the learner's log-prob of the stored action at the start of ``train()`` (pi_prox, the
+  proximal policy of decoupled PPO), filled only for whoever reads it: an objective that ``needs_prox``, or early
+  stopping with ``target_kl`` (``LaggedPPO._prox_log_probs``); zeros otherwise.
 
 GAE and flattening are SB3's own; sampling gives SB3's minibatches value for value: the random permutation is
 drawn exactly as stock, so a run with this buffer consumes the global RNG identically to stock PPO, but the
@@ -30,7 +31,7 @@ class LaggedRolloutBufferSamples(NamedTuple):
     advantages: th.Tensor
     returns: th.Tensor
     segment_ids: th.Tensor  #: int64, one id per episode segment of the rollout
-    prox_log_prob: th.Tensor  #: log pi(a|s) of the learner at the start of the update
+    prox_log_prob: th.Tensor  #: log pi(a|s) of the learner at the start of the update (zeros when nobody reads it)
 
 
 class LaggedColumns:

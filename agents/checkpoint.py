@@ -5,7 +5,8 @@ next rollout) to a temporary file and renamed over the old one, so a crash durin
 checkpoint intact. It holds:
 
 - the model as SB3 saves it (parameters, optimizer state, counters, last observation, episode statistics);
-- the lag snapshots, the RNG states (torch, numpy, random), the VecNormalize statistics with its running returns;
+- the lag snapshots and the generator of uniform lag draws (``model.behavior``), the RNG states (torch, numpy,
+  random), the VecNormalize statistics with its running returns;
 - the logger values recorded by the last update but not yet written (so TensorBoard misses no step);
 - the environments themselves **when their state pickles faithfully** (gymnasium's classic control: pure Python
   and numpy). Then a resumed run ends with exactly the parameters of an uninterrupted one.

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from agents.lagged import LaggedPPO, check_clip_range
-from agents.objectives import Decoupled, Objective
+from agents.lagged import LaggedPPO
+from agents.objectives import Decoupled
 
 
 class DecoupledPPO(LaggedPPO):
@@ -43,6 +43,8 @@ class DecoupledPPO(LaggedPPO):
     :param kwargs: everything :class:`LaggedPPO` and SB3's ``PPO`` accept
     """
 
+    objective_class = Decoupled
+
     def __init__(
         self,
         policy: Any,
@@ -56,20 +58,7 @@ class DecoupledPPO(LaggedPPO):
         loss_agg_mode: str = "token-mean",
         **kwargs: Any,
     ) -> None:
-        check_clip_range("clip_range_low", clip_range_low)
-        check_clip_range("clip_range_high", clip_range_high)
-        # raises for a bad value now, before SB3 builds anything
-        Decoupled(dual_clip, clip_range_low, clip_range_high, loss_agg_mode, is_weight_max=is_weight_max,
-                  is_weight_mode=is_weight_mode)
-        self.dual_clip = dual_clip
-        self.clip_range_low = clip_range_low
-        self.clip_range_high = clip_range_high
-        self.loss_agg_mode = loss_agg_mode
-        self.is_weight_max = float(is_weight_max)
-        self.is_weight_mode = is_weight_mode
+        self._keep_settings(dual_clip=dual_clip, clip_range_low=clip_range_low, clip_range_high=clip_range_high,
+                            loss_agg_mode=loss_agg_mode, is_weight_max=is_weight_max, is_weight_mode=is_weight_mode)
         kwargs.setdefault("would_bound_c", 3.0 if dual_clip is None else dual_clip)
         super().__init__(policy, env, **kwargs)
-
-    def _make_objective(self) -> Objective:
-        return Decoupled(self.dual_clip, self.clip_range_low, self.clip_range_high, self.loss_agg_mode, self.n_steps,
-                         self.is_weight_max, self.is_weight_mode)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from agents.lagged import LaggedPPO, check_clip_range
-from agents.objectives import DualClip, Objective
+from agents.lagged import LaggedPPO
+from agents.objectives import DualClip
 
 
 class DualClipPPO(LaggedPPO):
     """PPO with the dual-clip bound (Ye et al. 2019) on the same lag machinery as :class:`LaggedPPO`.
+
+    The whole arm: its objective class and its settings as documented keyword arguments.
 
     :param dual_clip: c > 1: for A<0 the objective never drops below c*A (paper: 3.0). None = vanilla PPO (our loss
         module: the log-ratio is clamped to +-10 before ``exp``, as verl does; ``LaggedPPO`` runs SB3's own lines)
@@ -26,6 +28,8 @@ class DualClipPPO(LaggedPPO):
         is the part of one episode that one environment played within this rollout); ``T`` is ``n_steps``.
     :param kwargs: everything :class:`LaggedPPO` and SB3's ``PPO`` accept
     """
+
+    objective_class = DualClip
 
     def __init__(
         self,
@@ -38,15 +42,7 @@ class DualClipPPO(LaggedPPO):
         loss_agg_mode: str = "token-mean",
         **kwargs: Any,
     ) -> None:
-        check_clip_range("clip_range_low", clip_range_low)
-        check_clip_range("clip_range_high", clip_range_high)
-        DualClip(dual_clip, clip_range_low, clip_range_high, loss_agg_mode)  # raises for a bad c or mode, now
-        self.dual_clip = dual_clip
-        self.clip_range_low = clip_range_low
-        self.clip_range_high = clip_range_high
-        self.loss_agg_mode = loss_agg_mode
+        self._keep_settings(dual_clip=dual_clip, clip_range_low=clip_range_low, clip_range_high=clip_range_high,
+                            loss_agg_mode=loss_agg_mode)
         kwargs.setdefault("would_bound_c", 3.0 if dual_clip is None else dual_clip)
         super().__init__(policy, env, **kwargs)
-
-    def _make_objective(self) -> Objective:
-        return DualClip(self.dual_clip, self.clip_range_low, self.clip_range_high, self.loss_agg_mode, self.n_steps)

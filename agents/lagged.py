@@ -25,7 +25,8 @@ the same order as SB3 and torch (tests/test_speedups.py).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import fields
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 import numpy as np
 import torch as th
@@ -43,23 +44,15 @@ from agents.buffer import LaggedColumns, LaggedDictRolloutBuffer, LaggedRolloutB
 from agents.fast_optim import adam_step, clip_grad_norm
 from agents.fast_policy import fast_evaluate_actions, has_fast_gaussian
 from agents.learner_pass import LearnerPass
-from agents.losses import LOG_RATIO_CLAMP
+from agents.losses import LOG_RATIO_CLAMP, check_clip_range
 from agents.objectives import ClippedSurrogate, Objective
-
-
-def check_clip_range(name: str, value: Any) -> None:
-    """A constant clip range must lie in (0, 1); schedules (callables) are left to SB3."""
-    if value is None or callable(value):
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{name}={value!r} must be a number in (0, 1), e.g. 0.2")
 
 
 class LaggedPPO(PPO):
     """SB3 PPO acting with a behaviour policy K updates old. All PPO keyword arguments are accepted.
 
     As the ``ppo`` arm its objective is SB3's clipped surrogate verbatim (:class:`agents.objectives.ClippedSurrogate`);
-    subclasses choose another objective in :meth:`_make_objective`.
+    an arm's subclass names another ``objective_class`` and keeps its settings as attributes (:meth:`_keep_settings`).
 
     :param policy_lag: K >= 0, how many updates old the behaviour policy is (0 = stock PPO)
     :param lag_mode: ``fixed`` (every step K updates old), ``uniform`` (each rollout draws its lag from 0..K)
@@ -71,6 +64,9 @@ class LaggedPPO(PPO):
     :param temperature_mode: ``fixed`` (every environment tau) or ``per-env`` (environment i of n gets
         tau**(i/(n-1)), from 1 to tau, like actors that explore by different amounts)
     """
+
+    #: the arm's objective (:mod:`agents.objectives`), built from the model's attributes named like its fields
+    objective_class: Type[Objective] = ClippedSurrogate
 
     def __init__(
         self,
@@ -122,9 +118,17 @@ class LaggedPPO(PPO):
         self.objective = self._make_objective()
         self._refresh_fast_path()
 
+    def _keep_settings(self, **settings: Any) -> None:
+        """Keep the objective's settings as attributes (saved in model.zip, read by :meth:`_make_objective`), after
+        building the objective once: a bad value raises ValueError naming it before SB3 builds anything."""
+        self.objective_class(**settings)
+        for name, value in settings.items():
+            setattr(self, name, value)
+
     def _make_objective(self) -> Objective:
-        """The arm's policy term (:mod:`agents.objectives`), from the settings the model keeps as attributes."""
-        return ClippedSurrogate()
+        """The arm's policy term: ``objective_class`` with the model's attributes of its fields' names (the
+        settings kept by :meth:`_keep_settings`, and ``n_steps``)."""
+        return self.objective_class(**{f.name: getattr(self, f.name) for f in fields(self.objective_class)})
 
     def _refresh_fast_path(self) -> None:
         """Pick the fast Gaussian path when the policy is SB3's own (see :func:`has_fast_gaussian`)."""

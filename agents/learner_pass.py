@@ -4,8 +4,8 @@ The behaviour policies produced the data; three parts of the update need the *le
 
 - GAE under lag needs the learner's value of every stored observation (``LaggedPPO.collect_rollouts`` asks after
   a lagged rollout: :meth:`LearnerPass.values`);
-- the decoupled objective needs log pi_prox of every stored action, pi_prox being the learner at the start of the
-  update (:meth:`LearnerPass.log_probs`);
+- the decoupled objective and early stopping (``target_kl``) need log pi_prox of every stored action, pi_prox being
+  the learner at the start of the update (:meth:`LearnerPass.log_probs`);
 - the start-of-update diagnostics (``train/behavior_kl``, the ratio quantiles, ``train/dual_clip_would_bound``)
   need the same log-probs.
 

@@ -123,6 +123,14 @@ def _clip_bounds(clip_range: float, clip_range_low: Optional[float], clip_range_
     return low, high
 
 
+def check_clip_range(name: str, value: object) -> None:
+    """A constant clip range must lie in (0, 1); schedules (callables) and None (the default) pass."""
+    if value is None or callable(value):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{name}={value!r} must be a number in (0, 1), e.g. 0.2")
+
+
 def check_loss_agg_mode(loss_agg_mode: str) -> None:
     if loss_agg_mode not in LOSS_AGG_MODES:
         raise ValueError(f"loss_agg_mode={loss_agg_mode!r} is unknown: choose one of {', '.join(LOSS_AGG_MODES)}")

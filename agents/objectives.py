@@ -14,10 +14,18 @@ normalisation, gradient clipping and the optimizer are SB3's and shared. An obje
 Objectives hold settings only (no parameters, no state) and are rebuilt by the trainer from its saved settings
 (``LaggedPPO._setup_model``), so a loaded model has the objective it was trained with.
 
-Adding an arm: an :class:`Objective` subclass (here or in its own module), a thin ``LaggedPPO`` subclass whose
-``__init__`` takes the objective's settings as documented keyword arguments and whose ``_make_objective`` builds
-it (see :class:`agents.dualclip.DualClipPPO`), and one line in ``agents.ALGOS`` plus its id in
-``agents.options.ALGO_IDS``. train.py maps its flags to whatever keyword arguments the class accepts.
+Adding an arm:
+
+1. an :class:`Objective` subclass, a frozen dataclass whose fields are its settings (here or in its own module);
+2. a thin ``LaggedPPO`` subclass that names it as ``objective_class`` and whose ``__init__`` takes the settings as
+   documented keyword arguments and keeps them with ``_keep_settings`` (see :class:`agents.dualclip.DualClipPPO`);
+3. its id in ``agents.options.ALGO_IDS`` and one line in ``agents.ALGOS``.
+
+Then ``train.py --algo <id>`` runs it: its settings are set with ``-params key:value`` (the dedicated flags
+``--dual-clip``, ``--loss-agg-mode``, ``--is-weight-*`` apply to any arm that takes those arguments), a seed batch
+compares the objectives of its seeds, and sweeps accept it as a grid value. Optional: a short label for a new
+setting in ``studies/grid.py`` ``LABELS`` (run names) and its default in ``studies/report.py`` ``ARM_DEFAULTS``
+(so records that omit it group with those that give the default).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from typing import Any, ClassVar, Dict, FrozenSet, Optional, Tuple
 import torch as th
 
 from agents.losses import (
+    check_clip_range,
     check_dual_clip,
     check_is_weight_max,
     check_is_weight_mode,
@@ -40,8 +49,10 @@ from agents.losses import (
 PolicyTerm = Tuple[th.Tensor, Dict[str, th.Tensor]]
 
 
+@dataclass(frozen=True)
 class Objective:
-    """The policy term of one arm (see the module docstring)."""
+    """The policy term of one arm (see the module docstring). Its fields are its settings: objectives with equal
+    settings are equal (a seed batch only batches models whose objectives are equal)."""
 
     #: whether :meth:`policy_term` reads ``data.prox_log_prob`` (pi_prox, the learner at the start of the update)
     needs_prox: ClassVar[bool] = False
@@ -60,6 +71,7 @@ class Objective:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
 class ClippedSurrogate(Objective):
     """``ppo``: SB3's clipped surrogate, its lines verbatim (no clamp of the log-ratio before ``exp``), so the arm is
     stock SB3 PPO on lagged data. Its only metric is SB3's own ``clip_fraction``, which the trainer computes."""
@@ -96,6 +108,8 @@ class DualClip(Objective):
 
     def __post_init__(self) -> None:
         check_dual_clip(self.dual_clip)
+        check_clip_range("clip_range_low", self.clip_range_low)
+        check_clip_range("clip_range_high", self.clip_range_high)
         check_loss_agg_mode(self.loss_agg_mode)
 
     def _per_sequence(self, data: Any, *tensors: th.Tensor) -> Tuple[Tuple[th.Tensor, ...], Optional[th.Tensor]]:

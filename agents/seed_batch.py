@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import signal
 from collections import defaultdict, deque
+from dataclasses import fields
 from contextlib import contextmanager
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -61,11 +62,11 @@ from envs.seed_envs import SeedEnvs
 Params = Dict[str, th.Tensor]  #: parameter name -> tensor with a leading seed axis
 _ACTIVATIONS: Dict[type, Callable[[th.Tensor], th.Tensor]] = {nn.Tanh: th.tanh, nn.ReLU: th.relu}
 
-#: hyperparameters that must agree for seeds to train in lockstep
+#: the trainer's hyperparameters that must agree for seeds to train in lockstep (the arm's settings are those of
+#: its objective, compared field by field)
 _SHARED = ("n_steps", "n_envs", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "vf_coef",
            "max_grad_norm", "normalize_advantage", "policy_lag", "lag_mode", "behavior_temperature",
-           "temperature_mode", "dual_clip", "clip_range_low", "clip_range_high", "loss_agg_mode", "is_weight_max",
-           "is_weight_mode", "would_bound_c")
+           "temperature_mode", "would_bound_c")
 
 
 def check_batchable(model: LaggedPPO) -> None:
@@ -109,6 +110,8 @@ def check_batch(models: Sequence[LaggedPPO]) -> None:
             raise ValueError(f"models of one batch must share their class ({type(first).__name__} and "
                              f"{type(model).__name__} given): batch each algorithm separately")
         different = [k for k in _SHARED if getattr(model, k, None) != getattr(first, k, None)]
+        different += [f.name for f in fields(first.objective)
+                      if getattr(model.objective, f.name) != getattr(first.objective, f.name)]
         if different or model.num_timesteps != first.num_timesteps:
             what = ", ".join(different) or "num_timesteps"
             raise ValueError(f"models of one batch must share their configuration ({what} differ): batch only "

@@ -167,6 +167,8 @@ def test_a_batch_needs_one_configuration():
         SeedBatch([make("ppo", "Pendulum-v1", 1), make("ppo", "Pendulum-v1", 2, policy_lag=1)])
     with pytest.raises(ValueError, match="share their class"):
         SeedBatch([make("ppo", "Pendulum-v1", 1), make("dualclip", "Pendulum-v1", 2)])
+    with pytest.raises(ValueError, match="dual_clip differ"):  # the arm's settings: its objective's fields
+        SeedBatch([make("dualclip", "Pendulum-v1", 1), make("dualclip", "Pendulum-v1", 2, dual_clip=5.0)])
 
 
 # ------------------------------------------------------------------------------------------------- train.py --seeds

@@ -86,12 +86,24 @@ def test_every_space_arm_and_lag_mode_trains(space: str, algo: str, lag_mode: st
     """Lag 2 (tempered actors too): the learner's batched pass, the snapshots and the loss on every space (the
     uniform and per-env modes, which share all of this with fixed, run with -m slow)."""
     m = model(space, ALGOS[algo], policy_lag=2, lag_mode=lag_mode, behavior_temperature=1.5)
+    passes = []  # the learner's log-probs of each rollout (stale, tempered data) and log mu, at the update's start
+    learner_log_probs = m._learner_log_probs
+
+    def spy():
+        out = learner_log_probs()
+        passes.append((out.clone(), th.as_tensor(m.rollout_buffer.log_probs).flatten().clone()))
+        return out
+
+    m._learner_log_probs = spy
     before = flat_params(m).clone()
     m.learn(4 * 64)
     assert th.isfinite(flat_params(m)).all() and not th.equal(before, flat_params(m))
     assert len(m.behavior.snapshots) == 2
-    prox = th.as_tensor(m.rollout_buffer.prox_log_probs)
-    assert th.isfinite(prox).all() and not th.equal(prox.flatten(), th.as_tensor(m.rollout_buffer.log_probs).flatten())
+    learner, log_mu = passes[-1]
+    assert learner.shape == log_mu.shape and th.isfinite(learner).all() and not th.equal(learner, log_mu)
+    if m.objective.needs_prox:  # stored as pi_prox for the objective that reads it (get() flattened it env-major)
+        prox = th.as_tensor(m.rollout_buffer.prox_log_probs).flatten()
+        assert th.equal(prox.sort().values, learner.sort().values)
 
 
 @pytest.mark.parametrize("space", QUICK_SPACES)

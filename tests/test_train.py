@@ -94,6 +94,14 @@ BAD_INPUT = [
 ]
 
 
+def test_a_flag_that_changes_nothing_is_accepted_by_every_arm(tmp_path) -> None:
+    """--loss-agg-mode token-mean is what ppo (SB3's loss) does anyway: accepted, so one grid can set it for all arms."""
+    res = run_script("train.py", ["--algo", "ppo", "--env", "CartPole-v1", "-n", "64", "--seed", "1", "--verbose", "0",
+                                  *TINY_PARAMS, "--loss-agg-mode", "token-mean", "-f", str(tmp_path)])
+    assert res.returncode == 0, res.stderr
+    assert "loss_agg_mode" not in yaml.safe_load((tmp_path / "ppo_CartPole-v1_lag0_s1" / "config.yml").read_text())
+
+
 def test_decoupled_weight_flags_win_over_the_yaml(tmp_path) -> None:
     common = ["--algo", "decoupled", "--env", "CartPole-v1", "-n", "128", "--seed", "1", "--verbose", "0",
               "--policy-lag", "1", *TINY_PARAMS, "n_envs:1", "is_weight_max:7", "is_weight_mode:truncate"]
