@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import signal
 from collections import defaultdict, deque
-from dataclasses import fields
 from contextlib import contextmanager
+from dataclasses import fields
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
