@@ -100,12 +100,15 @@ def setting_label(setting: Tuple[Tuple[str, Any], ...]) -> str:
                      for k, v in shown) or "default"
 
 
-def full_lag_mean(record: Dict[str, Any], tag: str) -> Optional[float]:
-    """Mean of ``tag`` over the updates whose data reached the requested lag (update index >= K)."""
+def full_lag_mean(record: Dict[str, Any], tag: str, until: Optional[int] = None) -> Optional[float]:
+    """Mean of ``tag`` over the updates whose data reached the requested lag (update index >= K), and, with
+    ``until``, that ended at or before environment step ``until``."""
     values = record["updates"].get(tag)
     if not values:
         return None
     k = int(record["meta"]["config"].get("policy_lag", 0))
+    if until is not None:
+        values = [v for v, step in zip(values, record["updates"]["step"]) if step <= until]
     kept = [v for v in values[k:] if v is not None]
     return float(np.mean(kept)) if kept else None
 
@@ -475,7 +478,8 @@ def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int
 
 def _longer_runs(rows: List[Dict[str, Any]], setting: Tuple[Tuple[str, Any], ...]) -> List[Dict[str, Any]]:
     """Runs whose setting is ``setting`` but for a longer budget, as rows whose ``final_eval`` is their evaluation at
-    ``setting``'s budget (runs without an evaluation at exactly that step are left out)."""
+    ``setting``'s budget and whose diagnostics are means over the updates up to it (runs without an evaluation at
+    exactly that step are left out)."""
     keys = dict(setting)
     budget = keys.get("n_timesteps")
     out = []
@@ -487,7 +491,9 @@ def _longer_runs(rows: List[Dict[str, Any]], setting: Tuple[Tuple[str, Any], ...
             continue
         evals = r["record"]["eval"]
         if budget in evals["steps"]:
-            out.append({**r, "final_eval": float(np.mean(evals["returns"][evals["steps"].index(budget)]))})
+            diagnostics = {column: full_lag_mean(r["record"], tag, until=budget) for column, tag in DIAGNOSTICS.items()}
+            out.append({**r, **diagnostics,
+                        "final_eval": float(np.mean(evals["returns"][evals["steps"].index(budget)]))})
     return out
 
 

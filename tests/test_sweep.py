@@ -225,17 +225,22 @@ def fake_record(algo: str, seed: int, n_timesteps: int, evals: dict, **axes) -> 
 
 
 def test_c_sweep_takes_longer_runs_at_its_budget() -> None:
-    """A 300k-step c-sweep gets c = 3 from a 500k-step grid, evaluated at step 300k, not at its end."""
+    """A 300k-step c-sweep gets c = 3 from a 500k-step grid, evaluated at step 300k, not at its end, with its
+    diagnostics averaged over the updates up to step 300k."""
     from studies.report import _longer_runs, run_rows
 
     records = [fake_record("dualclip", 1, 300, {300: 10.0}, dual_clip=1.5, policy_lag=4),
-               fake_record("dualclip", 1, 500, {300: 20.0, 500: 99.0}, policy_lag=4),
+               fake_record("dualclip", 1, 500, {300: 20.0, 500: 99.0}, policy_lag=4),  # updates below
                fake_record("dualclip", 1, 500, {400: 5.0, 500: 7.0}, policy_lag=8)]
+    # lag 4: the first 4 updates are left out; then 1 % active up to step 300, 50 % after it
+    records[1]["updates"] = {"step": [50 * i for i in range(1, 11)], "rollout/ep_rew_mean": [0.0] * 10,
+                             "train/pg_clipfrac_lower": [9.0] * 4 + [0.01, 0.01] + [0.5] * 4}
     rows, keys = run_rows(records)
     assert "n_timesteps" in keys  # budgets differ: separate cells
     sweep_setting = next(r["setting"] for r in rows if r["dual_clip"] == 1.5)
     (longer,) = _longer_runs(rows, sweep_setting)
     assert longer["dual_clip"] == 3.0 and longer["final_eval"] == 20.0
+    assert longer["bound_active"] == 0.01  # steps 250 and 300, not the whole run (0.337)
 
 
 def test_seeds_of_a_cell_train_as_one_seed_batch(tmp_path: Path) -> None:
