@@ -50,6 +50,9 @@ DIAGNOSTICS = {
     "is_truncated": "train/is_weight_truncated",
     "is_filtered": "train/is_weight_filtered",
 }
+#: the c-sensitivity table's late evaluation return averages the evaluations this many steps before the budget and up
+#: to it (the last four of a 25k-step evaluation interval)
+LATE_WINDOW = 75_000
 #: bootstrap resamples per interval (``sweep.py report --reps``)
 BOOTSTRAP_REPS = 2000
 #: line styles and markers that tell settings apart where colours tell variants apart
@@ -428,27 +431,73 @@ def fig_diagnostics_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps
                  out / f"diagnostics_vs_lag_{_slug(env)}.png")
 
 
-def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
-    """Final evaluation return and the share the bound acts on against c, per setting, for dualclip runs."""
+def c_sensitivity_groups(rows: List[Dict[str, Any]]) -> Dict[Any, Tuple[Dict[float, List[Dict[str, Any]]],
+                                                                         List[Dict[str, Any]]]]:
+    """Per setting with dualclip runs of more than one c: those runs by c, and the setting's ppo runs. Runs of the
+    same setting with a longer budget join, evaluated at this budget's step and with diagnostics up to it (e.g.
+    c = 3 from a 500k-step grid in a 300k-step c-sweep)."""
     dual = [r for r in rows if r["algo"] == "dualclip" and r["final_eval"] is not None and r["dual_clip"] is not None]
     by_setting: Dict[Any, Dict[float, List[Dict[str, Any]]]] = {}
     for r in dual:
         by_setting.setdefault(r["setting"], {}).setdefault(float(r["dual_clip"]), []).append(r)
-    by_setting = {s: d for s, d in by_setting.items() if len(d) > 1}
-    if not by_setting:
-        return None
-    ppo: Dict[Any, List[float]] = {s: [] for s in by_setting}
+    out = {}
     for setting, by_c in by_setting.items():
-        # runs of the same setting with a longer budget join, evaluated at this budget's step (e.g. c = 3 from a
-        # 500k-step grid in a 300k-step c-sweep)
         present = set(by_c)
+        ppo = [r for r in rows if r["setting"] == setting and r["variant"] == "ppo" and r["final_eval"] is not None]
         for r in _longer_runs(rows, setting):
             if r["algo"] == "dualclip" and r["dual_clip"] is not None and float(r["dual_clip"]) not in present:
                 by_c.setdefault(float(r["dual_clip"]), []).append(r)
             elif r["variant"] == "ppo":
-                ppo[setting].append(r["final_eval"])
-        ppo[setting] += [r["final_eval"] for r in rows if r["setting"] == setting and r["variant"] == "ppo"
-                         and r["final_eval"] is not None]
+                ppo.append(r)
+        if len(by_c) > 1:
+            out[setting] = (by_c, ppo)
+    return out
+
+
+def late_eval(record: Dict[str, Any], budget: int, window: int = LATE_WINDOW) -> Optional[float]:
+    """Mean evaluation return over the evaluations at steps ``budget - window`` to ``budget``: less noisy than the
+    last evaluation alone where a learner's deterministic return swings from one evaluation to the next."""
+    evals = record["eval"]
+    kept = [np.mean(ret) for step, ret in zip(evals["steps"], evals["returns"]) if budget - window <= step <= budget]
+    return float(np.mean(kept)) if kept else None
+
+
+def c_sensitivity_table(rows: List[Dict[str, Any]], reps: int) -> List[str]:
+    """Final and late evaluation return, P(dualclip > ppo) and the bound's activity per c, with ppo's row per
+    setting."""
+    lines = ["| setting | variant | seeds | final eval return, mean [95 % CI] | P(X > ppo) [95 % CI] | "
+             f"late eval return (steps budget−{LATE_WINDOW:,} to budget), mean [95 % CI] | P(X > ppo), late | "
+             "bound active | behavior_kl |", "|---|---|---|---|---|---|---|---|---|"]
+    groups = c_sensitivity_groups(rows)
+    for setting, (by_c, ppo) in sorted(groups.items(), key=lambda kv: setting_order(kv[0])):
+        budget = dict(setting).get("n_timesteps") or ppo[0]["record"]["meta"]["n_timesteps"]
+        base = [r["final_eval"] for r in ppo]
+        base_late = [late_eval(r["record"], budget) for r in ppo]
+        for c, group in [(None, ppo)] + sorted(by_c.items()):
+            if not group:
+                continue
+            finals = [r["final_eval"] for r in group]
+            late = [late_eval(r["record"], budget) for r in group]
+            compare = c is not None and len(base) > 1 and len(finals) > 1
+            p = improvement_ci(finals, base, reps) if compare else None
+            p_late = improvement_ci(late, base_late, reps) if compare else None
+            active = [r["bound_active"] for r in group if r["bound_active"] is not None]
+            kl = [r["behavior_kl"] for r in group if r["behavior_kl"] is not None]
+            lines.append(f"| {setting_label(setting)} | {'ppo' if c is None else f'dualclip c={c:g}'} | "
+                         f"{len(group)} | {fmt_ci(*mean_ci(finals, reps))} | {fmt_ci(*p, digits=2) if p else ''} | "
+                         f"{fmt_ci(*mean_ci(late, reps))} | {fmt_ci(*p_late, digits=2) if p_late else ''} | "
+                         f"{pct(float(np.mean(active))) if active else ''} | "
+                         f"{fmt(float(np.mean(kl)), 3) if kl else ''} |")
+    return lines if len(lines) > 2 else []
+
+
+def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
+    """Final evaluation return and the share the bound acts on against c, per setting, for dualclip runs."""
+    groups = c_sensitivity_groups(rows)
+    if not groups:
+        return None
+    by_setting = {s: by_c for s, (by_c, _) in groups.items()}
+    ppo = {s: [r["final_eval"] for r in runs] for s, (_, runs) in groups.items()}
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, (setting, by_c) in enumerate(sorted(by_setting.items(), key=lambda kv: setting_order(kv[0]))):
@@ -628,6 +677,11 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
             lines += ["Probability of improvement over ppo in the same setting (rliable: the probability that a "
                       "run of X ends with a higher final evaluation return than a run of ppo; 0.5 = no difference):",
                       ""] + poi + [""]
+        c_table = c_sensitivity_table(env_rows, reps)
+        if c_table:
+            lines += ["Sensitivity to the dual-clip constant c: dualclip runs by c and ppo per setting; runs of the "
+                      "setting with a longer budget join with their evaluation at this budget and diagnostics up "
+                      "to it:", ""] + c_table + [""]
         for maker in (fig_curves, fig_final_vs_lag, fig_diagnostics_vs_lag, fig_c_sensitivity,
                       fig_training_diagnostics):
             path = maker(env, env_rows, figures, reps)

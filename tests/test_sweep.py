@@ -243,6 +243,26 @@ def test_c_sweep_takes_longer_runs_at_its_budget() -> None:
     assert longer["bound_active"] == 0.01  # steps 250 and 300, not the whole run (0.337)
 
 
+def test_c_sensitivity_table_rows() -> None:
+    """summary.md's c table: ppo, then one row per c (c = 3 joined from the longer grid at the sweep's budget)."""
+    from studies.report import c_sensitivity_table, run_rows
+
+    records = [fake_record(algo, seed, 300, {300: value}, policy_lag=4, **({"dual_clip": c} if c else {}))
+               for algo, c, seed, value in [("dualclip", 1.5, 1, 10.0), ("dualclip", 1.5, 2, 30.0),
+                                            ("ppo", None, 1, 0.0), ("ppo", None, 2, 5.0)]]
+    records += [fake_record("dualclip", seed, 500, {200: 7.0, 300: 20.0 + seed, 500: 99.0}, policy_lag=4)
+                for seed in (1, 2)]
+    rows, _ = run_rows(records)
+    table = c_sensitivity_table(rows, reps=200)
+    body = [line.split(" | ")[1:7] for line in table[2:]]
+    assert [b[0] for b in body] == ["ppo", "dualclip c=1.5", "dualclip c=3"]
+    assert [b[1] for b in body] == ["2", "2", "2"]
+    assert body[1][2].startswith("20 [") and body[2][2].startswith("21.5 [")  # c = 3 at step 300, not 99
+    assert body[1][3] == "1 [1, 1]" and body[2][3] == "1 [1, 1]" and body[0][3] == ""  # every run above ppo's
+    # late return: evaluations at steps budget - 75,000 (here: all up to 300) to 300; c = 3's step-500 one is out
+    assert body[2][4].startswith("14.25 [")  # seeds: (7 + 21) / 2 and (7 + 22) / 2
+
+
 def test_seeds_of_a_cell_train_as_one_seed_batch(tmp_path: Path) -> None:
     """By default the seeds of one grid cell train in one process (train.py --seeds), each in its own run folder
     with its own record, which names the path; --no-batch trains one process per run."""
