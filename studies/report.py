@@ -24,6 +24,7 @@ import csv
 import math
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -53,6 +54,9 @@ DIAGNOSTICS = {
 #: the c-sensitivity table's late evaluation return averages the evaluations this many steps before the budget and up
 #: to it (the last four of a 25k-step evaluation interval)
 LATE_WINDOW = 75_000
+#: a within-update KL (``train/ppo_kl``) above this counts as a burst in the stability table (the median per run is
+#: 0.02-0.05 in the MuJoCo study)
+KL_BURST = 0.3
 #: bootstrap resamples per interval (``sweep.py report --reps``)
 BOOTSTRAP_REPS = 2000
 #: line styles and markers that tell settings apart where colours tell variants apart
@@ -103,16 +107,19 @@ def setting_label(setting: Tuple[Tuple[str, Any], ...]) -> str:
                      for k, v in shown) or "default"
 
 
-def full_lag_mean(record: Dict[str, Any], tag: str, until: Optional[int] = None) -> Optional[float]:
-    """Mean of ``tag`` over the updates whose data reached the requested lag (update index >= K), and, with
+def full_lag_values(record: Dict[str, Any], tag: str, until: Optional[int] = None) -> List[float]:
+    """Values of ``tag`` at the updates whose data reached the requested lag (update index >= K), and, with
     ``until``, that ended at or before environment step ``until``."""
-    values = record["updates"].get(tag)
-    if not values:
-        return None
+    values = record["updates"].get(tag) or []
     k = int(record["meta"]["config"].get("policy_lag", 0))
     if until is not None:
         values = [v for v, step in zip(values, record["updates"]["step"]) if step <= until]
-    kept = [v for v in values[k:] if v is not None]
+    return [v for v in values[k:] if v is not None]
+
+
+def full_lag_mean(record: Dict[str, Any], tag: str, until: Optional[int] = None) -> Optional[float]:
+    """Mean of :func:`full_lag_values`, None without any."""
+    kept = full_lag_values(record, tag, until)
     return float(np.mean(kept)) if kept else None
 
 
@@ -244,6 +251,12 @@ def pct(x: Optional[float]) -> str:
     return "" if x is None else f"{100 * x:.3g} %"
 
 
+def group_mean(group: List[Dict[str, Any]], column: str) -> Optional[float]:
+    """Mean of a row column over a cell's runs that have it, None when none has."""
+    vals = [r[column] for r in group if r[column] is not None]
+    return float(np.mean(vals)) if vals else None
+
+
 def cell_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
     head = ("| setting | variant | seeds | final eval return, mean [95 % CI] | IQM [95 % CI] | final training return "
             "(μ's), mean ± sd | behavior_kl | ratio p99 | would bound (c) | bound active | clip fraction | "
@@ -254,10 +267,7 @@ def cell_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -
         train = [r["final_train"] for r in group if r["final_train"] is not None]
         m = mean_ci(finals, reps) if finals else (math.nan,) * 3
         q = iqm_ci(finals, reps) if finals else (math.nan,) * 3
-
-        def avg(col: str) -> Optional[float]:
-            vals = [r[col] for r in group if r[col] is not None]
-            return float(np.mean(vals)) if vals else None
+        avg = partial(group_mean, group)
 
         sd = f" ± {np.std(train, ddof=1):.3g}" if len(train) > 1 else ""
         lines.append(
@@ -296,6 +306,39 @@ def improvement_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps:
                 continue
             p = improvement_ci(xs, base, reps)
             lines.append(f"| {setting_label(setting)} | {variant} | {fmt_ci(*p, digits=2)} | {len(xs)} / {len(base)} |")
+    return lines if len(lines) > 2 else []
+
+
+def decoupled_variant_settings(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> List[Any]:
+    """The settings that hold more than one decoupled variant (the decoupled-stability grid), in order."""
+    settings = sorted({s for s, v in groups if v.startswith("decoupled")}, key=setting_order)
+    return [s for s in settings if sum(v.startswith("decoupled") for t, v in groups if t == s) > 1]
+
+
+def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
+    """Per setting with several decoupled variants: each variant's final evaluation return, P(X > decoupled) (the
+    default variant), how far runs fell from their best evaluation by the end, and the within-update KL bursts."""
+    lines = ["| setting | variant | seeds | final eval return, mean [95 % CI] | P(X > decoupled) [95 % CI] | "
+             "best eval − final eval, mean [95 % CI] | updates with ppo_kl > " + f"{KL_BURST:g}" + ", per seed | "
+             "max ppo_kl | ESS | truncated | filtered |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for setting in decoupled_variant_settings(groups):
+        base = [r["final_eval"] for r in groups.get((setting, "decoupled"), []) if r["final_eval"] is not None]
+        for variant in variant_order([v for s, v in groups if s == setting and v.startswith("decoupled")]):
+            group = sorted((r for r in groups[(setting, variant)] if r["final_eval"] is not None),
+                           key=lambda r: r["seed"])
+            if not group:
+                continue
+            finals = [r["final_eval"] for r in group]
+            drops = [max(np.mean(ret) for ret in r["record"]["eval"]["returns"]) - r["final_eval"] for r in group]
+            p = improvement_ci(finals, base, reps) if variant != "decoupled" and len(base) > 1 and len(finals) > 1 \
+                else None
+            kls = [full_lag_values(r["record"], "train/ppo_kl") for r in group]
+            max_kl = max((max(k) for k in kls if k), default=None)
+            lines.append(f"| {setting_label(setting)} | {variant} | {len(group)} | {fmt_ci(*mean_ci(finals, reps))} | "
+                         f"{fmt_ci(*p, digits=2) if p else ''} | {fmt_ci(*mean_ci(drops, reps))} | "
+                         f"{', '.join(str(sum(v > KL_BURST for v in k)) for k in kls)} | "
+                         f"{fmt(max_kl, 3)} | {fmt(group_mean(group, 'is_ess'), 3)} | "
+                         f"{pct(group_mean(group, 'is_truncated'))} | {pct(group_mean(group, 'is_filtered'))} |")
     return lines if len(lines) > 2 else []
 
 
@@ -550,8 +593,7 @@ def fig_training_diagnostics(env: str, rows: List[Dict[str, Any]], out: Path, re
     """Per setting with several decoupled variants: evaluation return, within-update KL, ESS and the share of
     weights truncated or filtered over training (mean over seeds, 95 % bootstrap band)."""
     groups = cells(rows)
-    settings = sorted({s for s, v in groups if v.startswith("decoupled")}, key=setting_order)
-    settings = [s for s in settings if sum(v.startswith("decoupled") for t, v in groups if t == s) > 1]
+    settings = decoupled_variant_settings(groups)
     if not settings:
         return None
     plt = _plt()
@@ -677,6 +719,12 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
             lines += ["Probability of improvement over ppo in the same setting (rliable: the probability that a "
                       "run of X ends with a higher final evaluation return than a run of ppo; 0.5 = no difference):",
                       ""] + poi + [""]
+        stability = stability_table(groups, reps)
+        if stability:
+            lines += ["Stability of the decoupled variants (settings with more than one): P(X > decoupled) against "
+                      "the default variant (truncate at 100); how far each run ended below its best evaluation; "
+                      f"how many updates (with the full lag) had a within-update KL above {KL_BURST:g}, seed by "
+                      "seed:", ""] + stability + [""]
         c_table = c_sensitivity_table(env_rows, reps)
         if c_table:
             lines += ["Sensitivity to the dual-clip constant c: dualclip runs by c and ppo per setting; runs of the "

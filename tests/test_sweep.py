@@ -318,3 +318,27 @@ def test_intervals_are_reproducible() -> None:
     np.random.random(7)
     mean_ci(x, reps=300)
     assert np.random.random() == after
+
+
+def test_stability_table_hand_checked() -> None:
+    """The decoupled-stability table: P(X > decoupled), the drop from the best evaluation, and KL bursts counted
+    only over updates with the full lag, seed by seed."""
+    from studies.report import KL_BURST, cells, run_rows, stability_table
+
+    records = []
+    for seed, (final, kl) in enumerate([(100.0, [0.9, 0.01, 0.5]), (300.0, [0.01, 0.02, 0.03])], start=1):
+        rec = fake_record("decoupled", seed, 500, {250: 400.0, 500: final}, policy_lag=1, dual_clip=None)
+        rec["updates"] = {"step": [100, 300, 500], "rollout/ep_rew_mean": [0.0] * 3, "train/ppo_kl": kl}
+        records.append(rec)
+    for seed in (1, 2):
+        records.append(fake_record("decoupled", seed, 500, {500: 1000.0}, policy_lag=1, dual_clip=None,
+                                   is_weight_mode="filter", is_weight_max=5))
+    rows, _ = run_rows(records)
+    table = stability_table(cells(rows), reps=200)
+    assert KL_BURST == 0.3 and len(table) == 4
+    base, filt = (line.split(" | ")[1:8] for line in table[2:])
+    assert base[0] == "decoupled" and filt[0] == "decoupled filter@5"
+    assert base[2].startswith("200 [") and base[3] == ""  # mean of 100 and 300; no P against itself
+    assert base[4].startswith("200 [")  # best 400 - final: 300 and 100
+    assert base[5] == "1, 0" and base[6] == "0.5"  # the 0.9 of update 0 (lag 1: data not yet lagged) is left out
+    assert filt[3] == "1 [1, 1]" and filt[4].startswith("0 [")
