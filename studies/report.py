@@ -505,15 +505,21 @@ def late_eval(record: Dict[str, Any], budget: int, window: int = LATE_WINDOW) ->
     return float(np.mean(kept)) if kept else None
 
 
+def _budget(setting: Tuple[Tuple[str, Any], ...], by_c: Dict[float, List[Dict[str, Any]]]) -> int:
+    """The step budget of a c-sweep's setting (a setting key when the study mixes budgets)."""
+    return dict(setting).get("n_timesteps") or next(iter(by_c.values()))[0]["record"]["meta"]["n_timesteps"]
+
+
 def c_sensitivity_table(rows: List[Dict[str, Any]], reps: int) -> List[str]:
     """Final and late evaluation return, P(dualclip > ppo) and the bound's activity per c, with ppo's row per
     setting."""
     lines = ["| setting | variant | seeds | final eval return, mean [95 % CI] | P(X > ppo) [95 % CI] | "
              f"late eval return (steps budget−{LATE_WINDOW:,} to budget), mean [95 % CI] | P(X > ppo), late | "
-             "bound active | behavior_kl |", "|---|---|---|---|---|---|---|---|---|"]
+             "bound active | behavior_kl | learner std at the budget, min–max over seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     groups = c_sensitivity_groups(rows)
     for setting, (by_c, ppo) in sorted(groups.items(), key=lambda kv: setting_order(kv[0])):
-        budget = dict(setting).get("n_timesteps") or ppo[0]["record"]["meta"]["n_timesteps"]
+        budget = _budget(setting, by_c)
         base = [r["final_eval"] for r in ppo]
         base_late = [late_eval(r["record"], budget) for r in ppo]
         for c, group in [(None, ppo)] + sorted(by_c.items()):
@@ -526,44 +532,52 @@ def c_sensitivity_table(rows: List[Dict[str, Any]], reps: int) -> List[str]:
             p_late = improvement_ci(late, base_late, reps) if compare else None
             active = [r["bound_active"] for r in group if r["bound_active"] is not None]
             kl = [r["behavior_kl"] for r in group if r["behavior_kl"] is not None]
+            std = [v[-1] for v in (full_lag_values(r["record"], "train/std", until=budget) for r in group) if v]
             lines.append(f"| {setting_label(setting)} | {'ppo' if c is None else f'dualclip c={c:g}'} | "
                          f"{len(group)} | {fmt_ci(*mean_ci(finals, reps))} | {fmt_ci(*p, digits=2) if p else ''} | "
                          f"{fmt_ci(*mean_ci(late, reps))} | {fmt_ci(*p_late, digits=2) if p_late else ''} | "
                          f"{pct(float(np.mean(active))) if active else ''} | "
-                         f"{fmt(float(np.mean(kl)), 3) if kl else ''} |")
+                         f"{fmt(float(np.mean(kl)), 3) if kl else ''} | "
+                         f"{f'{fmt(min(std), 3)}–{fmt(max(std), 3)}' if std else ''} |")
     return lines if len(lines) > 2 else []
 
 
 def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
-    """Final evaluation return and the share the bound acts on against c, per setting, for dualclip runs."""
+    """Final and late evaluation return and the share the bound acts on against c, per setting, for dualclip runs,
+    with ppo's mean as a dashed line."""
     groups = c_sensitivity_groups(rows)
     if not groups:
         return None
-    by_setting = {s: by_c for s, (by_c, _) in groups.items()}
-    ppo = {s: [r["final_eval"] for r in runs] for s, (_, runs) in groups.items()}
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, (setting, by_c) in enumerate(sorted(by_setting.items(), key=lambda kv: setting_order(kv[0]))):
-        color = _plt().get_cmap("tab10")(i)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    ordered = sorted(groups.items(), key=lambda kv: setting_order(kv[0]))
+    for i, (setting, (by_c, ppo)) in enumerate(ordered):
+        color = plt.get_cmap("tab10")(i)
+        budget = _budget(setting, by_c)
         cs = sorted(by_c)
         n = min(len(by_c[c]) for c in cs)
-        _errorbar_ci(axes[0], cs, [[r["final_eval"] for r in by_c[c]] for c in cs], reps, color=color,
-                     label=f"dualclip, {setting_label(setting)} (n≥{n})")
-        if len(ppo.get(setting, [])) > 0:
-            axes[0].axhline(np.mean(ppo[setting]), color=color, ls="--", lw=1,
-                            label=f"ppo, {setting_label(setting)} (n={len(ppo[setting])})")
-        active = [100 * np.mean([r["bound_active"] for r in by_c[c] if r["bound_active"] is not None] or [np.nan])
-                  for c in cs]
-        axes[1].plot(cs, active, marker="o", color=color, label=setting_label(setting))
+        for ax, score in ((axes[0], lambda r: r["final_eval"]), (axes[1], lambda r: late_eval(r["record"], budget))):
+            _errorbar_ci(ax, cs, [[score(r) for r in by_c[c]] for c in cs], reps, color=color,
+                         label=f"dualclip, {setting_label(setting)} (n≥{n})")
+            if ppo:
+                ax.axhline(np.mean([score(r) for r in ppo]), color=color, ls="--", lw=1,
+                           label=f"ppo, {setting_label(setting)} (n={len(ppo)})")
+        active = [group_mean(by_c[c], "bound_active") for c in cs]
+        active = [np.nan if a is None else 100 * a for a in active]
+        axes[2].plot(cs, active, marker="o", color=color, label=setting_label(setting))
+    all_cs = sorted({c for _, (by_c, _) in ordered for c in by_c})
     for ax in axes:
         ax.set_xscale("log")
+        ax.set_xticks(all_cs, [f"{c:g}" for c in all_cs])
+        ax.minorticks_off()
         ax.set_xlabel("dual-clip constant c (log scale)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("final evaluation return (learner)")
-    axes[0].set_title("final evaluation return: mean, 95 % bootstrap CI (longer runs: at this budget)", fontsize=9)
-    axes[1].set_ylabel("share of samples where c·A bounds the loss (%)")
-    axes[1].set_title("how often the bound acts (updates with the full lag)", fontsize=9)
+    axes[0].legend(fontsize=7)
+    axes[0].set_ylabel("evaluation return (learner)")
+    axes[0].set_title("final evaluation: mean, 95 % bootstrap CI (longer runs: at this budget)", fontsize=9)
+    axes[1].set_title(f"late evaluation (mean of evaluations at budget−{LATE_WINDOW:,} to budget)", fontsize=9)
+    axes[2].set_ylabel("share of samples where c·A bounds the loss (%)")
+    axes[2].set_title("how often the bound acts (updates with the full lag)", fontsize=9)
     return _save(fig, f"{env}: sensitivity to the dual-clip constant c",
                  out / f"c_sensitivity_{_slug(env)}.png")
 
