@@ -530,14 +530,11 @@ def c_sensitivity_table(rows: List[Dict[str, Any]], reps: int) -> List[str]:
             compare = c is not None and len(base) > 1 and len(finals) > 1
             p = improvement_ci(finals, base, reps) if compare else None
             p_late = improvement_ci(late, base_late, reps) if compare else None
-            active = [r["bound_active"] for r in group if r["bound_active"] is not None]
-            kl = [r["behavior_kl"] for r in group if r["behavior_kl"] is not None]
             std = [v[-1] for v in (full_lag_values(r["record"], "train/std", until=budget) for r in group) if v]
             lines.append(f"| {setting_label(setting)} | {'ppo' if c is None else f'dualclip c={c:g}'} | "
                          f"{len(group)} | {fmt_ci(*mean_ci(finals, reps))} | {fmt_ci(*p, digits=2) if p else ''} | "
                          f"{fmt_ci(*mean_ci(late, reps))} | {fmt_ci(*p_late, digits=2) if p_late else ''} | "
-                         f"{pct(float(np.mean(active))) if active else ''} | "
-                         f"{fmt(float(np.mean(kl)), 3) if kl else ''} | "
+                         f"{pct(group_mean(group, 'bound_active'))} | {fmt(group_mean(group, 'behavior_kl'), 3)} | "
                          f"{f'{fmt(min(std), 3)}–{fmt(max(std), 3)}' if std else ''} |")
     return lines if len(lines) > 2 else []
 
