@@ -316,26 +316,40 @@ def decoupled_variant_settings(groups: Dict[Tuple[Any, str], List[Dict[str, Any]
 
 
 def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
-    """Per setting with several decoupled variants: each variant's final evaluation return, P(X > decoupled) (the
-    default variant), how far runs fell from their best evaluation by the end, and the within-update KL bursts."""
+    """Per setting with several decoupled variants: each variant's final and late evaluation return with P(X >
+    decoupled) (the default variant) for each, how far runs fell from their best evaluation by the end, and the
+    within-update KL bursts."""
     lines = ["| setting | variant | seeds | final eval return, mean [95 % CI] | P(X > decoupled) [95 % CI] | "
-             "best eval − final eval, mean [95 % CI] | updates with ppo_kl > " + f"{KL_BURST:g}" + ", per seed | "
-             "max ppo_kl | ESS | truncated | filtered |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"late eval return (steps budget−{LATE_WINDOW:,} to budget), mean [95 % CI] | P(X > decoupled), late | "
+             "best eval − final eval, mean [95 % CI] | deepest fall below an earlier eval, mean [95 % CI] | "
+             "updates with ppo_kl > " + f"{KL_BURST:g}" + ", per seed | max ppo_kl | ESS | truncated | filtered |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for setting in decoupled_variant_settings(groups):
-        base = [r["final_eval"] for r in groups.get((setting, "decoupled"), []) if r["final_eval"] is not None]
+        def scored(variant: str) -> List[Dict[str, Any]]:
+            return sorted((r for r in groups.get((setting, variant), []) if r["final_eval"] is not None),
+                          key=lambda r: r["seed"])
+
+        def late(group: List[Dict[str, Any]]) -> List[float]:
+            return [late_eval(r["record"], r["record"]["meta"]["n_timesteps"]) for r in group]
+
+        base = scored("decoupled")
         for variant in variant_order([v for s, v in groups if s == setting and v.startswith("decoupled")]):
-            group = sorted((r for r in groups[(setting, variant)] if r["final_eval"] is not None),
-                           key=lambda r: r["seed"])
+            group = scored(variant)
             if not group:
                 continue
             finals = [r["final_eval"] for r in group]
-            drops = [max(np.mean(ret) for ret in r["record"]["eval"]["returns"]) - r["final_eval"] for r in group]
-            p = improvement_ci(finals, base, reps) if variant != "decoupled" and len(base) > 1 and len(finals) > 1 \
-                else None
+            curves = [np.array([np.mean(ret) for ret in r["record"]["eval"]["returns"]]) for r in group]
+            drops = [curve.max() - r["final_eval"] for curve, r in zip(curves, group)]
+            falls = [(np.maximum.accumulate(curve) - curve).max() for curve in curves]  # dips that recovered too
+            compare = variant != "decoupled" and len(base) > 1 and len(group) > 1
+            p = improvement_ci(finals, [r["final_eval"] for r in base], reps) if compare else None
+            p_late = improvement_ci(late(group), late(base), reps) if compare else None
             kls = [full_lag_values(r["record"], "train/ppo_kl") for r in group]
             max_kl = max((max(k) for k in kls if k), default=None)
             lines.append(f"| {setting_label(setting)} | {variant} | {len(group)} | {fmt_ci(*mean_ci(finals, reps))} | "
-                         f"{fmt_ci(*p, digits=2) if p else ''} | {fmt_ci(*mean_ci(drops, reps))} | "
+                         f"{fmt_ci(*p, digits=2) if p else ''} | {fmt_ci(*mean_ci(late(group), reps))} | "
+                         f"{fmt_ci(*p_late, digits=2) if p_late else ''} | {fmt_ci(*mean_ci(drops, reps))} | "
+                         f"{fmt_ci(*mean_ci(falls, reps))} | "
                          f"{', '.join(str(sum(v > KL_BURST for v in k)) for k in kls)} | "
                          f"{fmt(max_kl, 3)} | {fmt(group_mean(group, 'is_ess'), 3)} | "
                          f"{pct(group_mean(group, 'is_truncated'))} | {pct(group_mean(group, 'is_filtered'))} |")
@@ -640,14 +654,20 @@ def fig_training_diagnostics(env: str, rows: List[Dict[str, Any]], out: Path, re
 
 
 def _update_curves(group: List[Dict[str, Any]], tags: List[str], scale: float):
-    """Steps and seeds x updates of the first of ``tags`` each run logged (missing values as NaN -> 0 skipped)."""
+    """Steps and seeds x updates of ``scale`` times the sum of ``tags`` over the updates every run logged.
+
+    A tag a run never logged counts as 0 in that run (the truncated share in filter mode, or the filtered share in
+    records made before filtering existed), so ``["train/is_weight_truncated", "train/is_weight_filtered"]`` gives
+    the share of weights each variant changed, whichever mode it ran in. Updates where a logged tag is missing (the
+    first K updates under lag K) are left out. Returns ``(None, None)`` when no run logged any of ``tags``."""
     series = []
     for r in group:
         updates = r["record"]["updates"]
-        tag = next((t for t in tags if updates.get(t) and any(v is not None for v in updates[t])), None)
-        if tag is None:
+        logged = [t for t in tags if updates.get(t) and any(v is not None for v in updates[t])]
+        if not logged:
             return None, None
-        series.append((updates["step"], [np.nan if v is None else scale * v for v in updates[tag]]))
+        values = np.array([[np.nan if v is None else v for v in updates[t]] for t in logged], dtype=float)
+        series.append((updates["step"], scale * values.sum(axis=0)))
     n = min(len(s[0]) for s in series)
     curves = np.array([s[1][:n] for s in series])
     keep = ~np.isnan(curves).any(axis=0)
@@ -732,8 +752,11 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
                       ""] + poi + [""]
         stability = stability_table(groups, reps)
         if stability:
-            lines += ["Stability of the decoupled variants (settings with more than one): P(X > decoupled) against "
-                      "the default variant (truncate at 100); how far each run ended below its best evaluation; "
+            lines += ["Stability of the decoupled variants (settings with more than one): the final evaluation and "
+                      "the late one (the mean of the evaluations over the last "
+                      f"{LATE_WINDOW:,} steps), each with P(X > decoupled) against the default variant (truncate at "
+                      "100); how far each run ended below its best evaluation, and the deepest it fell at any "
+                      "point below an earlier evaluation (including falls it recovered from); "
                       f"how many updates (with the full lag) had a within-update KL above {KL_BURST:g}, seed by "
                       "seed:", ""] + stability + [""]
         c_table = c_sensitivity_table(env_rows, reps)

@@ -327,7 +327,7 @@ def test_stability_table_hand_checked() -> None:
 
     records = []
     for seed, (final, kl) in enumerate([(100.0, [0.9, 0.01, 0.5]), (300.0, [0.01, 0.02, 0.03])], start=1):
-        rec = fake_record("decoupled", seed, 500, {250: 400.0, 500: final}, policy_lag=1, dual_clip=None)
+        rec = fake_record("decoupled", seed, 500, {250: 400.0, 450: -300.0, 500: final}, policy_lag=1, dual_clip=None)
         rec["updates"] = {"step": [100, 300, 500], "rollout/ep_rew_mean": [0.0] * 3, "train/ppo_kl": kl}
         records.append(rec)
     for seed in (1, 2):
@@ -336,9 +336,29 @@ def test_stability_table_hand_checked() -> None:
     rows, _ = run_rows(records)
     table = stability_table(cells(rows), reps=200)
     assert KL_BURST == 0.3 and len(table) == 4
-    base, filt = (line.split(" | ")[1:8] for line in table[2:])
+    base, filt = (line.split(" | ")[1:11] for line in table[2:])
     assert base[0] == "decoupled" and filt[0] == "decoupled filter@5"
     assert base[2].startswith("200 [") and base[3] == ""  # mean of 100 and 300; no P against itself
-    assert base[4].startswith("200 [")  # best 400 - final: 300 and 100
-    assert base[5] == "1, 0" and base[6] == "0.5"  # the 0.9 of update 0 (lag 1: data not yet lagged) is left out
-    assert filt[3] == "1 [1, 1]" and filt[4].startswith("0 [")
+    # late: the evaluations at steps budget - 75,000 (here: all) to 500, (400 - 300 + 100) / 3 and (400 - 300 + 300) / 3
+    assert base[4].startswith("100 [") and base[5] == ""
+    assert base[6].startswith("200 [")  # best 400 - final: 300 and 100
+    assert base[7].startswith("700 [")  # both seeds fell from 400 to -300, whatever they ended at
+    assert base[8] == "1, 0" and base[9] == "0.5"  # the 0.9 of update 0 (lag 1: data not yet lagged) is left out
+    assert filt[3] == "1 [1, 1]" and filt[5] == "1 [1, 1]" and filt[6].startswith("0 [") and filt[7].startswith("0 [")
+
+
+def test_weight_share_curve_sums_truncated_and_filtered() -> None:
+    """The figure's last panel: a filter-mode run logs a truncated share of 0 beside its filtered share, and a
+    record from before filtering existed logs no filtered share; the curve is their sum, in %, either way."""
+    from studies.report import _update_curves
+
+    filt = fake_record("decoupled", 1, 300, {300: 0.0})
+    filt["updates"].update({"step": [100, 200, 300], "train/is_weight_truncated": [None, 0.0, 0.0],
+                            "train/is_weight_filtered": [None, 0.04, 0.1]})
+    old = fake_record("decoupled", 2, 300, {300: 0.0})
+    old["updates"].update({"step": [100, 200, 300], "train/is_weight_truncated": [None, 0.01, 0.02]})
+    steps, curves = _update_curves([{"record": filt}, {"record": old}],
+                                   ["train/is_weight_truncated", "train/is_weight_filtered"], 100)
+    assert list(steps) == [200, 300]  # the first update (lag not yet full) logged nothing
+    assert curves.tolist() == [[4.0, 10.0], [1.0, 2.0]]
+    assert _update_curves([{"record": old}], ["train/ppo_kl"], 1) == (None, None)
