@@ -317,13 +317,14 @@ def decoupled_variant_settings(groups: Dict[Tuple[Any, str], List[Dict[str, Any]
 
 def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
     """Per setting with several decoupled variants: each variant's final and late evaluation return with P(X >
-    decoupled) (the default variant) for each, how far runs fell from their best evaluation by the end, and the
-    within-update KL bursts."""
+    decoupled) (the default variant) for each, each seed's best and final evaluation, how far runs fell from their
+    best evaluation by the end and at any point, and the within-update KL bursts."""
     lines = ["| setting | variant | seeds | final eval return, mean [95 % CI] | P(X > decoupled) [95 % CI] | "
              f"late eval return (steps budget−{LATE_WINDOW:,} to budget), mean [95 % CI] | P(X > decoupled), late | "
-             "best eval − final eval, mean [95 % CI] | deepest fall below an earlier eval, mean [95 % CI] | "
-             "updates with ppo_kl > " + f"{KL_BURST:g}" + ", per seed | max ppo_kl | ESS | truncated | filtered |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "best eval → final eval, per seed | best eval − final eval, mean [95 % CI] | "
+             "deepest fall below an earlier eval, mean [95 % CI] | "
+             f"updates with ppo_kl > {KL_BURST:g}, per seed | max ppo_kl | ESS | truncated | filtered |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for setting in decoupled_variant_settings(groups):
         def scored(variant: str) -> List[Dict[str, Any]]:
             return sorted((r for r in groups.get((setting, variant), []) if r["final_eval"] is not None),
@@ -341,6 +342,7 @@ def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: i
             curves = [np.array([np.mean(ret) for ret in r["record"]["eval"]["returns"]]) for r in group]
             drops = [curve.max() - r["final_eval"] for curve, r in zip(curves, group)]
             falls = [(np.maximum.accumulate(curve) - curve).max() for curve in curves]  # dips that recovered too
+            best_final = ", ".join(f"{curve.max():.0f} → {r['final_eval']:.0f}" for curve, r in zip(curves, group))
             compare = variant != "decoupled" and len(base) > 1 and len(group) > 1
             p = improvement_ci(finals, [r["final_eval"] for r in base], reps) if compare else None
             p_late = improvement_ci(late(group), late(base), reps) if compare else None
@@ -348,8 +350,8 @@ def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: i
             max_kl = max((max(k) for k in kls if k), default=None)
             lines.append(f"| {setting_label(setting)} | {variant} | {len(group)} | {fmt_ci(*mean_ci(finals, reps))} | "
                          f"{fmt_ci(*p, digits=2) if p else ''} | {fmt_ci(*mean_ci(late(group), reps))} | "
-                         f"{fmt_ci(*p_late, digits=2) if p_late else ''} | {fmt_ci(*mean_ci(drops, reps))} | "
-                         f"{fmt_ci(*mean_ci(falls, reps))} | "
+                         f"{fmt_ci(*p_late, digits=2) if p_late else ''} | {best_final} | "
+                         f"{fmt_ci(*mean_ci(drops, reps))} | {fmt_ci(*mean_ci(falls, reps))} | "
                          f"{', '.join(str(sum(v > KL_BURST for v in k)) for k in kls)} | "
                          f"{fmt(max_kl, 3)} | {fmt(group_mean(group, 'is_ess'), 3)} | "
                          f"{pct(group_mean(group, 'is_truncated'))} | {pct(group_mean(group, 'is_filtered'))} |")

@@ -336,15 +336,15 @@ def test_stability_table_hand_checked() -> None:
     rows, _ = run_rows(records)
     table = stability_table(cells(rows), reps=200)
     assert KL_BURST == 0.3 and len(table) == 4
-    base, filt = (line.split(" | ")[1:11] for line in table[2:])
+    base, filt = (line.split(" | ")[1:12] for line in table[2:])
     assert base[0] == "decoupled" and filt[0] == "decoupled filter@5"
     assert base[2].startswith("200 [") and base[3] == ""  # mean of 100 and 300; no P against itself
     # late: the evaluations at steps budget - 75,000 (here: all) to 500, (400 - 300 + 100) / 3 and (400 - 300 + 300) / 3
     assert base[4].startswith("100 [") and base[5] == ""
-    assert base[6].startswith("200 [")  # best 400 - final: 300 and 100
-    assert base[7].startswith("700 [")  # both seeds fell from 400 to -300, whatever they ended at
-    assert base[8] == "1, 0" and base[9] == "0.5"  # the 0.9 of update 0 (lag 1: data not yet lagged) is left out
-    assert filt[3] == "1 [1, 1]" and filt[5] == "1 [1, 1]" and filt[6].startswith("0 [") and filt[7].startswith("0 [")
+    assert base[6] == "400 → 100, 400 → 300" and base[7].startswith("200 [")  # best 400 - final: 300 and 100
+    assert base[8].startswith("700 [")  # both seeds fell from 400 to -300, whatever they ended at
+    assert base[9] == "1, 0" and base[10] == "0.5"  # the 0.9 of update 0 (lag 1: data not yet lagged) is left out
+    assert filt[3] == "1 [1, 1]" and filt[5] == "1 [1, 1]" and filt[7].startswith("0 [") and filt[8].startswith("0 [")
 
 
 def test_weight_share_curve_sums_truncated_and_filtered() -> None:
