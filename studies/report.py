@@ -433,15 +433,18 @@ def fig_final_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps: int)
     colors = _colors([v for _, v in data])
     fig, axes = plt.subplots(1, len(rests), figsize=(6 * len(rests), 4), squeeze=False)
     for ax, rest in zip(axes.flat, rests):
+        # one evenly spaced position per lag any variant of this panel has, so a variant run at fewer lags (e.g.
+        # the decoupled-stability variants at 4, 8 and 16) sits at its own lags, not at the first positions
+        all_lags = sorted({k for (r, _), by_lag in data.items() if r == rest and len(by_lag) > 1 for k in by_lag})
         for variant in variant_order([v for r, v in data if r == rest]):
             by_lag = data[(rest, variant)]
             if len(by_lag) < 2:
                 continue
             lags = sorted(by_lag)
             seeds = min(len(by_lag[k]) for k in lags)
-            _errorbar_ci(ax, range(len(lags)), [by_lag[k] for k in lags], reps, color=colors[variant],
-                         label=f"{variant} (n≥{seeds})")
-            ax.set_xticks(range(len(lags)), [str(k) for k in lags])
+            _errorbar_ci(ax, [all_lags.index(k) for k in lags], [by_lag[k] for k in lags], reps,
+                         color=colors[variant], label=f"{variant} (n≥{seeds})")
+        ax.set_xticks(range(len(all_lags)), [str(k) for k in all_lags])
         ax.set_xlabel("policy lag K (updates)")
         ax.set_ylabel("final evaluation return (learner)")
         ax.set_title(f"{env}" + (f", {setting_label(rest)}" if setting_label(rest) != "default" else ""), fontsize=9)

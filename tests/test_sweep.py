@@ -362,3 +362,23 @@ def test_weight_share_curve_sums_truncated_and_filtered() -> None:
     assert list(steps) == [200, 300]  # the first update (lag not yet full) logged nothing
     assert curves.tolist() == [[4.0, 10.0], [1.0, 2.0]]
     assert _update_curves([{"record": old}], ["train/ppo_kl"], 1) == (None, None)
+
+
+def test_final_vs_lag_puts_every_variant_at_its_own_lags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A variant run at fewer lags than the others (lags 4 and 16 beside 0, 4 and 16) is drawn at the positions of
+    its own lags, under the right tick labels."""
+    import studies.report as report
+
+    records = [fake_record("decoupled", seed, 500, {500: 1.0}, policy_lag=lag, dual_clip=None)
+               for lag in (0, 4, 16) for seed in (1, 2)]
+    records += [fake_record("decoupled", seed, 500, {500: 2.0}, policy_lag=lag, dual_clip=None,
+                            is_weight_mode="filter", is_weight_max=5) for lag in (4, 16) for seed in (1, 2)]
+    rows, _ = report.run_rows(records)
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, title, path: figures.append(fig) or path)
+    report.fig_final_vs_lag("E-v0", rows, tmp_path, reps=50)
+    ax = figures[0].axes[0]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["0", "4", "16"]
+    drawn = {bars.get_label(): [ticks[int(x)] for x in bars.lines[0].get_xdata()] for bars in ax.containers}
+    assert drawn == {"decoupled (n≥2)": ["0", "4", "16"], "decoupled filter@5 (n≥2)": ["4", "16"]}
