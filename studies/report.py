@@ -368,10 +368,16 @@ def _plt():
     return plt
 
 
+# tab10, then named colours far from its ten: a study with up to 18 variants (the MuJoCo study has 12: ppo, five
+# values of c, the decoupled variants) draws each in its own colour, the same one in every figure
+EXTRA_COLORS = ["black", "gold", "navy", "lime", "maroon", "teal", "fuchsia", "tan"]
+
+
 def _colors(variants: Sequence[str]) -> Dict[str, Any]:
-    plt = _plt()
-    cmap = plt.get_cmap("tab10")
-    return {v: cmap(i % 10) for i, v in enumerate(variant_order(variants))}
+    from matplotlib.colors import to_rgba
+
+    palette = list(_plt().get_cmap("tab10").colors) + EXTRA_COLORS
+    return {v: to_rgba(palette[i % len(palette)]) for i, v in enumerate(variant_order(variants))}
 
 
 def eval_curves(group: List[Dict[str, Any]]) -> Tuple[np.ndarray, np.ndarray]:

@@ -382,3 +382,14 @@ def test_final_vs_lag_puts_every_variant_at_its_own_lags(monkeypatch: pytest.Mon
     assert ticks == ["0", "4", "16"]
     drawn = {bars.get_label(): [ticks[int(x)] for x in bars.lines[0].get_xdata()] for bars in ax.containers}
     assert drawn == {"decoupled (n≥2)": ["0", "4", "16"], "decoupled filter@5 (n≥2)": ["4", "16"]}
+
+
+def test_every_variant_of_a_study_gets_its_own_colour() -> None:
+    """The MuJoCo study's 12 variants: with tab10 alone, two decoupled variants shared ppo's and dualclip's colours."""
+    from studies.report import _colors
+
+    variants = ["ppo", "dualclip", "decoupled", "decoupled c=3", "decoupled filter@2", "decoupled filter@5",
+                "decoupled truncate@5"] + [f"dualclip c={c}" for c in ("1.2", "1.5", "2", "5", "10")]
+    colours = _colors(variants)
+    assert len(set(colours.values())) == len(variants) == 12
+    assert _colors(variants[:3])["ppo"] == colours["ppo"]  # ppo first, so the same colour in every figure
