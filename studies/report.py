@@ -334,22 +334,23 @@ def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: i
             return [late_eval(r["record"], r["record"]["meta"]["n_timesteps"]) for r in group]
 
         base = scored("decoupled")
+        base_late = late(base)
         for variant in variant_order([v for s, v in groups if s == setting and v.startswith("decoupled")]):
             group = scored(variant)
             if not group:
                 continue
-            finals = [r["final_eval"] for r in group]
+            finals, lates = [r["final_eval"] for r in group], late(group)
             curves = [np.array([np.mean(ret) for ret in r["record"]["eval"]["returns"]]) for r in group]
             drops = [curve.max() - r["final_eval"] for curve, r in zip(curves, group)]
             falls = [(np.maximum.accumulate(curve) - curve).max() for curve in curves]  # dips that recovered too
             best_final = ", ".join(f"{curve.max():.0f} → {r['final_eval']:.0f}" for curve, r in zip(curves, group))
             compare = variant != "decoupled" and len(base) > 1 and len(group) > 1
             p = improvement_ci(finals, [r["final_eval"] for r in base], reps) if compare else None
-            p_late = improvement_ci(late(group), late(base), reps) if compare else None
+            p_late = improvement_ci(lates, base_late, reps) if compare else None
             kls = [full_lag_values(r["record"], "train/ppo_kl") for r in group]
             max_kl = max((max(k) for k in kls if k), default=None)
             lines.append(f"| {setting_label(setting)} | {variant} | {len(group)} | {fmt_ci(*mean_ci(finals, reps))} | "
-                         f"{fmt_ci(*p, digits=2) if p else ''} | {fmt_ci(*mean_ci(late(group), reps))} | "
+                         f"{fmt_ci(*p, digits=2) if p else ''} | {fmt_ci(*mean_ci(lates, reps))} | "
                          f"{fmt_ci(*p_late, digits=2) if p_late else ''} | {best_final} | "
                          f"{fmt_ci(*mean_ci(drops, reps))} | {fmt_ci(*mean_ci(falls, reps))} | "
                          f"{', '.join(str(sum(v > KL_BURST for v in k)) for k in kls)} | "
@@ -669,8 +670,8 @@ def _update_curves(group: List[Dict[str, Any]], tags: List[str], scale: float):
 
     A tag a run never logged counts as 0 in that run (the truncated share in filter mode, or the filtered share in
     records made before filtering existed), so ``["train/is_weight_truncated", "train/is_weight_filtered"]`` gives
-    the share of weights each variant changed, whichever mode it ran in. Updates where a logged tag is missing (the
-    first K updates under lag K) are left out. Returns ``(None, None)`` when no run logged any of ``tags``."""
+    the share of weights each variant changed, whichever mode it ran in. Updates where a logged tag has no value
+    are left out. Returns ``(None, None)`` when no run logged any of ``tags``."""
     series = []
     for r in group:
         updates = r["record"]["updates"]

@@ -359,7 +359,7 @@ def test_weight_share_curve_sums_truncated_and_filtered() -> None:
     old["updates"].update({"step": [100, 200, 300], "train/is_weight_truncated": [None, 0.01, 0.02]})
     steps, curves = _update_curves([{"record": filt}, {"record": old}],
                                    ["train/is_weight_truncated", "train/is_weight_filtered"], 100)
-    assert list(steps) == [200, 300]  # the first update (lag not yet full) logged nothing
+    assert list(steps) == [200, 300]  # an update without a value is left out
     assert curves.tolist() == [[4.0, 10.0], [1.0, 2.0]]
     assert _update_curves([{"record": old}], ["train/ppo_kl"], 1) == (None, None)
 
