@@ -8,19 +8,25 @@ Terms used throughout:
 - a *setting* is what the data are (env, policy lag, lag mode, behaviour temperature, any other axis but the seed
   and the arm's own options); a *variant* is how they are used: the algorithm and its options (``dual_clip``,
   ``is_weight_mode``, ``is_weight_max``, ``loss_agg_mode``); options at their defaults are not shown in its label;
-- the headline metric is the **final evaluation return**: the mean over episodes of the learner's last evaluation
-  (deterministic actions, at the end of training); the training return (``rollout/ep_rew_mean``, the behaviour
-  policy's) is a second column;
+- the headline metric is the **late evaluation return**: the mean of the learner's evaluations (deterministic
+  actions) over the last 10 % of the budget, at least 3 of them (:func:`late_window`). Under lag a deterministic
+  learner's return can swing by hundreds between two evaluations one update apart, so a single evaluation is a
+  fragile headline; the **final evaluation return** (the evaluation at the budget) is kept beside it as secondary.
+  Every run of a table is scored at the same environment step (:func:`join_step`), so no comparison mixes learners
+  of different updates. The training return (``rollout/ep_rew_mean``, the behaviour policy's) is a third column;
 - diagnostics (``behavior_kl``, ratio p99, the share of samples the dual-clip bound acts on, ...) are averaged over
   the updates whose data reached the requested lag: the first K updates of a lag-K run have no snapshot that old
   and run at smaller lags, so they are left out (update index >= K);
-- intervals are 95 % bootstrap confidence intervals from rliable (stratified bootstrap over seeds); curves show the
-  mean over seeds with a 95 % bootstrap band; the aggregate view is rliable's IQM and probability of improvement.
+- intervals are 95 % bootstrap confidence intervals from rliable (stratified bootstrap over seeds); beside each
+  probability of improvement stand exact tests (:mod:`studies.stats`): the permutation p of P(X > Y) and, for runs
+  paired by seed, the sign-flip p of the per-seed difference; curves show the mean over seeds with a 95 % bootstrap
+  band; across tasks, rliable's IQM and probability of improvement on normalised scores.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
 import warnings
@@ -30,7 +36,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from studies import stats
 from studies.records import read_records
+
+
+class ReportError(ValueError):
+    """Records a report cannot score honestly (e.g. a run without an evaluation at its table's step): one line."""
 
 #: options of an arm (they make a variant); every other axis but the seed makes the setting
 ARM_KEYS = ("algo", "dual_clip", "is_weight_mode", "is_weight_max", "loss_agg_mode")
@@ -51,9 +62,12 @@ DIAGNOSTICS = {
     "is_truncated": "train/is_weight_truncated",
     "is_filtered": "train/is_weight_filtered",
 }
-#: the c-sensitivity table's late evaluation return averages the evaluations this many steps before the budget and up
-#: to it (the last four of a 25k-step evaluation interval)
-LATE_WINDOW = 75_000
+#: the late evaluation return (the headline) averages the evaluations over this share of the budget, up to the
+#: scoring step, and at least LATE_MIN_EVALS of them: with the studies' evaluation every 25k steps that is 3
+#: evaluations of a 300k or 500k run and 5 of a 1M run, about 12 updates apart, so one update's swing weighs a third
+#: at most while the window still describes the end of training
+LATE_FRACTION = 0.1
+LATE_MIN_EVALS = 3
 #: a within-update KL (``train/ppo_kl``) above this counts as a burst in the stability table (the median per run is
 #: 0.02-0.05 in the MuJoCo study)
 KL_BURST = 0.3
@@ -123,11 +137,49 @@ def full_lag_mean(record: Dict[str, Any], tag: str, until: Optional[int] = None)
     return float(np.mean(kept)) if kept else None
 
 
-def final_eval(record: Dict[str, Any]) -> Optional[float]:
-    returns = record["eval"]["returns"]
-    if not returns or record["eval"]["steps"][-1] < record["meta"]["n_timesteps"]:
+def join_step(records: Sequence[Dict[str, Any]], budget: int) -> Optional[int]:
+    """The environment step at which every run of ``records`` is scored for a table of this ``budget``: the budget's
+    evaluation step, or the nearest evaluation step at or before it, the same for all. A run without an evaluation
+    there raises :class:`ReportError` naming it (nothing is dropped silently). None when no run has evaluations."""
+    candidates = [max((s for s in r["eval"]["steps"] if s <= budget), default=None) for r in records
+                  if r["eval"]["steps"]]
+    candidates = [c for c in candidates if c is not None]
+    if not candidates:
         return None
-    return float(np.mean(returns[-1]))
+    step = max(candidates)
+    for r in records:
+        if r["eval"]["steps"] and step not in r["eval"]["steps"]:
+            raise ReportError(f"run {r['meta']['name']} has no evaluation at step {step:,}, where the other runs of "
+                              f"its {budget:,}-step table are scored: re-run it with an --eval-freq that divides "
+                              f"{step:,}, or move its record out of runs/")
+    return step
+
+
+def eval_at(record: Dict[str, Any], step: int) -> float:
+    """Mean return over the episodes of the run's evaluation at ``step``."""
+    evals = record["eval"]
+    return float(np.mean(evals["returns"][evals["steps"].index(step)]))
+
+
+def late_window(record: Dict[str, Any], step: int, budget: int) -> List[int]:
+    """The evaluation steps of the late return: those in the last LATE_FRACTION of ``budget`` up to ``step``, and at
+    least the last LATE_MIN_EVALS up to it."""
+    steps = [s for s in record["eval"]["steps"] if s <= step]
+    window = [s for s in steps if s >= step - LATE_FRACTION * budget]
+    return steps[-max(len(window), LATE_MIN_EVALS):]
+
+
+def late_eval(record: Dict[str, Any], step: int, budget: int) -> float:
+    """The headline: mean of the evaluation returns over :func:`late_window`."""
+    return float(np.mean([eval_at(record, s) for s in late_window(record, step, budget)]))
+
+
+def score(record: Dict[str, Any], step: Optional[int], budget: int) -> Dict[str, Optional[float]]:
+    """``final_eval`` (the evaluation at ``step``), ``late_eval`` and ``score_step`` of a run scored at ``step``
+    (all None without evaluations)."""
+    if step is None or not record["eval"]["steps"]:
+        return {"final_eval": None, "late_eval": None, "score_step": None}
+    return {"final_eval": eval_at(record, step), "late_eval": late_eval(record, step, budget), "score_step": step}
 
 
 def run_rows(records: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
@@ -149,7 +201,6 @@ def run_rows(records: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[
         row["setting"] = tuple((k, row[k]) for k in setting_keys)
         row["variant"] = variant_label(row)
         ep = rec["updates"].get("rollout/ep_rew_mean") or [None]
-        row["final_eval"] = final_eval(rec)
         row["final_train"] = ep[-1]
         for column, tag in DIAGNOSTICS.items():
             row[column] = full_lag_mean(rec, tag)
@@ -157,6 +208,12 @@ def run_rows(records: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[
                    cpu=meta["machine"]["cpu"])
         row["record"] = rec
         rows.append(row)
+    # every run of one env and budget (one table) is scored at the same evaluation step
+    for key in sorted({(r["env"], r["record"]["meta"]["n_timesteps"]) for r in rows}):
+        table = [r for r in rows if (r["env"], r["record"]["meta"]["n_timesteps"]) == key]
+        step = join_step([r["record"] for r in table], key[1])
+        for r in table:
+            r.update(score(r["record"], step, key[1]))
     return rows, setting_keys
 
 
@@ -205,13 +262,21 @@ def iqm_ci(values: Sequence[float], reps: int = BOOTSTRAP_REPS, seed: int = 0) -
 
 def improvement_ci(x: Sequence[float], y: Sequence[float], reps: int = BOOTSTRAP_REPS,
                    seed: int = 0) -> Tuple[float, float, float]:
-    """rliable's probability that a run of X beats a run of Y (ties count half), with its 95 % interval."""
-    from rliable import metrics
+    """rliable's probability that a run of X beats a run of Y (ties count half), with its 95 % interval.
 
+    rliable's own statistic (``metrics.probability_of_improvement``) calls scipy's Mann-Whitney test once per
+    resample; :func:`_poi` computes the same number (U / (n·m), averaged over tasks) with numpy, on the same
+    resamples, so the interval is rliable's, 20 times faster (tests/test_stats.py checks they agree)."""
     a, b = (np.asarray(v, dtype=float).reshape(-1, 1) for v in (x, y))
-    point, interval = _interval_estimates({"p": (a, b)}, metrics.probability_of_improvement, reps=reps, seed=seed)
+    point, interval = _interval_estimates({"p": (a, b)}, _poi, reps=reps, seed=seed)
     lo, hi = np.ravel(interval["p"])
     return float(np.ravel(point["p"])[0]), float(lo), float(hi)
+
+
+def _poi(x: np.ndarray, y: np.ndarray) -> float:
+    """rliable's ``probability_of_improvement`` of score matrices (runs x tasks): P(X > Y) + P(X = Y) / 2 per task,
+    averaged over tasks."""
+    return float(np.mean([stats.improvement(x[:, t], y[:, t]) for t in range(x.shape[1])]))
 
 
 def curve_band(curves: np.ndarray, reps: int = BOOTSTRAP_REPS,
@@ -244,7 +309,18 @@ def fmt(x: Optional[float], digits: int = 4) -> str:
 
 
 def fmt_ci(point: float, lo: float, hi: float, digits: int = 4) -> str:
-    return fmt(point, digits) + ("" if math.isnan(lo) else f" [{fmt(lo, digits)}, {fmt(hi, digits)}]")
+    """``point [lo, hi]``; an interval of width 0 is marked degenerate (see :func:`studies.stats.is_degenerate`)."""
+    if math.isnan(lo):
+        return fmt(point, digits)
+    return f"{fmt(point, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]" + (
+        " (degenerate)" if stats.is_degenerate(lo, hi) else "")
+
+
+def fmt_p(p: Optional[float]) -> str:
+    """A p-value: 2 significant digits, 3 decimals below 0.01."""
+    if p is None or math.isnan(p):
+        return ""
+    return f"{p:.3f}" if p < 0.01 else f"{p:.2g}"
 
 
 def pct(x: Optional[float]) -> str:
@@ -258,25 +334,31 @@ def group_mean(group: List[Dict[str, Any]], column: str) -> Optional[float]:
 
 
 def cell_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
-    head = ("| setting | variant | seeds | final eval return, mean [95 % CI] | IQM [95 % CI] | final training return "
-            "(μ's), mean ± sd | behavior_kl | ratio p99 | would bound (c) | bound active | clip fraction | "
-            "ppo_kl | ESS | truncated | filtered |")
+    head = ("| setting | variant | seeds | late eval return, mean [95 % CI] | late, IQM [95 % CI] | final eval "
+            "return, mean [95 % CI] | final training return (μ's), mean ± sd | behavior_kl | ratio p99 | "
+            "would bound (c) | bound active | clip fraction | ppo_kl | ESS | truncated | filtered |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (setting, variant), group in sorted(groups.items(), key=_cell_order):
-        finals = [r["final_eval"] for r in group if r["final_eval"] is not None]
+        lates = [r["late_eval"] for r in group if r["late_eval"] is not None]
         train = [r["final_train"] for r in group if r["final_train"] is not None]
-        m = mean_ci(finals, reps) if finals else (math.nan,) * 3
-        q = iqm_ci(finals, reps) if finals else (math.nan,) * 3
+        q = iqm_ci(lates, reps) if lates else (math.nan,) * 3
         avg = partial(group_mean, group)
-
+        column = partial(_column_ci, group, reps=reps)
         sd = f" ± {np.std(train, ddof=1):.3g}" if len(train) > 1 else ""
         lines.append(
-            f"| {setting_label(setting)} | {variant} | {len(group)} | {fmt_ci(*m)} | {fmt_ci(*q)} | "
+            f"| {setting_label(setting)} | {variant} | {len(group)} | {column('late_eval')} | "
+            f"{fmt_ci(*q) if lates else ''} | {column('final_eval')} | "
             f"{fmt(float(np.mean(train))) if train else ''}{sd} | {fmt(avg('behavior_kl'), 3)} | "
             f"{fmt(avg('ratio_p99'), 3)} | {pct(avg('would_bound'))} | {pct(avg('bound_active'))} | "
             f"{pct(avg('clip_fraction'))} | {fmt(avg('ppo_kl'), 3)} | {fmt(avg('is_ess'), 3)} | "
             f"{pct(avg('is_truncated'))} | {pct(avg('is_filtered'))} |")
     return lines
+
+
+def _column_ci(group: List[Dict[str, Any]], column: str, reps: int) -> str:
+    """Mean [95 % CI] of a row column over a cell's runs that have it."""
+    values = [r[column] for r in group if r[column] is not None]
+    return fmt_ci(*mean_ci(values, reps)) if values else ""
 
 
 def setting_order(setting: Tuple[Tuple[str, Any], ...]) -> Tuple:
@@ -291,22 +373,64 @@ def _cell_order(item: Tuple[Tuple[Any, str], Any]) -> Tuple:
     return (setting_order(setting), ALGO_ORDER.index(algo) if algo in ALGO_ORDER else len(ALGO_ORDER), variant)
 
 
+def compare(xs: List[Dict[str, Any]], ys: List[Dict[str, Any]], metric: str, reps: int) -> Dict[str, Any]:
+    """Runs ``xs`` against runs ``ys`` on the row column ``metric``: rliable's P(X > Y) with its bootstrap interval,
+    its exact permutation p, and, over the seeds both have (paired: same initial parameters and evaluation
+    episodes), the mean per-seed difference X − Y with its bootstrap interval and exact sign-flip p."""
+    x = [r[metric] for r in xs if r[metric] is not None]
+    y = [r[metric] for r in ys if r[metric] is not None]
+    out: Dict[str, Any] = {"n": f"{len(x)} / {len(y)}"}
+    if len(x) < 2 or len(y) < 2:
+        return out
+    out["poi"] = improvement_ci(x, y, reps)
+    out["p"] = stats.exact_improvement_p(x, y)
+    by_seed = {r["seed"]: r[metric] for r in ys if r[metric] is not None}
+    pairs = [(r[metric], by_seed[r["seed"]]) for r in xs if r[metric] is not None and r["seed"] in by_seed]
+    if len(pairs) >= 2:
+        out["diff"] = mean_ci([a - b for a, b in pairs], reps)
+        out["paired_p"] = stats.paired_difference(*zip(*pairs))[1]
+        out["pairs"] = len(pairs)
+    return out
+
+
+#: the header of the cells :func:`compare_cells` fills (``{y}``: the reference variant, ``{m}``: the metric)
+COMPARE_HEAD = "P(X > {y}), {m} [95 % CI] | exact p | paired: mean X − {y}, {m} [95 % CI] (pairs) | sign-flip p"
+
+
+def compare_cells(c: Dict[str, Any], holm_p: Optional[float] = None) -> str:
+    """The :data:`COMPARE_HEAD` cells of one :func:`compare` result; with ``holm_p``, the exact p is followed by
+    its Holm-adjusted value."""
+    if "poi" not in c:
+        return " |  |  | "
+    p = fmt_p(c["p"]) + (f" (Holm {fmt_p(holm_p)})" if holm_p is not None else "")
+    diff = f"{fmt_ci(*c['diff'])} ({c['pairs']})" if "diff" in c else ""
+    return f"{fmt_ci(*c['poi'], digits=2)} | {p} | {diff} | {fmt_p(c.get('paired_p'))}"
+
+
 def improvement_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
-    lines = ["| setting | variant X | P(X > ppo) [95 % CI] | seeds X / ppo |", "|---|---|---|---|"]
-    settings = sorted({s for s, _ in groups}, key=setting_order)
-    for setting in settings:
-        base = [r["final_eval"] for r in groups.get((setting, "ppo"), []) if r["final_eval"] is not None]
-        if len(base) < 2:
+    """Each variant against ppo in the same setting, on the late return (exact p Holm-adjusted within the table)
+    and on the final evaluation (exploratory)."""
+    rows = []
+    for setting in sorted({s for s, _ in groups}, key=setting_order):
+        base = groups.get((setting, "ppo"), [])
+        if sum(r["late_eval"] is not None for r in base) < 2:
             continue
         for variant in variant_order([v for s, v in groups if s == setting]):
-            if variant == "ppo":
-                continue
-            xs = [r["final_eval"] for r in groups[(setting, variant)] if r["final_eval"] is not None]
-            if len(xs) < 2:
-                continue
-            p = improvement_ci(xs, base, reps)
-            lines.append(f"| {setting_label(setting)} | {variant} | {fmt_ci(*p, digits=2)} | {len(xs)} / {len(base)} |")
-    return lines if len(lines) > 2 else []
+            if variant != "ppo":
+                late = compare(groups[(setting, variant)], base, "late_eval", reps)
+                if "poi" in late:
+                    rows.append((setting, variant, late, compare(groups[(setting, variant)], base, "final_eval", reps)))
+    if not rows:
+        return []
+    adjusted = stats.holm([late["p"] for _, _, late, _ in rows])
+    head = (f"| setting | variant X | seeds X / ppo | {COMPARE_HEAD.format(y='ppo', m='late')} | "
+            "P(X > ppo), final [95 % CI] | exact p, final |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for (setting, variant, late, final), holm_p in zip(rows, adjusted):
+        poi = fmt_ci(*final["poi"], digits=2) if "poi" in final else ""
+        lines.append(f"| {setting_label(setting)} | {variant} | {late['n']} | {compare_cells(late, holm_p)} | {poi} | "
+                     f"{fmt_p(final.get('p'))} |")
+    return lines
 
 
 def decoupled_variant_settings(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> List[Any]:
@@ -316,47 +440,184 @@ def decoupled_variant_settings(groups: Dict[Tuple[Any, str], List[Dict[str, Any]
 
 
 def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
-    """Per setting with several decoupled variants: each variant's final and late evaluation return with P(X >
-    decoupled) (the default variant) for each, each seed's best and final evaluation, how far runs fell from their
-    best evaluation by the end and at any point, and the within-update KL bursts."""
-    lines = ["| setting | variant | seeds | final eval return, mean [95 % CI] | P(X > decoupled) [95 % CI] | "
-             f"late eval return (steps budget−{LATE_WINDOW:,} to budget), mean [95 % CI] | P(X > decoupled), late | "
-             "best eval → final eval, per seed | best eval − final eval, mean [95 % CI] | "
-             "deepest fall below an earlier eval, mean [95 % CI] | "
-             f"updates with ppo_kl > {KL_BURST:g}, per seed | max ppo_kl | ESS | truncated | filtered |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Per setting with several decoupled variants: each variant's late return against the default variant
+    (``decoupled``, truncate at 100) with exact and paired tests, its final evaluation, each seed's best and final
+    evaluation, how far runs fell from their best evaluation by the end and at any point (with the exact p of the
+    deepest falls against the default's), and the within-update KL bursts. Exploratory: no correction for the
+    number of comparisons."""
+    head = (f"| setting | variant | seeds | late eval return, mean [95 % CI] | "
+            f"{COMPARE_HEAD.format(y='decoupled', m='late')} | final eval return, mean [95 % CI] | "
+            "P(X > decoupled), final | best eval → final eval, per seed | best eval − final eval, mean [95 % CI] | "
+            "deepest fall below an earlier eval, mean [95 % CI] | exact p, deepest fall vs decoupled | "
+            f"updates with ppo_kl > {KL_BURST:g}, per seed | max ppo_kl | ESS | truncated | filtered |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def with_falls(group: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """The cell's scored runs by seed, each with its best evaluation and its deepest fall below an earlier
+        evaluation (dips it recovered from too), up to its scoring step."""
+        out = []
+        for r in sorted((r for r in group if r["final_eval"] is not None), key=lambda r: r["seed"]):
+            evals = r["record"]["eval"]
+            curve = np.array([np.mean(ret) for step, ret in zip(evals["steps"], evals["returns"])
+                              if step <= r["score_step"]])
+            out.append({**r, "best": curve.max(), "fall": (np.maximum.accumulate(curve) - curve).max()})
+        return out
+
     for setting in decoupled_variant_settings(groups):
-        def scored(variant: str) -> List[Dict[str, Any]]:
-            return sorted((r for r in groups.get((setting, variant), []) if r["final_eval"] is not None),
-                          key=lambda r: r["seed"])
-
-        def late(group: List[Dict[str, Any]]) -> List[float]:
-            return [late_eval(r["record"], r["record"]["meta"]["n_timesteps"]) for r in group]
-
-        base = scored("decoupled")
-        base_late = late(base)
+        base = with_falls(groups.get((setting, "decoupled"), []))
         for variant in variant_order([v for s, v in groups if s == setting and v.startswith("decoupled")]):
-            group = scored(variant)
+            group = with_falls(groups[(setting, variant)])
             if not group:
                 continue
-            finals, lates = [r["final_eval"] for r in group], late(group)
-            curves = [np.array([np.mean(ret) for ret in r["record"]["eval"]["returns"]]) for r in group]
-            drops = [curve.max() - r["final_eval"] for curve, r in zip(curves, group)]
-            falls = [(np.maximum.accumulate(curve) - curve).max() for curve in curves]  # dips that recovered too
-            best_final = ", ".join(f"{curve.max():.0f} → {r['final_eval']:.0f}" for curve, r in zip(curves, group))
-            compare = variant != "decoupled" and len(base) > 1 and len(group) > 1
-            p = improvement_ci(finals, [r["final_eval"] for r in base], reps) if compare else None
-            p_late = improvement_ci(lates, base_late, reps) if compare else None
+            late, final, falls = ({} if variant == "decoupled" else compare(group, base, metric, reps)
+                                  for metric in ("late_eval", "final_eval", "fall"))
             kls = [full_lag_values(r["record"], "train/ppo_kl") for r in group]
             max_kl = max((max(k) for k in kls if k), default=None)
-            lines.append(f"| {setting_label(setting)} | {variant} | {len(group)} | {fmt_ci(*mean_ci(finals, reps))} | "
-                         f"{fmt_ci(*p, digits=2) if p else ''} | {fmt_ci(*mean_ci(lates, reps))} | "
-                         f"{fmt_ci(*p_late, digits=2) if p_late else ''} | {best_final} | "
-                         f"{fmt_ci(*mean_ci(drops, reps))} | {fmt_ci(*mean_ci(falls, reps))} | "
-                         f"{', '.join(str(sum(v > KL_BURST for v in k)) for k in kls)} | "
-                         f"{fmt(max_kl, 3)} | {fmt(group_mean(group, 'is_ess'), 3)} | "
-                         f"{pct(group_mean(group, 'is_truncated'))} | {pct(group_mean(group, 'is_filtered'))} |")
+            column = partial(_column_ci, group, reps=reps)
+            best_final = ", ".join(f"{r['best']:.0f} → {r['final_eval']:.0f}" for r in group)
+            lines.append(
+                f"| {setting_label(setting)} | {variant} | {len(group)} | {column('late_eval')} | "
+                f"{compare_cells(late)} | {column('final_eval')} | "
+                f"{fmt_ci(*final['poi'], digits=2) if 'poi' in final else ''} | {best_final} | "
+                f"{fmt_ci(*mean_ci([r['best'] - r['final_eval'] for r in group], reps))} | {column('fall')} | "
+                f"{fmt_p(falls.get('p'))} | {', '.join(str(sum(v > KL_BURST for v in k)) for k in kls)} | "
+                f"{fmt(max_kl, 3)} | {fmt(group_mean(group, 'is_ess'), 3)} | "
+                f"{pct(group_mean(group, 'is_truncated'))} | {pct(group_mean(group, 'is_filtered'))} |")
     return lines if len(lines) > 2 else []
+
+
+def same_computations(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> List[str]:
+    """Lines naming the runs of two variants of one setting that are the same computation: the same seed with
+    evaluations identical, return for return, beyond the initial one (e.g. ppo and decoupled at lag 0, where the
+    proximal policy is μ and every weight is 1). Such pairs are not independent replicates: their difference is 0
+    by construction, not a measured noise floor."""
+    out = []
+    for setting in sorted({s for s, _ in groups}, key=setting_order):
+        variants = variant_order([v for s, v in groups if s == setting])
+        for i, a in enumerate(variants):
+            runs_a = {r["seed"]: r["record"]["eval"] for r in groups[(setting, a)]}
+            for b in variants[i + 1:]:
+                spans = []
+                for r in sorted(groups[(setting, b)], key=lambda r: r["seed"]):
+                    ea, eb = runs_a.get(r["seed"]), r["record"]["eval"]
+                    if ea is None:
+                        continue
+                    same = 0
+                    for sa, ra, sb, rb in zip(ea["steps"], ea["returns"], eb["steps"], eb["returns"]):
+                        if sa != sb or ra != rb:
+                            break
+                        same += 1
+                    if same > 1:  # the evaluation at step 0 is of the same initial policy in any case
+                        whole = same == len(ea["steps"]) == len(eb["steps"])
+                        spans.append(f"seed {r['seed']} " + ("to the end" if whole else
+                                                             f"to step {eb['steps'][same - 1]:,}"))
+                if spans:
+                    out.append(f"- {setting_label(setting)}: {a} and {b} evaluate identically, {'; '.join(spans)}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ tasks
+def task_rows(rows: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    """Per env, the rows of the cross-task comparison: the three arms at their defaults, fixed lag, τ = 1, at the
+    env's longest budget that has ppo at lag 0 (its reference)."""
+    def plain(r: Dict[str, Any]) -> bool:
+        extra = {k: v for k, v in r["setting"] if k not in ("env", "policy_lag", "n_timesteps")}
+        return (r["variant"] in ALGO_ORDER and r["late_eval"] is not None
+                and all(v == SETTING_DEFAULTS.get(k) for k, v in extra.items()))
+
+    out = {}
+    for env in sorted({r["env"] for r in rows}):
+        candidates = [r for r in rows if r["env"] == env and plain(r)]
+        budgets = [r["record"]["meta"]["n_timesteps"] for r in candidates
+                   if r["algo"] == "ppo" and r["policy_lag"] == 0]
+        if budgets:
+            out[env] = [r for r in candidates if r["record"]["meta"]["n_timesteps"] == max(budgets)]
+    return out
+
+
+def normalisation(tasks: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Tuple[float, float]]:
+    """Per env, the (zero, one) of its normalised score: zero is the mean evaluation return of the untrained policy
+    (every run's evaluation at step 0: the initial, near-random learner), one the mean late return of ppo at lag 0.
+    A normalised score of 1 is ppo's lag-0 result; 0 is no learning."""
+    out = {}
+    for env, rows in tasks.items():
+        zero = float(np.mean([eval_at(r["record"], 0) for r in rows if 0 in r["record"]["eval"]["steps"]]))
+        one = float(np.mean([r["late_eval"] for r in rows if r["algo"] == "ppo" and r["policy_lag"] == 0]))
+        out[env] = (zero, one)
+    return out
+
+
+def task_table(tasks: Dict[str, List[Dict[str, Any]]], reps: int) -> List[str]:
+    """Rows (variant, lag); per task the late return with P(X > ppo) and its exact p at that lag; across tasks the
+    IQM of normalised late returns and the probability of improvement over ppo (rliable: per task, then averaged),
+    over the tasks that have the cell, each with its first n seeds (n: the fewest any of them has)."""
+    from rliable import metrics
+
+    envs, scale = list(tasks), normalisation(tasks)
+    head = ("| variant | lag | " + " | ".join(f"{env}: late return, mean (seeds; P(X > ppo), exact p)" for env in envs)
+            + " | tasks in the aggregate (seeds each) | normalised late return, IQM [95 % CI] | "
+              "P(X > ppo) across tasks [95 % CI] |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def matrix(cell: Dict[str, List[Dict[str, Any]]], have: List[str], n: int) -> np.ndarray:
+        """runs x tasks of normalised late returns, each task's first ``n`` runs by seed"""
+        return np.array([[(r["late_eval"] - scale[env][0]) / (scale[env][1] - scale[env][0])
+                          for r in cell[env][:n]] for env in have]).T
+
+    for variant in ALGO_ORDER:
+        for lag in sorted({r["policy_lag"] for rs in tasks.values() for r in rs}):
+            cell, base = ({env: sorted((r for r in rs if r["variant"] == v and r["policy_lag"] == lag),
+                                       key=lambda r: r["seed"]) for env, rs in tasks.items()}
+                          for v in (variant, "ppo"))
+            if not any(cell.values()):
+                continue
+            per_task = []
+            for env in envs:
+                text = f"{np.mean([r['late_eval'] for r in cell[env]]):.4g} ({len(cell[env])}" if cell[env] else ""
+                c = compare(cell[env], base[env], "late_eval", reps) if variant != "ppo" and cell[env] else {}
+                per_task.append(text + (f"; {c['poi'][0]:.2g}, p {fmt_p(c['p'])}" if "poi" in c else "")
+                                + (")" if text else ""))
+            have = [env for env in envs if len(cell[env]) > 1 and (variant == "ppo" or len(base[env]) > 1)]
+            agg_iqm = agg_poi = ""
+            n = min((len(cell[env]) for env in have), default=0)
+            if have:
+                point, interval = _interval_estimates({"x": matrix(cell, have, n)},
+                                                      lambda m: np.array([metrics.aggregate_iqm(m)]), reps, 0)
+                agg_iqm = fmt_ci(point["x"][0], interval["x"][0, 0], interval["x"][1, 0], 3)
+                if variant != "ppo":
+                    nb = min(n, min(len(base[env]) for env in have))
+                    point, interval = _interval_estimates({"p": (matrix(cell, have, nb), matrix(base, have, nb))},
+                                                          _poi, reps, 0)
+                    lo, hi = np.ravel(interval["p"])
+                    agg_poi = fmt_ci(float(np.ravel(point["p"])[0]), float(lo), float(hi), digits=2)
+            lines.append(f"| {variant} | {lag} | " + " | ".join(per_task)
+                         + f" | {', '.join(have)} ({n}) | {agg_iqm} | {agg_poi} |")
+    return lines
+
+
+def fig_tasks_vs_lag(tasks: Dict[str, List[Dict[str, Any]]], out: Path, reps: int) -> Path:
+    """The late return against lag, one panel per task, the three arms (mean over seeds, 95 % bootstrap CI)."""
+    plt = _plt()
+    colors = _colors(list(ALGO_ORDER))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, (env, rows) in zip(axes.flat, tasks.items()):
+        lags = sorted({r["policy_lag"] for r in rows})
+        for i, variant in enumerate(ALGO_ORDER):
+            by_lag = {k: [r["late_eval"] for r in rows if r["variant"] == variant and r["policy_lag"] == k]
+                      for k in lags}
+            shown = [k for k in lags if by_lag[k]]
+            if shown:  # a small offset per arm keeps the error bars apart
+                _errorbar_ci(ax, [lags.index(k) + 0.1 * (i - 1) for k in shown], [by_lag[k] for k in shown], reps,
+                             color=colors[variant],
+                             label=f"{variant} (seeds {'/'.join(str(len(by_lag[k])) for k in shown)})")
+        ax.set_xticks(range(len(lags)), [str(k) for k in lags])
+        ax.set_xlabel("policy lag K (updates)")
+        ax.set_title(env, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("late evaluation return (learner)")
+    return _save(fig, "Late evaluation return against policy lag, per task: mean over seeds, 95 % bootstrap CI",
+                 out / "tasks_vs_lag.png")
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -432,7 +693,7 @@ def _by_lag(rows: List[Dict[str, Any]], value: str) -> Dict[Tuple[Any, str], Dic
 
 
 def fig_final_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
-    data = _by_lag(rows, "final_eval")
+    data = _by_lag(rows, "late_eval")
     rests = sorted({rest for rest, _ in data if len(data[(rest, _)]) > 1}, key=setting_order)
     if not rests:
         return None
@@ -453,11 +714,12 @@ def fig_final_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps: int)
                          color=colors[variant], label=f"{variant} (n≥{seeds})")
         ax.set_xticks(range(len(all_lags)), [str(k) for k in all_lags])
         ax.set_xlabel("policy lag K (updates)")
-        ax.set_ylabel("final evaluation return (learner)")
+        ax.set_ylabel("late evaluation return (learner)")
         ax.set_title(f"{env}" + (f", {setting_label(rest)}" if setting_label(rest) != "default" else ""), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, "Final evaluation return against policy lag: mean over seeds, 95 % bootstrap CI",
+    return _save(fig, "Late evaluation return (last 10 % of the budget) against policy lag: mean over seeds, "
+                      "95 % bootstrap CI",
                  out / f"final_vs_lag_{_slug(env)}.png")
 
 
@@ -513,7 +775,8 @@ def c_sensitivity_groups(rows: List[Dict[str, Any]]) -> Dict[Any, Tuple[Dict[flo
     for setting, by_c in by_setting.items():
         present = set(by_c)
         ppo = [r for r in rows if r["setting"] == setting and r["variant"] == "ppo" and r["final_eval"] is not None]
-        for r in _longer_runs(rows, setting):
+        step = next(iter(by_c.values()))[0]["score_step"]
+        for r in _longer_runs(rows, setting, step):
             if r["algo"] == "dualclip" and r["dual_clip"] is not None and float(r["dual_clip"]) not in present:
                 by_c.setdefault(float(r["dual_clip"]), []).append(r)
             elif r["variant"] == "ppo":
@@ -523,43 +786,26 @@ def c_sensitivity_groups(rows: List[Dict[str, Any]]) -> Dict[Any, Tuple[Dict[flo
     return out
 
 
-def late_eval(record: Dict[str, Any], budget: int, window: int = LATE_WINDOW) -> Optional[float]:
-    """Mean evaluation return over the evaluations at steps ``budget - window`` to ``budget``: less noisy than the
-    last evaluation alone where a learner's deterministic return swings from one evaluation to the next."""
-    evals = record["eval"]
-    kept = [np.mean(ret) for step, ret in zip(evals["steps"], evals["returns"]) if budget - window <= step <= budget]
-    return float(np.mean(kept)) if kept else None
-
-
-def _budget(setting: Tuple[Tuple[str, Any], ...], by_c: Dict[float, List[Dict[str, Any]]]) -> int:
-    """The step budget of a c-sweep's setting (a setting key when the study mixes budgets)."""
-    return dict(setting).get("n_timesteps") or next(iter(by_c.values()))[0]["record"]["meta"]["n_timesteps"]
-
-
 def c_sensitivity_table(rows: List[Dict[str, Any]], reps: int) -> List[str]:
-    """Final and late evaluation return, P(dualclip > ppo) and the bound's activity per c, with ppo's row per
-    setting."""
-    lines = ["| setting | variant | seeds | final eval return, mean [95 % CI] | P(X > ppo) [95 % CI] | "
-             f"late eval return (steps budget−{LATE_WINDOW:,} to budget), mean [95 % CI] | P(X > ppo), late | "
-             "bound active | behavior_kl | learner std at the budget, min–max over seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """Late and final evaluation return, dualclip against ppo (exact and paired tests) and the bound's activity per
+    c, with ppo's row per setting. Exploratory: no correction for the number of comparisons."""
+    head = (f"| setting | variant | seeds | late eval return, mean [95 % CI] | "
+            f"{COMPARE_HEAD.format(y='ppo', m='late')} | final eval return, mean [95 % CI] | P(X > ppo), final | "
+            "bound active | behavior_kl | learner std at the scoring step, min–max over seeds |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     groups = c_sensitivity_groups(rows)
     for setting, (by_c, ppo) in sorted(groups.items(), key=lambda kv: setting_order(kv[0])):
-        budget = _budget(setting, by_c)
-        base = [r["final_eval"] for r in ppo]
-        base_late = [late_eval(r["record"], budget) for r in ppo]
         for c, group in [(None, ppo)] + sorted(by_c.items()):
             if not group:
                 continue
-            finals = [r["final_eval"] for r in group]
-            late = [late_eval(r["record"], budget) for r in group]
-            compare = c is not None and len(base) > 1 and len(finals) > 1
-            p = improvement_ci(finals, base, reps) if compare else None
-            p_late = improvement_ci(late, base_late, reps) if compare else None
-            std = [v[-1] for v in (full_lag_values(r["record"], "train/std", until=budget) for r in group) if v]
+            late, final = ({} if c is None else compare(group, ppo, metric, reps)
+                           for metric in ("late_eval", "final_eval"))
+            std = [v[-1] for v in (full_lag_values(r["record"], "train/std", until=r["score_step"]) for r in group)
+                   if v]
+            column = partial(_column_ci, group, reps=reps)
             lines.append(f"| {setting_label(setting)} | {'ppo' if c is None else f'dualclip c={c:g}'} | "
-                         f"{len(group)} | {fmt_ci(*mean_ci(finals, reps))} | {fmt_ci(*p, digits=2) if p else ''} | "
-                         f"{fmt_ci(*mean_ci(late, reps))} | {fmt_ci(*p_late, digits=2) if p_late else ''} | "
+                         f"{len(group)} | {column('late_eval')} | {compare_cells(late)} | {column('final_eval')} | "
+                         f"{fmt_ci(*final['poi'], digits=2) if 'poi' in final else ''} | "
                          f"{pct(group_mean(group, 'bound_active'))} | {fmt(group_mean(group, 'behavior_kl'), 3)} | "
                          f"{f'{fmt(min(std), 3)}–{fmt(max(std), 3)}' if std else ''} |")
     return lines if len(lines) > 2 else []
@@ -576,14 +822,13 @@ def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int
     ordered = sorted(groups.items(), key=lambda kv: setting_order(kv[0]))
     for i, (setting, (by_c, ppo)) in enumerate(ordered):
         color = plt.get_cmap("tab10")(i)
-        budget = _budget(setting, by_c)
         cs = sorted(by_c)
         n = min(len(by_c[c]) for c in cs)
-        for ax, score in ((axes[0], lambda r: r["final_eval"]), (axes[1], lambda r: late_eval(r["record"], budget))):
-            _errorbar_ci(ax, cs, [[score(r) for r in by_c[c]] for c in cs], reps, color=color,
+        for ax, column in ((axes[0], "late_eval"), (axes[1], "final_eval")):
+            _errorbar_ci(ax, cs, [[r[column] for r in by_c[c]] for c in cs], reps, color=color,
                          label=f"dualclip, {setting_label(setting)} (n≥{n})")
             if ppo:
-                ax.axhline(np.mean([score(r) for r in ppo]), color=color, ls="--", lw=1,
+                ax.axhline(np.mean([r[column] for r in ppo]), color=color, ls="--", lw=1,
                            label=f"ppo, {setting_label(setting)} (n={len(ppo)})")
         active = [group_mean(by_c[c], "bound_active") for c in cs]
         active = [np.nan if a is None else 100 * a for a in active]
@@ -597,18 +842,19 @@ def fig_c_sensitivity(env: str, rows: List[Dict[str, Any]], out: Path, reps: int
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     axes[0].set_ylabel("evaluation return (learner)")
-    axes[0].set_title("final evaluation: mean, 95 % bootstrap CI (longer runs: at this budget)", fontsize=9)
-    axes[1].set_title(f"late evaluation (mean of evaluations at budget−{LATE_WINDOW:,} to budget)", fontsize=9)
+    axes[0].set_title("late evaluation (last 10 % of the budget): mean, 95 % bootstrap CI", fontsize=9)
+    axes[1].set_title("final evaluation (at the scoring step; longer runs at this budget's)", fontsize=9)
     axes[2].set_ylabel("share of samples where c·A bounds the loss (%)")
     axes[2].set_title("how often the bound acts (updates with the full lag)", fontsize=9)
     return _save(fig, f"{env}: sensitivity to the dual-clip constant c",
                  out / f"c_sensitivity_{_slug(env)}.png")
 
 
-def _longer_runs(rows: List[Dict[str, Any]], setting: Tuple[Tuple[str, Any], ...]) -> List[Dict[str, Any]]:
-    """Runs whose setting is ``setting`` but for a longer budget, as rows whose ``final_eval`` is their evaluation at
-    ``setting``'s budget and whose diagnostics are means over the updates up to it (runs without an evaluation at
-    exactly that step are left out)."""
+def _longer_runs(rows: List[Dict[str, Any]], setting: Tuple[Tuple[str, Any], ...],
+                 step: int) -> List[Dict[str, Any]]:
+    """Runs whose setting is ``setting`` but for a longer budget, as rows scored like ``setting``'s runs: at its
+    scoring ``step`` (the final evaluation) and over its late window, with diagnostics averaged over the updates up
+    to ``step``. A longer run without an evaluation at ``step`` raises :class:`ReportError` naming it."""
     keys = dict(setting)
     budget = keys.get("n_timesteps")
     out = []
@@ -618,11 +864,12 @@ def _longer_runs(rows: List[Dict[str, Any]], setting: Tuple[Tuple[str, Any], ...
         other = dict(r["setting"])
         if other.get("n_timesteps", 0) <= budget or {**other, "n_timesteps": budget} != keys:
             continue
-        evals = r["record"]["eval"]
-        if budget in evals["steps"]:
-            diagnostics = {column: full_lag_mean(r["record"], tag, until=budget) for column, tag in DIAGNOSTICS.items()}
-            out.append({**r, **diagnostics,
-                        "final_eval": float(np.mean(evals["returns"][evals["steps"].index(budget)]))})
+        if step not in r["record"]["eval"]["steps"]:
+            raise ReportError(f"run {r['name']} has no evaluation at step {step:,}, where the {budget:,}-step runs "
+                              "it joins are scored: re-run it with an --eval-freq that divides that step, or move "
+                              "its record out of runs/")
+        diagnostics = {column: full_lag_mean(r["record"], tag, until=step) for column, tag in DIAGNOSTICS.items()}
+        out.append({**r, **diagnostics, **score(r["record"], step, budget)})
     return out
 
 
@@ -707,6 +954,17 @@ def _slug(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- report
+def coverage_note() -> str:
+    """What a 5-seed bootstrap interval covers, from the committed simulation (bench/bootstrap_coverage.py)."""
+    path = Path(__file__).resolve().parent.parent / "results" / "bootstrap_coverage" / "coverage.json"
+    if not path.is_file():
+        return "With 5 seeds such an interval covers the true mean less often than 95 %."
+    cov = json.loads(path.read_text())["coverage"]
+    return (f"With 5 seeds a nominal 95 % interval covers the true mean in {100 * cov['normal']['5']:.0f} % of "
+            f"simulated studies of normal data and {100 * cov['bimodal']['5']:.0f} % of bimodal data like "
+            "HalfCheetah's (`python bench/bootstrap_coverage.py`, results/bootstrap_coverage/).")
+
+
 def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
     """Write summary.md, summary.csv and figures/ for the study in ``results_dir``; returns summary.md's path."""
     warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)  # arch, via rliable
@@ -719,7 +977,8 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
     figures.mkdir(exist_ok=True)
     for old in figures.glob("*.png"):
         old.unlink()  # every figure is remade from the records: none is left from an earlier report
-    columns = (["name", "env"] + setting_keys[1:] + ["variant", "algo", "seed", "final_eval", "final_train"]
+    columns = (["name", "env"] + setting_keys[1:] + ["variant", "algo", "seed", "late_eval", "final_eval",
+                                               "score_step", "final_train"]
                + list(DIAGNOSTICS) + ["steps", "wall_time_s", "code", "path", "cpu"])
     with open(results_dir / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -741,41 +1000,84 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
              f"- CPU models: {', '.join(cpus)}; {hours:.1f} h of training in all (one torch thread per run)",
              "- library versions: " + "; ".join(", ".join(f"{k} {v}" for k, v in vs) for vs in versions),
              "- training paths: " + ", ".join(sorted({r["path"] for r in rows})), "",
-             "**Final evaluation return**: mean return over the episodes of the learner's last evaluation "
-             "(deterministic actions, normalisation statistics frozen, at the end of training). **Training "
-             "return**: the last `rollout/ep_rew_mean`, the return of the behaviour policy μ that acted (stale or "
-             "exploring), not of the learner. Intervals: 95 % stratified-bootstrap CIs (rliable, "
-             f"{reps} resamples) over seeds. Diagnostics are means over the updates whose data reached "
+             "**Late evaluation return** (the headline): the mean of the learner's evaluations (deterministic "
+             "actions, normalisation statistics frozen) over the last 10 % of the budget up to the scoring step, "
+             f"at least {LATE_MIN_EVALS} of them. Under lag a deterministic learner's return can swing by hundreds "
+             "between two evaluations one update apart; the swing is in the policy, not the episodes, so more "
+             "episodes would not steady a single evaluation, and an average over the last evaluations does. "
+             "**Final evaluation return** (secondary): the evaluation at the scoring step. **Scoring step**: every "
+             "run of a table is scored at the same environment step, its budget's evaluation step (or the nearest "
+             "before it, the same for all); a run without it stops the report with its name. **Training return**: "
+             "the last `rollout/ep_rew_mean`, the return of the behaviour policy μ that acted (stale or exploring), "
+             "not of the learner.", "",
+             f"**Uncertainty.** Intervals are 95 % stratified-bootstrap CIs (rliable, {reps} resamples) over seeds. "
+             + coverage_note() + " So beside every P(X > Y) stand exact tests (studies/stats.py): the exact "
+             "permutation p of P(X > Y) over all splits of the pooled runs (5 against 5: 252 splits, smallest p "
+             "0.008), and, over the seeds both arms ran (paired: the same seed gives both arms the same initial "
+             "parameters and evaluation episodes), the mean per-seed difference with its exact sign-flip p (5 pairs: "
+             "32 sign assignments, smallest p 0.0625, so five pairs can never reach 0.05). An interval marked "
+             "*degenerate* has width 0: every resample gave the same value (P = 1 when every run of X beats every "
+             "run of Y), which is agreement of the resamples, not certainty. The improvement-over-ppo table adjusts "
+             "its late-return p-values within the table (Holm); every other table's tests are exploratory "
+             "(uncorrected), to be read as leads, not findings.", "",
+             "Diagnostics are means over the updates whose data reached "
              "the requested lag (the first K updates of a lag-K run are left out) and then over seeds: "
              "`behavior_kl` (KL(μ‖π) before each update), `ratio p99` (99th percentile of π/μ before each "
              "update), `would bound` (share of samples with A<0 and π/μ>c, c=3 unless set, for every arm), "
              "`bound active` (share where the c·A bound is active in the loss, dual-clip arms), `clip fraction` "
              "(SB3's), `ppo_kl`, `ESS`, `truncated`, `filtered` (decoupled arm's importance weights).", ""]
+    tasks = task_rows(rows)
+    if len(tasks) > 1:
+        print("report: across tasks", file=sys.stderr, flush=True)
+        scale = normalisation(tasks)
+        lines += ["## Across tasks", "",
+                  "The three arms at their defaults (fixed lag, τ = 1), each task at its longest budget with ppo at "
+                  "lag 0. Per task: the late return, with P(X > ppo) at the same lag and its exact p (exploratory). "
+                  "Across tasks: late returns normalised per task as (return − zero) / (one − zero), zero the mean "
+                  "evaluation of the untrained policy (every run's evaluation at step 0), one ppo's mean late return "
+                  "at lag 0 (" + "; ".join(f"{env}: zero {z:.4g}, one {o:.4g}" for env, (z, o) in scale.items())
+                  + "); rliable's IQM over runs × tasks and its probability of improvement over ppo (per task, "
+                  "averaged), over the tasks that have the cell, each with the same number of seeds.", ""]
+        lines += task_table(tasks, reps) + [""]
+        path = fig_tasks_vs_lag(tasks, figures, reps)
+        lines += [f"![{path.stem}](figures/{path.name})", ""]
     for env in sorted({r["env"] for r in rows}):
         env_rows = [r for r in rows if r["env"] == env]
         groups = cells(env_rows)
         budgets = sorted({r["record"]["meta"]["n_timesteps"] for r in env_rows})
-        lines += [f"## {env}", "", f"Budget: {', '.join(f'{b:,}' for b in budgets)} environment steps per run.", ""]
+        print(f"report: {env}", file=sys.stderr, flush=True)
+        steps = sorted({r["score_step"] for r in env_rows if r["score_step"] is not None})
+        lines += [f"## {env}", "", f"Budget: {', '.join(f'{b:,}' for b in budgets)} environment steps per run"
+                  + (f"; scored at step {', '.join(f'{s:,}' for s in steps)}." if steps else "."), ""]
         lines += cell_table(groups, reps) + [""]
         poi = improvement_table(groups, reps)
         if poi:
-            lines += ["Probability of improvement over ppo in the same setting (rliable: the probability that a "
-                      "run of X ends with a higher final evaluation return than a run of ppo; 0.5 = no difference):",
+            lines += ["Each variant against ppo in the same setting: rliable's probability that a run of X has a "
+                      "higher late return than a run of ppo (0.5 = no difference) with its exact permutation p "
+                      "(Holm-adjusted within this table in brackets), the paired per-seed difference with its "
+                      "sign-flip p, and P(X > ppo) on the final evaluation with its exact p (exploratory):",
                       ""] + poi + [""]
+        same = same_computations(groups)
+        if same:
+            lines += ["**Not independent replicates.** Runs of two variants with the same seed whose evaluations are "
+                      "identical, return for return, beyond the initial one, up to the step named: they were the "
+                      "same computation until then (until the bound or a weight first acted, or until a resume), "
+                      "so their difference there is 0 by construction, and no noise floor can be read from them. "
+                      "A run identical to the end is no replicate at all:", ""] + same + [""]
         stability = stability_table(groups, reps)
         if stability:
-            lines += ["Stability of the decoupled variants (settings with more than one): the final evaluation and "
-                      "the late one (the mean of the evaluations over the last "
-                      f"{LATE_WINDOW:,} steps), each with P(X > decoupled) against the default variant (truncate at "
-                      "100); how far each run ended below its best evaluation, and the deepest it fell at any "
-                      "point below an earlier evaluation (including falls it recovered from); "
+            lines += ["Stability of the decoupled variants (settings with more than one), exploratory: the late "
+                      "return against the default variant (truncate at 100) with exact and paired tests, the final "
+                      "evaluation with P(X > decoupled); how far each run ended below its best evaluation, and the "
+                      "deepest it fell at any point up to the scoring step below an earlier evaluation (including "
+                      "falls it recovered from), with the exact p of the deepest falls against the default's; "
                       f"how many updates (with the full lag) had a within-update KL above {KL_BURST:g}, seed by "
                       "seed:", ""] + stability + [""]
         c_table = c_sensitivity_table(env_rows, reps)
         if c_table:
-            lines += ["Sensitivity to the dual-clip constant c: dualclip runs by c and ppo per setting; runs of the "
-                      "setting with a longer budget join with their evaluation at this budget and diagnostics up "
-                      "to it:", ""] + c_table + [""]
+            lines += ["Sensitivity to the dual-clip constant c (exploratory): dualclip runs by c and ppo per "
+                      "setting; runs of the setting with a longer budget join scored at this budget's step, with "
+                      "diagnostics up to it:", ""] + c_table + [""]
         for maker in (fig_curves, fig_final_vs_lag, fig_diagnostics_vs_lag, fig_c_sensitivity,
                       fig_training_diagnostics):
             path = maker(env, env_rows, figures, reps)
@@ -802,7 +1104,11 @@ def main(argv: List[str]) -> int:
         if not (Path(study) / "runs").is_dir():
             p.error(f"{study} has no runs/ folder of records: pass a results/<study> folder written by sweep.py")
     for study in args.studies:
-        print(f"report: {write_report(Path(study), args.reps)}")
+        try:
+            print(f"report: {write_report(Path(study), args.reps)}")
+        except ReportError as exc:
+            print(f"sweep.py report: error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -225,8 +226,8 @@ def fake_record(algo: str, seed: int, n_timesteps: int, evals: dict, **axes) -> 
 
 
 def test_c_sweep_takes_longer_runs_at_its_budget() -> None:
-    """A 300k-step c-sweep gets c = 3 from a 500k-step grid, evaluated at step 300k, not at its end, with its
-    diagnostics averaged over the updates up to step 300k."""
+    """A 300k-step c-sweep gets c = 3 from a 500k-step grid, scored at the sweep's step 300k, not at its end, with
+    its diagnostics averaged over the updates up to step 300k."""
     from studies.report import _longer_runs, run_rows
 
     records = [fake_record("dualclip", 1, 300, {300: 10.0}, dual_clip=1.5, policy_lag=4),
@@ -238,13 +239,26 @@ def test_c_sweep_takes_longer_runs_at_its_budget() -> None:
     rows, keys = run_rows(records)
     assert "n_timesteps" in keys  # budgets differ: separate cells
     sweep_setting = next(r["setting"] for r in rows if r["dual_clip"] == 1.5)
-    (longer,) = _longer_runs(rows, sweep_setting)
-    assert longer["dual_clip"] == 3.0 and longer["final_eval"] == 20.0
+    (longer,) = _longer_runs(rows, sweep_setting, 300)
+    assert longer["dual_clip"] == 3.0 and longer["final_eval"] == 20.0 and longer["score_step"] == 300
     assert longer["bound_active"] == 0.01  # steps 250 and 300, not the whole run (0.337)
 
 
+def test_c_sweep_refuses_a_longer_run_without_the_step() -> None:
+    """A longer run without an evaluation at the sweep's scoring step stops the report, naming the run."""
+    from studies.report import ReportError, c_sensitivity_table, run_rows
+
+    records = [fake_record("dualclip", 1, 300, {300: 10.0}, dual_clip=1.5, policy_lag=4),
+               fake_record("dualclip", 1, 300, {300: 12.0}, dual_clip=2.0, policy_lag=4),
+               fake_record("dualclip", 1, 500, {250: 20.0, 500: 99.0}, policy_lag=4)]
+    rows, _ = run_rows(records)
+    with pytest.raises(ReportError, match=re.escape(f"run {records[2]['meta']['name']} has no evaluation at step 300")):
+        c_sensitivity_table(rows, reps=200)
+
+
 def test_c_sensitivity_table_rows() -> None:
-    """summary.md's c table: ppo, then one row per c (c = 3 joined from the longer grid at the sweep's budget)."""
+    """summary.md's c table: ppo, then one row per c (c = 3 joined from the longer grid at the sweep's step), the
+    late return first, with exact and paired tests."""
     from studies.report import c_sensitivity_table, run_rows
 
     records = [fake_record(algo, seed, 300, {300: value}, policy_lag=4, **({"dual_clip": c} if c else {}))
@@ -254,13 +268,56 @@ def test_c_sensitivity_table_rows() -> None:
                 for seed in (1, 2)]
     rows, _ = run_rows(records)
     table = c_sensitivity_table(rows, reps=200)
-    body = [line.split(" | ")[1:7] for line in table[2:]]
+    body = [line.split(" | ")[1:10] for line in table[2:]]
     assert [b[0] for b in body] == ["ppo", "dualclip c=1.5", "dualclip c=3"]
     assert [b[1] for b in body] == ["2", "2", "2"]
-    assert body[1][2].startswith("20 [") and body[2][2].startswith("21.5 [")  # c = 3 at step 300, not 99
-    assert body[1][3] == "1 [1, 1]" and body[2][3] == "1 [1, 1]" and body[0][3] == ""  # every run above ppo's
-    # late return: evaluations at steps budget - 75,000 (here: all up to 300) to 300; c = 3's step-500 one is out
-    assert body[2][4].startswith("14.25 [")  # seeds: (7 + 21) / 2 and (7 + 22) / 2
+    # late return: the last 10 % of the 300-step budget holds one evaluation, so the last 3 up to step 300 (c = 3:
+    # steps 200 and 300, its step-500 one is out): (7 + 21) / 2 and (7 + 22) / 2
+    assert body[1][2].startswith("20 [") and body[2][2].startswith("14.25 [")
+    assert body[1][3] == "1 [1, 1] (degenerate)" and body[0][3] == ""  # every run above ppo's: agreement, not certainty
+    assert body[1][4] == "0.33"  # 2 of the 6 splits of 4 runs into 2 + 2 are as extreme
+    assert body[1][5].startswith("17.5 [") and body[1][5].endswith("(2)")  # seed 1: 10 - 0, seed 2: 30 - 5
+    assert body[1][6] == "0.5"  # sign flips of (10, 25): |35| twice of 4
+    assert body[2][7].startswith("21.5 [")  # c = 3's final evaluation at step 300, not 99
+
+
+def test_same_step_join_ignores_a_swing_after_the_budget() -> None:
+    """Every run of a table is scored at the budget's evaluation step, whatever it did after: a run evaluated once
+    more at its very end (one update later, a swing from 100 to -900) is scored at step 500 like the others; the
+    late return averages the last evaluations up to it."""
+    from studies.report import ReportError, late_window, run_rows
+
+    swing = fake_record("ppo", 1, 500, {0: 0.0, 300: 60.0, 400: 80.0, 500: 100.0, 512: -900.0})
+    plain = fake_record("ppo", 2, 500, {0: 0.0, 300: 30.0, 400: 40.0, 500: 50.0})
+    rows, _ = run_rows([swing, plain])
+    by_seed = {r["seed"]: r for r in rows}
+    assert by_seed[1]["score_step"] == by_seed[2]["score_step"] == 500
+    assert by_seed[1]["final_eval"] == 100.0 and by_seed[2]["final_eval"] == 50.0
+    assert late_window(swing, 500, 500) == [300, 400, 500]  # 10 % of 500 holds one: at least 3
+    assert by_seed[1]["late_eval"] == 80.0 and by_seed[2]["late_eval"] == 40.0
+    long_window = fake_record("ppo", 3, 1000, {s: float(s) for s in range(0, 1001, 25)})
+    assert late_window(long_window, 1000, 1000) == [900, 925, 950, 975, 1000]  # 10 % of 1,000: five evaluations
+    # the nearest evaluation at or before the budget, the same for all; a run without it is refused by name
+    early = fake_record("ppo", 1, 500, {0: 0.0, 480: 1.0})
+    assert run_rows([early, fake_record("ppo", 2, 500, {0: 0.0, 480: 2.0})])[0][0]["score_step"] == 480
+    odd = fake_record("ppo", 2, 500, {0: 0.0, 490: 2.0})  # its 490 is the nearest: the run without it is named
+    with pytest.raises(ReportError, match=re.escape(f"run {early['meta']['name']} has no evaluation at step 490")):
+        run_rows([early, odd])
+
+
+def test_same_computations_are_named() -> None:
+    """Two arms whose runs of one seed evaluate identically beyond step 0 are named as one computation."""
+    from studies.report import cells, run_rows, same_computations
+
+    records = [fake_record("ppo", 1, 500, {0: 1.0, 250: 5.0, 500: 9.0}),
+               fake_record("decoupled", 1, 500, {0: 1.0, 250: 5.0, 500: 9.0}, dual_clip=None),
+               fake_record("ppo", 2, 500, {0: 1.0, 250: 5.0, 500: 9.0}),
+               fake_record("decoupled", 2, 500, {0: 1.0, 250: 5.0, 500: 8.0}, dual_clip=None),
+               fake_record("ppo", 3, 500, {0: 1.0, 250: 5.0, 500: 9.0}),
+               fake_record("decoupled", 3, 500, {0: 1.0, 250: 4.0, 500: 9.0}, dual_clip=None)]
+    rows, _ = run_rows(records)
+    assert same_computations(cells(rows)) == [
+        "- lag 0: ppo and decoupled evaluate identically, seed 1 to the end; seed 2 to step 250"]
 
 
 def test_seeds_of_a_cell_train_as_one_seed_batch(tmp_path: Path) -> None:
@@ -321,8 +378,8 @@ def test_intervals_are_reproducible() -> None:
 
 
 def test_stability_table_hand_checked() -> None:
-    """The decoupled-stability table: P(X > decoupled), the drop from the best evaluation, and KL bursts counted
-    only over updates with the full lag, seed by seed."""
+    """The decoupled-stability table: the late return against the default variant, the drop from the best
+    evaluation, the deepest fall, and KL bursts counted only over updates with the full lag, seed by seed."""
     from studies.report import KL_BURST, cells, run_rows, stability_table
 
     records = []
@@ -336,15 +393,17 @@ def test_stability_table_hand_checked() -> None:
     rows, _ = run_rows(records)
     table = stability_table(cells(rows), reps=200)
     assert KL_BURST == 0.3 and len(table) == 4
-    base, filt = (line.split(" | ")[1:12] for line in table[2:])
+    base, filt = (line.split(" | ")[1:16] for line in table[2:])
     assert base[0] == "decoupled" and filt[0] == "decoupled filter@5"
-    assert base[2].startswith("200 [") and base[3] == ""  # mean of 100 and 300; no P against itself
-    # late: the evaluations at steps budget - 75,000 (here: all) to 500, (400 - 300 + 100) / 3 and (400 - 300 + 300) / 3
-    assert base[4].startswith("100 [") and base[5] == ""
-    assert base[6] == "400 → 100, 400 → 300" and base[7].startswith("200 [")  # best 400 - final: 300 and 100
-    assert base[8].startswith("700 [")  # both seeds fell from 400 to -300, whatever they ended at
-    assert base[9] == "1, 0" and base[10] == "0.5"  # the 0.9 of update 0 (lag 1: data not yet lagged) is left out
-    assert filt[3] == "1 [1, 1]" and filt[5] == "1 [1, 1]" and filt[7].startswith("0 [") and filt[8].startswith("0 [")
+    # late: the last 3 evaluations up to 500, (400 - 300 + 100) / 3 and (400 - 300 + 300) / 3; no tests against itself
+    assert base[2].startswith("100 [") and base[3] == base[4] == ""
+    assert base[7].startswith("200 [")  # final: mean of 100 and 300
+    assert base[9] == "400 → 100, 400 → 300" and base[10].startswith("200 [")  # best 400 - final: 300 and 100
+    assert base[11].startswith("700 [")  # both seeds fell from 400 to -300, whatever they ended at
+    assert base[13] == "1, 0" and base[14] == "0.5"  # the 0.9 of update 0 (lag 1: data not yet lagged) is left out
+    assert filt[3] == "1 [1, 1] (degenerate)" and filt[4] == "0.33" and filt[8] == "1 [1, 1] (degenerate)"
+    assert filt[5].startswith("900 [") and filt[6] == "0.5"  # paired: 1000 - 66.7 and 1000 - 133.3
+    assert filt[10].startswith("0 [") and filt[11].startswith("0 [") and filt[12] == "0.33"
 
 
 def test_weight_share_curve_sums_truncated_and_filtered() -> None:
