@@ -42,19 +42,24 @@ def run(jobs: int) -> int:
 
 def report(reps: int = 2000) -> int:
     """``summary.md`` and ``summary.csv`` from the records of both paths."""
-    from scipy.stats import mannwhitneyu
-
+    from studies import stats
     from studies.records import read_records
-    from studies.report import final_eval, fmt, fmt_ci, improvement_ci, mean_ci
+    from studies.report import eval_at, fmt_ci, fmt_p, improvement_ci, join_step, mean_ci
 
+    records = {name: read_records(OUT / name) for name in PATHS}
+    # every run of an env, on either path, is scored at the same evaluation step (the budget's)
+    steps = {}
+    for env in {rec["meta"]["env"] for recs in records.values() for rec in recs}:
+        same_env = [rec for recs in records.values() for rec in recs if rec["meta"]["env"] == env]
+        steps[env] = join_step(same_env, max(rec["meta"]["n_timesteps"] for rec in same_env))
     finals = {name: {} for name in PATHS}
     wall = {name: {} for name in PATHS}
     metas = []
     for name in PATHS:
-        for rec in read_records(OUT / name):
+        for rec in records[name]:
             meta = rec["meta"]
             metas.append(meta)
-            finals[name].setdefault(meta["env"], []).append(final_eval(rec))
+            finals[name].setdefault(meta["env"], []).append(eval_at(rec, steps[meta["env"]]))
             share = len(meta.get("batch_seeds") or [0])  # a batch's wall time is shared by its seeds
             wall[name][meta["env"]] = wall[name].get(meta["env"], 0.0) + meta["wall_time_s"] / share
     from studies.grid import load_grid
@@ -70,13 +75,15 @@ def report(reps: int = 2000) -> int:
     lines = ["# Seed-batched trainer vs single runs", "",
              "Written by `python bench/seed_batch_check.py report` from the records in `results/seed_batch_check/"
              "single/runs/` and `results/seed_batch_check/batch/runs/` (grid: `ablations/seed_batch_check.yml`: "
-             "dualclip, lag 2, `hyperparams/ppo.yml`, 100k steps, final evaluation of the learner over 10 "
-             "deterministic episodes).", "",
+             "dualclip, lag 2, `hyperparams/ppo.yml`, 100k steps; each run scored by the learner's evaluation at "
+             "the budget's step, the same for every run, over 10 deterministic episodes; a question of equality in "
+             "distribution between two paths, so one evaluation per run, not the studies' late window). The exact p "
+             "is the permutation p of P(batch > single).", "",
              f"- code versions: {', '.join(sorted({m['code'] for m in metas}))}; CPU: "
              f"{', '.join(sorted({m['machine']['cpu'] for m in metas}))}; one torch thread per process",
              "- library versions: " + ", ".join(f"{k} {v}" for k, v in sorted(metas[0]["versions"].items())), "",
              "| env | path | seeds | final eval return, mean [95 % CI] | P(batch > single) [95 % CI] | "
-             "Mann-Whitney U p | wall time (min) |",
+             "exact p | wall time (min) |",
              "|---|---|---|---|---|---|---|"]
     csv_rows = ["env,path,seeds,mean,ci_low,ci_high,wall_time_min"]
     verdicts = []
@@ -86,7 +93,7 @@ def report(reps: int = 2000) -> int:
         if len(single) > 1 and len(batch) > 1:
             point, lo, hi = improvement_ci(batch, single, reps=reps)
             poi = fmt_ci(point, lo, hi, digits=2)
-            p_value = fmt(float(mannwhitneyu(batch, single, alternative="two-sided").pvalue), 2)
+            p_value = fmt_p(stats.exact_improvement_p(batch, single))  # permutation p of P(batch > single)
             verdict = ("no significant difference (the CI of P(batch > single) contains 0.5)" if lo <= 0.5 <= hi
                        else "the paths differ (the CI excludes 0.5)")
         if min(len(single), len(batch)) < expected.get(env, 0):
