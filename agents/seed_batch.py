@@ -339,13 +339,14 @@ class SeedBatch:
         self.device = first.device
         policy = first.policy
         self.gaussian = isinstance(policy.action_dist, DiagGaussianDistribution)
-        # the features extractors' parameters are named after SB3's attribute: features_extractor.* when actor and
-        # critic share it (SB3's default), else pi_features_extractor.* and vf_features_extractor.*
-        self.shared_extractor = policy.share_features_extractor
-        pi_prefix, vf_prefix = (("features_extractor",) * 2 if self.shared_extractor
-                                else ("pi_features_extractor", "vf_features_extractor"))
-        self.pi_extractor = _extractor_steps(policy.pi_features_extractor, pi_prefix)
-        self.vf_extractor = _extractor_steps(policy.vf_features_extractor, vf_prefix)
+        # the extractors' parameters are named after the first attribute that holds them (named_modules' name):
+        # features_extractor.* for a shared one (SB3's default) and the actor's own, vf_features_extractor.* else
+        self.shared_extractor = policy.pi_features_extractor is policy.vf_features_extractor
+        module_names = {id(module): name for name, module in policy.named_modules()}
+        self.pi_extractor = _extractor_steps(policy.pi_features_extractor,
+                                             module_names[id(policy.pi_features_extractor)])
+        self.vf_extractor = _extractor_steps(policy.vf_features_extractor,
+                                             module_names[id(policy.vf_features_extractor)])
         self.pi_layers = _layers(policy.mlp_extractor.policy_net, "mlp_extractor.policy_net")
         self.vf_layers = _layers(policy.mlp_extractor.value_net, "mlp_extractor.value_net")
         names = [name for name, _ in policy.named_parameters()]
