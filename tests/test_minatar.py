@@ -197,7 +197,7 @@ def test_train_seeds_then_evaluate(tmp_path: Path):
     assert config["policy_kwargs"]["features_extractor_class"] == "MinAtarCNN" and config["gamma"] == 0.999
     assert evaluate.main([str(run_dir), "--episodes", "2", "--seed", "5"]) == 0
     out = json.loads(next(run_dir.glob("eval_2ep_*.json")).read_text())
-    assert out["deterministic"] and len(out["returns"]) == 2
+    assert out["deterministic"] and len(out["returns"]) == 2 and out["return_kind"].startswith("game score")
     assert all(r >= 0 and r == int(r) for r in out["returns"])
 
 
