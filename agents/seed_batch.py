@@ -105,17 +105,18 @@ def check_batchable(model: LaggedPPO) -> None:
 
 
 def _extractor_problem(policy: ActorCriticPolicy) -> Optional[str]:
-    """What keeps the policy's features extractors from the batch, or None: FlattenExtractor on flat observations,
-    or :class:`MinAtarCNN` (its 3x3 convolution stride 1, no padding) on (C, H, W) observations that SB3 does not
-    rescale as images (the batch feeds observations as floats, as SB3's ``preprocess_obs`` does for a Box)."""
+    """What keeps the policy's features extractors from the batch, or None: FlattenExtractor (flat or (C, H, W)
+    observations), or :class:`MinAtarCNN` (its convolution stride 1, no padding, one group) on (C, H, W)
+    observations; either on observations that SB3 does not rescale as images (the batch feeds them as floats, as
+    SB3's ``preprocess_obs`` does for a Box that is not an image)."""
     extractors = (policy.pi_features_extractor, policy.vf_features_extractor)
-    if len(policy.observation_space.shape) == 1:
-        ok = all(type(e) is FlattenExtractor for e in extractors)
-        return None if ok else "a features extractor other than FlattenExtractor on flat observations"
-    if not all(type(e) is MinAtarCNN for e in extractors):
-        return "a features extractor other than MinAtarCNN on (C, H, W) observations"
     if is_image_space(policy.observation_space) and policy.normalize_images:
-        return "image observations that SB3 divides by 255 (only MinAtar's 0/1 frames are batched)"
+        return "image observations that SB3 divides by 255 (MinAtar's 0/1 frames are batched, not images)"
+    if all(type(e) is FlattenExtractor for e in extractors):
+        return None
+    if len(policy.observation_space.shape) != 3 or not all(type(e) is MinAtarCNN for e in extractors):
+        names = sorted({type(e).__name__ for e in extractors})
+        return f"features extractor {', '.join(names)} (only FlattenExtractor and MinAtarCNN are batched)"
     for extractor in extractors:
         for layer in extractor.net:
             if type(layer) is nn.Conv2d and (layer.stride, layer.padding, layer.dilation, layer.groups, layer.bias is None,

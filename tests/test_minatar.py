@@ -133,6 +133,24 @@ def test_the_seed_batch_runs_the_cnn_as_the_policy_does():
             assert th.allclose(dist.entropy()[s], entropy, atol=1e-5)
 
 
+def test_the_seed_batch_runs_an_mlp_on_the_flat_frame_and_refuses_other_extractors():
+    """gymnax-blines' network (FlattenExtractor, MLP) is batched on MinAtar frames as well; an extractor the batch
+    does not know is refused in one line."""
+    mlp = dict(policy_kwargs=dict(net_arch=[32, 32]))
+    models = [tiny(ALGOS["ppo"], seed=s, **mlp) for s in (1, 2)]
+    batch = SeedBatch(models)
+    obs = th.as_tensor(np.stack([m.env.reset() for m in models]))
+    dist, values = batch._forward(batch.params, obs)
+    for s, m in enumerate(models):
+        v, log_prob, _ = m.policy.evaluate_actions(obs[s], dist.mode()[s])
+        assert th.allclose(values[s], v.flatten(), atol=1e-5) and th.allclose(dist.log_prob(dist.mode())[s], log_prob)
+    other = type("OtherCNN", (MinAtarCNN,), {})
+    model = tiny(ALGOS["ppo"], policy_kwargs=dict(features_extractor_class=other, net_arch=[]))
+    with pytest.raises(ValueError, match="features extractor OtherCNN") as info:
+        check_batchable(model)
+    assert "\n" not in str(info.value)
+
+
 def test_a_seed_does_not_depend_on_its_batch():
     """Seed 3 trained alone and inside a batch of three ends with the same parameters, bit for bit (lag drawn per
     rollout, tempered actors), and one batched update equals the single-run code's to float tolerance."""
