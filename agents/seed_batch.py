@@ -29,9 +29,9 @@ After every update the seeds' models hold their own parameters, optimizer state,
 states again (:meth:`SeedBatch.export`), so each model saves, checkpoints, evaluates and loads (also with stock
 SB3's ``PPO.load``) exactly as a single run's does.
 
-Scope: SB3's ``MlpPolicy`` (flatten, then Linear layers with Tanh or ReLU) on flat Box observations, and SB3's
-``ActorCriticPolicy`` with :class:`agents.networks.MinAtarCNN` as its features extractor on (C, H, W) Box
-observations (MinAtar: its 3x3 convolution runs once per seed, :func:`_conv`; the rest batched), with a diagonal
+Scope: SB3's ``MlpPolicy`` (flatten, then Linear layers with Tanh or ReLU) on flat or (C, H, W) Box observations
+that SB3 does not rescale as images, and SB3's ``ActorCriticPolicy`` with :class:`agents.networks.MinAtarCNN` as
+its features extractor on (C, H, W) Box observations (MinAtar: its 3x3 convolution runs once per seed, :func:`_conv`; the rest batched), with a diagonal
 Gaussian (Box actions) or a categorical (Discrete actions); every arm, lag mode and temperature; not gSDE, not
 ``target_kl`` (seeds would stop their epochs at different points) and not the ``seq-*`` loss aggregation modes
 (segment packing is data-dependent). :func:`check_batchable` says which one in one line.
