@@ -230,7 +230,7 @@ def versions() -> Dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for dist in ("stable-baselines3", "torch", "gymnasium", "numpy", "ale-py", "mujoco"):
+    for dist in ("stable-baselines3", "torch", "gymnasium", "numpy", "ale-py", "mujoco", "minatar"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
@@ -273,7 +273,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     from stable_baselines3.common.vec_env import VecNormalize
 
     from agents import ALGOS
-    from envs import EnvError, check_env_id, is_atari, make_env
+    from envs import EnvError, check_env_id, is_atari, is_minatar, make_env
 
     if "OMP_NUM_THREADS" not in os.environ:
         # One observation at a time: intra-op threads only add overhead, and on a busy machine OpenMP's spinning
@@ -362,7 +362,8 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
         "returns": returns,
         "lengths": lengths,
         "length_unit": "emulator frames" if atari else "steps",
-        "return_kind": "game score of whole games (unclipped, all lives)" if atari else "undiscounted return",
+        "return_kind": ("game score of whole games (unclipped, all lives)" if atari
+                        else "game score (MinAtar's rewards are unclipped)" if is_minatar(env_id) else "undiscounted return"),
         "mean": float(np.mean(returns)),
         "std": float(np.std(returns)),
         "min": float(np.min(returns)),

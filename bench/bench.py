@@ -13,10 +13,14 @@ own), which also gives a standalone steps/s. Written: JSON with every round, ver
 Targets (what the suite promises its users): dualclip/stock >= 0.97, dualclip lag 8 / dualclip lag 0 >= 0.95.
 
 Seed batches (``--seed-batch 5 10``): summed env-steps/s of S seeds trained as one seed batch (agents/seed_batch.py)
-against S single runs, SB3's default HalfCheetah-v4 settings, dualclip at lag 0, in one process with interleaved,
-rotated rounds as above (each round: every single run learns one rollout and update, then each batch does).
-Printed: the median paired ratio per S with its min..max over rounds, and where a batch's time goes (cProfile of
-one batch in a child process: environments, acting, the learner's update, the rest). Target: S = 5 >= 3.
+against S single runs, SB3's default HalfCheetah-v4 settings (``--seed-batch-case`` picks another case, e.g.
+``minatar-breakout``: MinAtar's Breakout with the ``minatar`` entry, 64 envs x 128 steps, the MinAtar CNN), dualclip
+at lag 0, in one process with interleaved, rotated rounds as above (each round: every single run learns one rollout
+and update, then each batch does). Printed: the median paired ratio per S with its min..max over rounds, the hours
+a cell of S seeds costs per 1M steps per seed on either path (S x 1M steps at the median summed speed, one core),
+and where a batch's time goes (cProfile of one batch in a child process: environments, acting, the learner's
+update, the rest). Target (HalfCheetah): S = 5 >= 3. ``--note`` records what else ran on the machine; the load
+average before and after is recorded as well.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import sys
@@ -40,7 +45,9 @@ CASES: Dict[str, Tuple[str, str, int, int]] = {
     "halfcheetah-tuned": ("HalfCheetah-v4", "hyperparams/ppo.yml", 8192, 512),
     "halfcheetah-sb3-defaults": ("HalfCheetah-v4", "hyperparams/ppo_sb3_defaults.yml", 8192, 2048),
     "breakout": ("ALE/Breakout-v5", "hyperparams/ppo.yml", 4096, 1024),
+    "minatar-breakout": ("MinAtar/Breakout-v1", "hyperparams/ppo.yml", 16384, 8192),  # a chunk: one 64 x 128 rollout
 }
+DEFAULT_CASES = ["halfcheetah-tuned", "halfcheetah-sb3-defaults", "breakout"]  #: what a plain run measures
 #: variant -> (algo id or "stock", extra constructor kwargs)
 VARIANTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "stock-sb3": ("stock", {}),
@@ -106,17 +113,18 @@ def interleave(case: str, variants: List[str], chunk: int, rounds: int, seed: in
     queue.put(rows)
 
 
-SEED_BATCH_CASE = "halfcheetah-sb3-defaults"
+SEED_BATCH_CASE = "halfcheetah-sb3-defaults"  #: the default --seed-batch-case
 
 
-def interleave_seeds(sizes: List[int], rounds: int, seed: int, threads: Optional[int], queue: Any) -> None:
+def interleave_seeds(case: str, sizes: List[int], rounds: int, seed: int, threads: Optional[int],
+                     queue: Any) -> None:
     """Child process: max(sizes) single runs and one seed batch per size; per round the single runs learn one
     chunk each (one after another, as a machine runs them one at a time), then every batch learns one chunk."""
     from agents.seed_batch import SeedBatch
 
-    chunk = CASES[SEED_BATCH_CASE][3]
-    singles = [build_model(SEED_BATCH_CASE, "dualclip-lag0", seed + i, threads) for i in range(max(sizes))]
-    batches = {n: SeedBatch([build_model(SEED_BATCH_CASE, "dualclip-lag0", seed + 100 * n + i, threads)
+    chunk = CASES[case][3]
+    singles = [build_model(case, "dualclip-lag0", seed + i, threads) for i in range(max(sizes))]
+    batches = {n: SeedBatch([build_model(case, "dualclip-lag0", seed + 100 * n + i, threads)
                              for i in range(n)]) for n in sizes}
     for model in singles:  # warm-up
         model.learn(chunk)
@@ -140,15 +148,15 @@ def interleave_seeds(sizes: List[int], rounds: int, seed: int, threads: Optional
     queue.put(rows)
 
 
-def profile_seed_batch(n: int, seed: int, threads: Optional[int], queue: Any) -> None:
+def profile_seed_batch(case: str, n: int, seed: int, threads: Optional[int], queue: Any) -> None:
     """Child process: where one seed batch's time goes (cProfile over two rollouts and updates, after a warm-up)."""
     import cProfile
     import pstats
 
     from agents.seed_batch import SeedBatch
 
-    chunk = CASES[SEED_BATCH_CASE][3]
-    batch = SeedBatch([build_model(SEED_BATCH_CASE, "dualclip-lag0", seed + i, threads) for i in range(n)])
+    chunk = CASES[case][3]
+    batch = SeedBatch([build_model(case, "dualclip-lag0", seed + i, threads) for i in range(n)])
     batch.learn(chunk)
     profiler = cProfile.Profile()
     profiler.enable()
@@ -175,30 +183,61 @@ def profile_seed_batch(n: int, seed: int, threads: Optional[int], queue: Any) ->
 
 def seed_batch_main(args: argparse.Namespace, out_path: Path, argv: Optional[List[str]]) -> int:
     """``--seed-batch``: the paired ratios of seed batches to single runs, and a profile of the first size."""
+    case = args.seed_batch_case
+    load_before = os.getloadavg()
     ctx = mp.get_context("spawn")
-    rows = run_child(ctx, interleave_seeds, (args.seed_batch, args.rounds, args.seed, args.threads), "seed batch")
-    profile = run_child(ctx, profile_seed_batch, (args.seed_batch[0], args.seed, args.threads), "seed batch profile")
-    summary = {f"batch-{n}": {"median_steps_per_s": statistics.median(row[f"batch-{n}"] for row in rows),
-                              "ratio_to_single": _paired(rows, f"batch-{n}", "single")} for n in args.seed_batch}
+    rows = run_child(ctx, interleave_seeds, (case, args.seed_batch, args.rounds, args.seed, args.threads), "seed batch")
+    profile = run_child(ctx, profile_seed_batch, (case, args.seed_batch[0], args.seed, args.threads),
+                        "seed batch profile")
+    load_after = os.getloadavg()
+
+    def cost(steps_per_s: float, n: int) -> float:
+        """Hours for n seeds x 1M steps each at a summed speed of steps_per_s (one core)."""
+        return n * 1e6 / steps_per_s / 3600
+
+    summary: Dict[str, Any] = {
+        f"batch-{n}": {"median_steps_per_s": statistics.median(row[f"batch-{n}"] for row in rows),
+                       "ratio_to_single": _paired(rows, f"batch-{n}", "single")} for n in args.seed_batch}
     summary["single"] = {"median_steps_per_s": statistics.median(row["single"] for row in rows)}
-    print(f"\n{SEED_BATCH_CASE}, dualclip lag 0, {args.rounds} interleaved rounds: summed steps/s (median) | paired "
-          "ratio to single runs, median (min..max over rounds)")
-    print(f"{'single runs':14s} {summary['single']['median_steps_per_s']:7.0f}")
+    for n in args.seed_batch:
+        summary[f"batch-{n}"]["hours_per_cell_per_1M_steps_per_seed"] = cost(summary[f"batch-{n}"]["median_steps_per_s"], n)
+        summary["single"][f"hours_per_{n}_seeds_per_1M_steps_per_seed"] = cost(summary["single"]["median_steps_per_s"], n)
+    print(f"\n{case}, dualclip lag 0, {args.rounds} interleaved rounds of {CASES[case][3]} steps per seed: summed "
+          "steps/s (median) | paired ratio to single runs, median (min..max over rounds) | hours per cell of S seeds "
+          "per 1M steps per seed")
+    print(f"{'single runs':14s} {summary['single']['median_steps_per_s']:7.0f} | {'':22s} | "
+          + ", ".join(f"S={n}: {summary['single'][f'hours_per_{n}_seeds_per_1M_steps_per_seed']:.2f} h"
+                      for n in args.seed_batch))
     for n in args.seed_batch:
         v = summary[f"batch-{n}"]
         r = v["ratio_to_single"]
-        print(f"{'batch of ' + str(n):14s} {v['median_steps_per_s']:7.0f} | x{r['median']:.2f} ({r['min']:.2f}..{r['max']:.2f})")
+        print(f"{'batch of ' + str(n):14s} {v['median_steps_per_s']:7.0f} | x{r['median']:.2f} ({r['min']:.2f}..{r['max']:.2f})"
+              f"{'':8s} | {v['hours_per_cell_per_1M_steps_per_seed']:.2f} h")
     print(f"\nwhere a batch of {args.seed_batch[0]} spends its time ({profile['seconds']:.1f} s under cProfile):")
     for part, share in profile["shares"].items():
         print(f"  {part:55s} {100 * share:5.1f} %")
     from cli.common import provenance
 
-    meta = {**provenance("bench/bench.py", argv if argv is not None else sys.argv[1:]), "rounds": args.rounds,
-            "case": SEED_BATCH_CASE, "chunk": CASES[SEED_BATCH_CASE][3], "seed": args.seed, "threads": args.threads}
+    meta = {**provenance("bench/bench.py", argv if argv is not None else sys.argv[1:], **_extra_versions(case)),
+            "rounds": args.rounds, "case": case, "env_id": CASES[case][0], "hyperparams": CASES[case][1],
+            "chunk": CASES[case][3], "seed": args.seed, "threads": args.threads, "note": args.note,
+            "load_average_1_5_15min": {"before": load_before, "after": load_after}, "cpu_count": os.cpu_count()}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps({"meta": meta, "summary": summary, "rounds": rows, "profile": profile}, indent=1))
     print(f"\nwritten: {out_path}")
     return 0
+
+
+def _extra_versions(case: str) -> Dict[str, str]:
+    """Library versions a case depends on beyond those provenance() records (MinAtar's package)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if not CASES[case][0].startswith("MinAtar/"):
+        return {}
+    try:
+        return {"minatar": version("minatar")}
+    except PackageNotFoundError:
+        return {}
 
 
 def run_child(ctx: Any, target: Any, args: tuple, what: str) -> Any:
@@ -225,7 +264,7 @@ def _paired(rows: List[Dict[str, float]], num: str, den: str) -> Dict[str, float
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds per case")
     p.add_argument("--chunk", type=int, default=None, help="env steps per variant and round (default: per case)")
@@ -233,7 +272,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed-batch", type=int, nargs="+", default=None, metavar="S",
-                   help=f"instead of the cases: seed batches of these sizes against single runs ({SEED_BATCH_CASE})")
+                   help="instead of the cases: seed batches of these sizes against single runs (--seed-batch-case)")
+    p.add_argument("--seed-batch-case", default=SEED_BATCH_CASE, choices=list(CASES),
+                   help=f"the case of --seed-batch (default {SEED_BATCH_CASE})")
+    p.add_argument("--note", default=None,
+                   help="free text recorded in the JSON's meta, e.g. what else ran on the machine meanwhile")
     p.add_argument("--out", default=None,
                    help="JSON file to write, never an existing one (default: results/bench/bench-<UTC time>.json)")
     args = p.parse_args(argv)

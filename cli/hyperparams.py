@@ -1,8 +1,9 @@
 """Hyperparameters from ``hyperparams/*.yml`` (rl-zoo3 layout) without ``eval``.
 
-A file maps env ids to entries, with ``atari`` and ``default`` fallbacks. Entries hold constructor keyword
-arguments of the algorithm plus a few keys for the environment (``ENV_KEYS``). Strings of the form
-``lin_<float>`` are linear schedules; ``policy_kwargs.activation_fn`` is a name (``relu``, ``tanh`` ...).
+A file maps env ids to entries, with ``atari``, ``minatar`` and ``default`` fallbacks. Entries hold constructor
+keyword arguments of the algorithm plus a few keys for the environment (``ENV_KEYS``). Strings of the form
+``lin_<float>`` are linear schedules; ``policy_kwargs.activation_fn`` is a name (``relu``, ``tanh`` ...), and so is
+``policy_kwargs.features_extractor_class`` (a key of ``agents.networks.FEATURES_EXTRACTORS``, e.g. ``MinAtarCNN``).
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ def parse_schedule(key: str, value: Any) -> Any:
 
 
 def load_hyperparams(path: Path, env_id: str, atari: bool) -> Dict[str, Any]:
-    """The entry for ``env_id``, else ``atari`` (for Atari ids), else ``default``; a copy, YAML-typed."""
+    """The entry for ``env_id``, else ``atari`` (for Atari ids) or ``minatar`` (for ``MinAtar/*`` ids), else
+    ``default``; a copy, YAML-typed."""
+    from envs.minatar import is_minatar
+
     try:
         with open(path) as f:
             table = yaml.safe_load(f) or {}
@@ -71,7 +75,8 @@ def load_hyperparams(path: Path, env_id: str, atari: bool) -> Dict[str, Any]:
         raise HyperparamError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}): fix the file") from exc
     if not isinstance(table, dict):
         raise HyperparamError(f"{path} must map env ids to entries (got {type(table).__name__}): see hyperparams/ppo.yml")
-    for key in (env_id, "atari" if atari else None, "default"):
+    family = "atari" if atari else "minatar" if is_minatar(env_id) else None
+    for key in (env_id, family, "default"):
         if key is not None and key in table:
             return dict(table[key] or {})
     raise HyperparamError(f"{path} has no entry for {env_id!r} and no 'default' entry: add one")
@@ -144,6 +149,14 @@ def to_constructor_kwargs(hyperparams: Dict[str, Any]) -> Dict[str, Any]:
         if act.lower() not in ACTIVATIONS:
             raise HyperparamError(f"activation_fn={act!r} is unknown: choose one of {', '.join(ACTIVATIONS)}")
         policy_kwargs["activation_fn"] = ACTIVATIONS[act.lower()]
+    extractor = policy_kwargs.get("features_extractor_class")
+    if isinstance(extractor, str):
+        from agents.networks import FEATURES_EXTRACTORS
+
+        if extractor not in FEATURES_EXTRACTORS:
+            raise HyperparamError(f"features_extractor_class={extractor!r} is unknown: choose one of "
+                                  f"{', '.join(FEATURES_EXTRACTORS)}")
+        policy_kwargs["features_extractor_class"] = FEATURES_EXTRACTORS[extractor]
     if policy_kwargs:
         kwargs["policy_kwargs"] = policy_kwargs
     return kwargs

@@ -1,10 +1,12 @@
-"""Environment construction for classic control, MuJoCo and Atari, as rl-zoo3 builds them.
+"""Environment construction for classic control, MuJoCo, Atari and MinAtar, as rl-zoo3 builds them.
 
 ``make_env`` returns an SB3 ``VecEnv``: ``Monitor``-wrapped environments (so episode returns are logged),
 ``VecNormalize`` when the hyperparameters ask for it, and for Atari the standard DeepMind preprocessing
 (SB3's ``AtariWrapper``: no-op reset, frame skip 4 with max-pooling, episodic life, fire reset, reward clipping,
 84x84 grayscale) plus a 4-frame stack. Monitor sits *under* the Atari wrapper, so ``rollout/ep_rew_mean`` and
-evaluation report the true game score of whole games, not clipped per-life rewards.
+evaluation report the true game score of whole games, not clipped per-life rewards. MinAtar ids (``MinAtar/*``,
+registered by :mod:`envs.minatar` when the ``minatar`` package is installed) need no preprocessing: their frames
+are already small, channel-first and unclipped, so they are built like classic-control envs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize, VecTransposeImage
+
+from envs.minatar import HAS_MINATAR, is_minatar, register_minatar
 
 
 class EnvError(ValueError):
@@ -35,6 +39,7 @@ def _register_ale() -> bool:
 
 
 HAS_ALE = _register_ale()
+register_minatar()
 
 
 def is_atari(env_id: str) -> bool:
@@ -50,11 +55,16 @@ def check_env_id(env_id: str) -> None:
     if env_id.startswith("ALE/") or "NoFrameskip" in env_id:
         if not HAS_ALE:
             raise EnvError(f"env {env_id!r} needs Atari support: pip install -e '.[atari]' (ale-py, opencv)")
+    if is_minatar(env_id) and not HAS_MINATAR:
+        raise EnvError(f"env {env_id!r} needs MinAtar: pip install -e '.[minatar]'")
     if env_id not in gym.registry:
         close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.registry for the ids"
         if not HAS_ALE:
             hint += " (Atari games need the atari extra: pip install -e '.[atari]')"
+        if is_minatar(env_id):
+            hint += " (MinAtar ids are MinAtar/<Game>-v0 or -v1, Game one of Asterix, Breakout, Freeway, Seaquest, " \
+                    "SpaceInvaders)"
         raise EnvError(f"unknown env {env_id!r}: {hint}")
     if is_atari(env_id):
         try:
