@@ -31,8 +31,9 @@ SB3's ``PPO.load``) exactly as a single run's does.
 
 Scope: SB3's ``MlpPolicy`` (flatten, then Linear layers with Tanh or ReLU) on Box observations, with a diagonal
 Gaussian (Box actions) or a categorical (Discrete actions); every arm, lag mode and temperature; not gSDE, not
-``target_kl`` (seeds would stop their epochs at different points) and not the ``seq-*`` loss aggregation modes
-(segment packing is data-dependent). :func:`check_batchable` says which one in one line.
+``target_kl`` (seeds would stop their epochs at different points), not the ``seq-*`` loss aggregation modes
+(segment packing is data-dependent) and not the decoupled arm's ``prox="ewma"`` (PPO-EWMA: its average is not
+stacked). :func:`check_batchable` says which one in one line.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def check_batchable(model: LaggedPPO) -> None:
         problem = f"target_kl={model.target_kl} (seeds would stop their epochs at different points)"
     elif getattr(model, "loss_agg_mode", "token-mean") != "token-mean":
         problem = f"loss_agg_mode={model.loss_agg_mode} (only token-mean is batched)"
+    elif model.objective.ewma_beta is not None:
+        problem = "prox=ewma (PPO-EWMA's per-minibatch pass of its average is not batched)"
     elif model.rollout_buffer_class is not LaggedRolloutBuffer:
         problem = f"rollout_buffer_class={model.rollout_buffer_class.__name__}"
     if problem is not None:
