@@ -11,7 +11,9 @@ The trainer is three parts around SB3's two methods (``collect_rollouts``, ``tra
   temperatures); ``collect_rollouts`` asks it for actions and log mu;
 - ``self.learner_pass`` (:class:`agents.learner_pass.LearnerPass`): the learner's batched values (for GAE after a
   lagged rollout) and log-probs (pi_prox and the diagnostics at the start of ``train``), once per update;
-- ``self.objective`` (:mod:`agents.objectives`): the arm's policy term, the only difference between arms.
+- ``self.objective`` (:mod:`agents.objectives`): the arm's policy term, the only difference between arms;
+- ``self.prox_ewma`` (:mod:`agents.ewma`): PPO-EWMA's moving average of the learner, when the objective reads
+  pi_prox from it (the decoupled arm's ``prox="ewma"``): taken in after every optimiser step, read in every minibatch.
 
 ``collect_rollouts`` differs from SB3 in the lines marked ``# LAG``; ``train`` is SB3's with the start-of-update
 diagnostics added and the lines marked ``# OURS`` changed for speed and metrics. With ``policy_lag=0`` training is
