@@ -99,8 +99,8 @@ class ProximalEWMA:
         """log pi_prox(a|s) of a minibatch under the average as it is now, flat. ``fast``: the learner is SB3's own
         Gaussian policy (:func:`agents.fast_policy.fast_log_prob`, the same operations as SB3's)."""
         self._start(learner)
-        module = self.module
-        return fast_log_prob(module, obs, actions) if fast else module.get_distribution(obs).log_prob(actions)  # type: ignore[union-attr]
+        module: Any = self.module
+        return fast_log_prob(module, obs, actions) if fast else module.get_distribution(obs).log_prob(actions)
 
     def state(self) -> Optional[Dict[str, Any]]:
         """The average for a checkpoint (None before it was first read)."""
