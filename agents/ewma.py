@@ -52,6 +52,16 @@ def check_prox_ewma_beta(beta: Any) -> None:
         raise ValueError(f"prox_ewma_beta={beta!r} must be a number in [0, 1), e.g. {PROX_EWMA_BETA} (the paper's)")
 
 
+@th.no_grad()
+def ewma_step(average: List[th.Tensor], current: List[th.Tensor], beta: float, total_weight: float) -> float:
+    """One step of openai/ppo-ewma's debiased rule (module docstring) in place on ``average``; returns the new W.
+    Elementwise, so a stack of seeds (agents/seed_batch.py) steps as each seed alone."""
+    new_total = beta * total_weight + 1
+    th._foreach_mul_(average, beta * total_weight / new_total)
+    th._foreach_add_(average, th._foreach_div(current, new_total))
+    return new_total
+
+
 def actor_parameter_names(policy: nn.Module) -> List[str]:
     """The learner's parameters that its action distribution depends on (every one but the critic's)."""
     return [name for name, _ in policy.named_parameters() if not name.startswith(CRITIC_PREFIXES)]
@@ -87,12 +97,8 @@ class ProximalEWMA:
     def update(self, learner: nn.Module) -> None:
         """Take in the learner's parameters after an optimiser step (openai/ppo-ewma's rule, module docstring)."""
         self._start(learner)
-        new_total = self.beta * self.total_weight + 1
-        kept = self.beta * self.total_weight / new_total
         mine = self._tensors(self.module)  # type: ignore[arg-type]
-        th._foreach_mul_(mine, kept)
-        th._foreach_add_(mine, th._foreach_div(self._tensors(learner), new_total))
-        self.total_weight = new_total
+        self.total_weight = ewma_step(mine, self._tensors(learner), self.beta, self.total_weight)
 
     @th.no_grad()
     def log_prob(self, learner: nn.Module, obs: Any, actions: th.Tensor, fast: bool = False) -> th.Tensor:
@@ -112,10 +118,10 @@ class ProximalEWMA:
     @th.no_grad()
     def load_state(self, learner: nn.Module, state: Optional[Dict[str, Any]]) -> None:
         """Put back what :meth:`state` returned (None: start from the learner when first read)."""
-        self.module, self.total_weight = None, 1.0
         if state is None:
+            self.module, self.total_weight = None, 1.0
             return
-        self._start(learner)
+        self._start(learner)  # (a module already held is reused: the seed batch exports after every update)
         self.total_weight = float(state["total_weight"])
         for name, tensor in zip(self._names, self._tensors(self.module)):  # type: ignore[arg-type]
             tensor.copy_(state["tensors"][name])

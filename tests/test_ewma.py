@@ -12,7 +12,7 @@ from stable_baselines3.common.logger import configure
 from agents import ALGOS, DecoupledPPO
 from agents.checkpoint import read_checkpoint, restore_env, restore_model, save_checkpoint
 from agents.ewma import ProximalEWMA, actor_parameter_names
-from agents.seed_batch import check_batchable
+from agents.seed_batch import SeedBatch, check_batchable
 from tests.helpers import flat_params, run_script, tiny_model
 
 
@@ -150,10 +150,46 @@ def test_a_saved_model_keeps_its_settings(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- refusals, labels
-def test_seed_batches_refuse_ewma_in_one_line() -> None:
-    check_batchable(tiny_model(ALGOS["decoupled"]))  # start is batched
-    with pytest.raises(ValueError, match=r"^seeds cannot be batched with prox=ewma .*one per process instead$"):
-        check_batchable(tiny_model(ALGOS["decoupled"], prox="ewma"))
+def test_a_seed_of_a_batch_does_not_depend_on_its_batch() -> None:
+    """Seed batches take prox=ewma (the averages are stacked, tests/test_seed_batch.py checks one batched update
+    against the single-run code): seed 3 alone and inside a batch of three ends with the same parameters and the
+    same average, bit for bit, and exports its average to its model (checkpoints)."""
+    def make(seed: int):
+        return tiny_model(ALGOS["decoupled"], "Pendulum-v1", n_envs=2, seed=seed, prox="ewma", prox_ewma_beta=0.5,
+                          policy_lag=2, learning_rate=3e-3)
+
+    check_batchable(make(3))
+    alone = make(3)
+    SeedBatch([alone]).learn(3 * 128)
+    batch = [make(seed) for seed in (1, 2, 3)]
+    SeedBatch(batch).learn(3 * 128)
+    assert th.equal(flat_params(alone), flat_params(batch[2]))
+    assert alone.prox_ewma.total_weight == batch[2].prox_ewma.total_weight
+    # 3 updates x 8 optimiser steps (128 steps / 32 per minibatch x 2 epochs): W = sum_(i=0..24) 0.5^i
+    assert alone.prox_ewma.total_weight == pytest.approx(sum(0.5**i for i in range(25)), rel=1e-12)
+    assert all(th.equal(t, _ewma_tensors(batch[2])[n]) for n, t in _ewma_tensors(alone).items())
+    assert not th.equal(_ewma_tensors(batch[1])["log_std"], _ewma_tensors(batch[2])["log_std"]) or not th.equal(
+        _ewma_tensors(batch[1])["action_net.weight"], _ewma_tensors(batch[2])["action_net.weight"])
+
+
+def test_a_batch_rebuilt_from_its_models_continues_exactly() -> None:
+    """A seed batch exports each seed's average to its model, and a batch built from those models (as a resumed
+    one is) takes them back: 2 updates, a new batch, 1 more == 3 straight, bit for bit; not without the averages."""
+    def make(seed: int):
+        return tiny_model(ALGOS["decoupled"], "Pendulum-v1", n_envs=2, seed=seed, prox="ewma", prox_ewma_beta=0.5,
+                          policy_lag=2, learning_rate=3e-3)
+
+    straight = [make(seed) for seed in (1, 2)]
+    SeedBatch(straight).learn(3 * 128)
+    for forget in (False, True):
+        parts = [make(seed) for seed in (1, 2)]
+        SeedBatch(parts).learn(2 * 128)
+        if forget:
+            for m in parts:
+                m.prox_ewma.load_state(m.policy, None)
+        SeedBatch(parts).learn(128, reset_num_timesteps=False)
+        same = [th.equal(flat_params(a), flat_params(b)) for a, b in zip(straight, parts)]
+        assert same == ([False, False] if forget else [True, True])
 
 
 @pytest.mark.parametrize("settings, match", [(dict(prox="average"), "prox='average' is unknown"),
@@ -167,7 +203,6 @@ def test_bad_settings_raise_naming_the_value(settings: dict, match: str) -> None
     (["--algo", "ppo", "--env", "CartPole-v1", "--prox", "ewma"], "--prox ewma: --algo ppo has no prox"),
     (["--algo", "decoupled", "--env", "CartPole-v1", "--prox-ewma-beta", "0.9"], "has no effect without --prox ewma"),
     (["--algo", "decoupled", "--env", "CartPole-v1", "--prox", "ewma", "--prox-ewma-beta", "1"], "beta must be in"),
-    (["--algo", "decoupled", "--env", "CartPole-v1", "--prox", "ewma", "--seeds", "1", "2"], "prox=ewma"),
 ])
 def test_cli_refuses_in_one_line(tmp_path: Path, argv: list, line: str) -> None:
     res = run_script("train.py", [*argv, "-f", str(tmp_path)])
