@@ -37,7 +37,7 @@ class UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     """train.py's flags (sweep.py also reads them: a grid axis named like a flag is passed as that flag)."""
     from cli.common import OneLineParser
-    from agents.options import ALGO_IDS, IS_WEIGHT_MODES, LAG_MODES, LOSS_AGG_MODES, TEMPERATURE_MODES
+    from agents.options import ALGO_IDS, IS_WEIGHT_MODES, LAG_MODES, LOSS_AGG_MODES, PROX_MODES, TEMPERATURE_MODES
 
     p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--algo", choices=sorted(ALGO_IDS),
@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "openai/ppo-ewma) or filtered out of the loss (AReaL)")
     p.add_argument("--is-weight-max", type=float, default=None,
                    help="decoupled only: the cap w_max on the importance weight pi_prox/mu (default 100)")
+    p.add_argument("--prox", default=None, choices=PROX_MODES,
+                   help="decoupled only: the proximal policy pi_prox: the learner at the start of each update (start, "
+                        "default) or PPO-EWMA's moving average of the learner's parameters (ewma; docs/ppo_ewma.md)")
+    p.add_argument("--prox-ewma-beta", type=float, default=None, metavar="BETA",
+                   help="with --prox ewma: beta_prox in [0, 1), the average's decay per optimiser step (default "
+                        "0.889, the paper's; mean age beta/(1-beta) steps)")
     p.add_argument("--behavior-temperature", type=float, default=None, metavar="TAU",
                    help="tau > 0: actors sample from their distribution tempered by tau (Gaussian std x tau, "
                         "logits / tau); default 1 (YAML key behavior_temperature)")
@@ -121,6 +127,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--behavior-temperature {tau}: the temperature must be a number > 0, e.g. 1.5 (1 = no tempering)")
     if args.is_weight_max is not None and not args.is_weight_max > 0:
         p.error(f"--is-weight-max {args.is_weight_max}: the cap must be > 0, e.g. 100 (truncate) or 5 (AReaL's filter)")
+    beta = args.prox_ewma_beta
+    if beta is not None and not 0 <= beta < 1:
+        p.error(f"--prox-ewma-beta {beta}: beta must be in [0, 1), e.g. 0.889 (the paper's)")
+    if beta is not None and args.prox != "ewma":
+        p.error(f"--prox-ewma-beta {beta} has no effect without --prox ewma: add --prox ewma or drop it")
     if args.device != "auto":
         import torch
 
@@ -158,7 +169,8 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
     accepted = constructor_defaults(ALGOS[args.algo])
     flags = {"dual_clip" if "dual_clip" in accepted else "would_bound_c": args.dual_clip,
              "loss_agg_mode": args.loss_agg_mode, "is_weight_mode": args.is_weight_mode,
-             "is_weight_max": args.is_weight_max, "behavior_temperature": args.behavior_temperature,
+             "is_weight_max": args.is_weight_max, "prox": args.prox, "prox_ewma_beta": args.prox_ewma_beta,
+             "behavior_temperature": args.behavior_temperature,
              "temperature_mode": args.temperature_mode}
     for key, value in flags.items():
         if key not in accepted:  # refused unless it changes nothing (the default of every arm that has it)
@@ -170,8 +182,10 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
             continue
         if value is not None:
             config[key] = value
-        if key not in ("is_weight_mode", "is_weight_max"):  # recorded only when set: the records of earlier
-            config.setdefault(key, accepted[key])           # runs read their absence as the default
+        if key not in ("is_weight_mode", "is_weight_max", "prox", "prox_ewma_beta"):  # recorded only when set:
+            config.setdefault(key, accepted[key])  # the records of earlier runs read their absence as the default
+    if config.get("prox") == "ewma":  # an EWMA run records its beta, default or not
+        config.setdefault("prox_ewma_beta", accepted["prox_ewma_beta"])
     check_temperature_args(config["behavior_temperature"], config["temperature_mode"])  # names the bad value
     if args.n_timesteps is not None:
         config["n_timesteps"] = args.n_timesteps

@@ -5,8 +5,9 @@ next rollout) to a temporary file and renamed over the old one, so a crash durin
 checkpoint intact. It holds:
 
 - the model as SB3 saves it (parameters, optimizer state, counters, last observation, episode statistics);
-- the lag snapshots and the generator of uniform lag draws (``model.behavior``), the RNG states (torch, numpy,
-  random), the VecNormalize statistics with its running returns;
+- the lag snapshots and the generator of uniform lag draws (``model.behavior``), PPO-EWMA's average of the learner
+  (``model.prox_ewma``, agents/ewma.py), the RNG states (torch, numpy, random), the VecNormalize statistics with its
+  running returns;
 - the logger values recorded by the last update but not yet written (so TensorBoard misses no step);
 - the environments themselves **when their state pickles faithfully** (gymnasium's classic control: pure Python
   and numpy). Then a resumed run ends with exactly the parameters of an uninterrupted one.
@@ -80,6 +81,8 @@ def save_checkpoint(model: Any, path: Path) -> None:
         # the behaviour policies' training state: their lag snapshots and the generator of uniform lag draws
         "snapshots": model.behavior.snapshot_tensors(),
         "lag_rng": model.behavior.rng.bit_generator.state,
+        # PPO-EWMA's moving average of the learner (decoupled with prox=ewma), else None
+        "prox_ewma": None if getattr(model, "prox_ewma", None) is None else model.prox_ewma.state(),
         # a seed of a seed batch draws from its own generators (agents/seed_batch.py), not the global ones
         "seed_batch_rng": getattr(model, "_seed_batch_rng", None),
         "rng": {"torch": th.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
@@ -128,6 +131,8 @@ def restore_model(cls: type, state: Dict[str, Any], env: VecEnv, device: str) ->
         model.behavior.load_snapshots(model.policy, state["snapshots"])
     if "lag_rng" in state:  # (a checkpoint written before the behaviour policies were one part: model.zip had it)
         model.behavior.rng.bit_generator.state = state["lag_rng"]
+    if state.get("prox_ewma") is not None:
+        model.prox_ewma.load_state(model.policy, state["prox_ewma"])
     if state.get("seed_batch_rng") is not None:
         model._seed_batch_rng = state["seed_batch_rng"]
     th.set_rng_state(state["rng"]["torch"])

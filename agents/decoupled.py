@@ -15,7 +15,14 @@ before weighting.
 
 Differences from openai/ppo-ewma: there the truncation ``imp_samp_max=100`` applies to pi_theta/mu (through an
 adjusted log mu); here it applies to the gradient-free weight pi_prox/mu (the formula above), with the
-same default of 100. The EWMA proximal policy of the paper is not implemented (the proximal policy is the learner).
+same default of 100.
+
+``prox`` chooses pi_prox. ``start`` (default): the learner at the start of the update, as above. ``ewma``: the paper's
+own method, PPO-EWMA: an exponentially weighted moving average of the learner's (actor) parameters, taking in the
+parameters after every optimiser step with decay ``prox_ewma_beta`` (beta_prox, default 0.889) and debiased as in
+openai/ppo-ewma, and read in every minibatch (:mod:`agents.ewma`; docs/ppo_ewma.md for the parametrisation, the
+default's source and the cost). Early stopping (``target_kl``) and the lag diagnostics still measure against the
+learner at the start of the update.
 
 ``is_weight_mode="filter"`` is how AReaL (arXiv 2505.24298) runs the objective: a step whose weight pi_prox/mu
 exceeds the cap (AReaL's ``behav_imp_weight_cap``, e.g. 5) gets weight 0 instead of w_max, so it drops out of the
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from agents.ewma import PROX_EWMA_BETA
 from agents.lagged import LaggedPPO
 from agents.objectives import Decoupled
 
@@ -42,6 +50,10 @@ class DecoupledPPO(LaggedPPO):
     :param dual_clip: optional dual-clip bound c > 1 on the proximal term (default None: off)
     :param clip_range_low: lower epsilon of the clip against pi_prox; defaults to ``clip_range``
     :param clip_range_high: upper epsilon of the clip against pi_prox; defaults to ``clip_range``
+    :param prox: pi_prox: ``start`` (default: the learner at the start of each update) or ``ewma`` (PPO-EWMA: the
+        moving average of the learner's actor parameters, read in every minibatch; :mod:`agents.ewma`)
+    :param prox_ewma_beta: beta_prox in [0, 1), the average's decay per optimiser step (default 0.889, the paper's;
+        its mean age is beta / (1 - beta) optimiser steps); read only with ``prox="ewma"``
     :param loss_agg_mode: as :class:`~agents.dualclip.DualClipPPO`'s
     :param kwargs: everything :class:`LaggedPPO` and SB3's ``PPO`` accept
     """
@@ -55,6 +67,8 @@ class DecoupledPPO(LaggedPPO):
         *,
         is_weight_max: float = 100.0,
         is_weight_mode: str = "truncate",
+        prox: str = "start",
+        prox_ewma_beta: float = PROX_EWMA_BETA,
         dual_clip: Optional[float] = None,
         clip_range_low: Optional[float] = None,
         clip_range_high: Optional[float] = None,
@@ -62,6 +76,7 @@ class DecoupledPPO(LaggedPPO):
         **kwargs: Any,
     ) -> None:
         self._keep_settings(dual_clip=dual_clip, clip_range_low=clip_range_low, clip_range_high=clip_range_high,
-                            loss_agg_mode=loss_agg_mode, is_weight_max=is_weight_max, is_weight_mode=is_weight_mode)
+                            loss_agg_mode=loss_agg_mode, is_weight_max=is_weight_max, is_weight_mode=is_weight_mode,
+                            prox=prox, prox_ewma_beta=prox_ewma_beta)
         kwargs.setdefault("would_bound_c", 3.0 if dual_clip is None else dual_clip)
         super().__init__(policy, env, **kwargs)

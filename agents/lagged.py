@@ -11,7 +11,9 @@ The trainer is three parts around SB3's two methods (``collect_rollouts``, ``tra
   temperatures); ``collect_rollouts`` asks it for actions and log mu;
 - ``self.learner_pass`` (:class:`agents.learner_pass.LearnerPass`): the learner's batched values (for GAE after a
   lagged rollout) and log-probs (pi_prox and the diagnostics at the start of ``train``), once per update;
-- ``self.objective`` (:mod:`agents.objectives`): the arm's policy term, the only difference between arms.
+- ``self.objective`` (:mod:`agents.objectives`): the arm's policy term, the only difference between arms;
+- ``self.prox_ewma`` (:mod:`agents.ewma`): PPO-EWMA's moving average of the learner, when the objective reads
+  pi_prox from it (the decoupled arm's ``prox="ewma"``): taken in after every optimiser step, read in every minibatch.
 
 ``collect_rollouts`` differs from SB3 in the lines marked ``# LAG``; ``train`` is SB3's with the start-of-update
 diagnostics added and the lines marked ``# OURS`` changed for speed and metrics. With ``policy_lag=0`` training is
@@ -41,6 +43,7 @@ from torch.nn import functional as F
 
 from agents.behavior import BehaviorPolicies, check_lag_args, check_temperature_args, env_temperatures
 from agents.buffer import LaggedColumns, LaggedDictRolloutBuffer, LaggedRolloutBuffer
+from agents.ewma import ProximalEWMA
 from agents.fast_optim import adam_step, clip_grad_norm
 from agents.fast_policy import fast_evaluate_actions, has_fast_gaussian
 from agents.learner_pass import LearnerPass
@@ -116,6 +119,10 @@ class LaggedPPO(PPO):
         self.behavior = BehaviorPolicies(self.policy_lag, self.lag_mode, temperatures, rng, self.device)
         self.learner_pass = LearnerPass(self.action_space, self.device)
         self.objective = self._make_objective()
+        # PPO-EWMA's average of the learner (agents/ewma.py) when the objective reads pi_prox from it; its state goes
+        # into checkpoints
+        beta = self.objective.ewma_beta
+        self.prox_ewma: Optional[ProximalEWMA] = None if beta is None else ProximalEWMA(beta)
         self._refresh_fast_path()
 
     def _keep_settings(self, **settings: Any) -> None:
@@ -138,7 +145,8 @@ class LaggedPPO(PPO):
         # The behaviour policies, the learner's pass and the objective are rebuilt by _setup_model; the lag
         # snapshots and generator are training state and go into checkpoints (agents/checkpoint.py), as do the seed
         # batch's random-stream states (agents/seed_batch.py).
-        return super()._excluded_save_params() + ["behavior", "learner_pass", "objective", "_fast", "_seed_batch_rng"]
+        return super()._excluded_save_params() + ["behavior", "learner_pass", "objective", "prox_ewma", "_fast",
+                                                  "_seed_batch_rng"]
 
     def _evaluate_actions(self, obs: th.Tensor, actions: th.Tensor) -> Tuple[th.Tensor, th.Tensor, Optional[th.Tensor]]:
         if self._fast_ok():
@@ -302,6 +310,15 @@ class LaggedPPO(PPO):
         self.logger.record("train/log_ratio", log_ratio.cpu(), exclude=("stdout", "log", "json", "csv"))
 
     # ------------------------------------------------------------------------------------------------ update
+    def _proximal(self, data: Any, actions: th.Tensor) -> Any:
+        """The minibatch as the objective reads it: unchanged, or with PPO-EWMA (``self.prox_ewma``) its
+        ``prox_log_prob`` replaced by the average's log-probs as they are now (openai/ppo-ewma evaluates its EWMA
+        network in every minibatch, ``ppo_ewma/ppo.py`` ``compute_losses``)."""
+        if self.prox_ewma is None:
+            return data
+        return data._replace(prox_log_prob=self.prox_ewma.log_prob(self.policy, data.observations, actions,
+                                                                   self._fast_ok()))
+
     def _policy_term(
         self, data: Any, log_prob: th.Tensor, advantages: th.Tensor, clip_range: float
     ) -> Tuple[th.Tensor, Dict[str, th.Tensor]]:
@@ -380,7 +397,8 @@ class LaggedPPO(PPO):
                 # OURS: SB3's lines from here to the approx_kl below live in _minibatch_loss (one seed's minibatch,
                 # shared with the seed-batched trainer, agents/seed_batch.py)
                 loss, minibatch_metrics, approx_kl_div = self._minibatch_loss(
-                    rollout_data, values.flatten(), log_prob, entropy, clip_range, clip_range_vf
+                    self._proximal(rollout_data, actions), values.flatten(), log_prob, entropy, clip_range,
+                    clip_range_vf,  # OURS: PPO-EWMA's pi_prox of this minibatch (early stopping keeps the start's)
                 )
                 for key, value in minibatch_metrics.items():  # OURS: every metric kept as a tensor
                     metrics[key].append(value)
@@ -404,6 +422,8 @@ class LaggedPPO(PPO):
                 loss.backward()
                 clip_grad_norm(parameters, self.max_grad_norm)  # OURS: skips a multiply by 1.0
                 adam_step(self.policy.optimizer)  # OURS: torch's Adam arithmetic without its per-call overhead
+                if self.prox_ewma is not None:  # OURS: PPO-EWMA's average takes in the new parameters
+                    self.prox_ewma.update(self.policy)
 
             self._n_updates += 1
             if not continue_training:

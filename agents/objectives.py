@@ -7,7 +7,8 @@ normalisation, gradient clipping and the optimizer are SB3's and shared. An obje
 
 - ``needs_prox``: whether it reads ``data.prox_log_prob``, the learner's log-probs of the stored actions at the
   start of the update (pi_prox). The trainer stores them in the rollout buffer only when someone reads them (this
-  objective, or early stopping with ``target_kl``);
+  objective, or early stopping with ``target_kl``); an objective whose ``ewma_beta`` is not None gets instead, in
+  every minibatch, the log-probs of PPO-EWMA's moving average of the learner (:mod:`agents.ewma`);
 - ``max_metrics``: which of its metrics are logged as their maximum over the update's minibatches (all others are
   logged as their mean over every minibatch of every epoch).
 
@@ -35,6 +36,7 @@ from typing import Any, ClassVar, Dict, FrozenSet, Optional, Tuple
 
 import torch as th
 
+from agents.ewma import PROX_EWMA_BETA, check_prox, check_prox_ewma_beta
 from agents.losses import (
     check_clip_range,
     check_dual_clip,
@@ -58,6 +60,12 @@ class Objective:
     needs_prox: ClassVar[bool] = False
     #: metrics logged as their maximum over an update's minibatches (all others: their mean)
     max_metrics: ClassVar[FrozenSet[str]] = frozenset()
+
+    @property
+    def ewma_beta(self) -> Optional[float]:
+        """beta_prox when ``data.prox_log_prob`` is to come from PPO-EWMA's average (:mod:`agents.ewma`, read in every
+        minibatch), else None (the learner at the start of the update)."""
+        return None
 
     def policy_term(self, data: Any, log_prob: th.Tensor, advantages: th.Tensor, clip_range: float) -> PolicyTerm:
         """The loss of one minibatch and its metrics, as tensors (no host sync, no data-dependent branch: the seed
@@ -146,11 +154,16 @@ class Decoupled(DualClip):
 
     :param is_weight_max: w_max, the cap on pi_prox / mu
     :param is_weight_mode: ``truncate`` (weights above w_max become w_max) or ``filter`` (those steps get weight 0)
+    :param prox: which policy is pi_prox: ``start`` (the learner at the start of the update) or ``ewma`` (PPO-EWMA,
+        the paper's own: a moving average of the learner's parameters, read in every minibatch; :mod:`agents.ewma`)
+    :param prox_ewma_beta: beta_prox, the average's decay per optimiser step (read only with ``prox="ewma"``)
     """
 
     dual_clip: Optional[float] = None
     is_weight_max: float = 100.0
     is_weight_mode: str = "truncate"
+    prox: str = "start"
+    prox_ewma_beta: float = PROX_EWMA_BETA
 
     needs_prox: ClassVar[bool] = True
     max_metrics: ClassVar[FrozenSet[str]] = DualClip.max_metrics | {"is_weight_max"}
@@ -159,6 +172,12 @@ class Decoupled(DualClip):
         super().__post_init__()
         check_is_weight_max(self.is_weight_max)
         check_is_weight_mode(self.is_weight_mode)
+        check_prox(self.prox)
+        check_prox_ewma_beta(self.prox_ewma_beta)
+
+    @property
+    def ewma_beta(self) -> Optional[float]:
+        return self.prox_ewma_beta if self.prox == "ewma" else None
 
     def policy_term(self, data: Any, log_prob: th.Tensor, advantages: th.Tensor, clip_range: float) -> PolicyTerm:
         (old, prox, new, adv), mask = self._per_sequence(data, data.old_log_prob, data.prox_log_prob, log_prob,

@@ -12,3 +12,6 @@ LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "se
 IS_WEIGHT_MODES = ("truncate", "filter")
 #: how the behaviour temperature is spread over environments (agents/behavior.py)
 TEMPERATURE_MODES = ("fixed", "per-env")
+#: the decoupled arm's proximal policy pi_prox: ``start`` (the learner at the start of each update) or ``ewma``
+#: (PPO-EWMA: a moving average of the learner's parameters, read in every minibatch; agents/ewma.py)
+PROX_MODES = ("start", "ewma")

@@ -34,7 +34,8 @@ that SB3 does not rescale as images, and SB3's ``ActorCriticPolicy`` with :class
 its features extractor on (C, H, W) Box observations (MinAtar: its 3x3 convolution runs once per seed, :func:`_conv`; the rest batched), with a diagonal
 Gaussian (Box actions) or a categorical (Discrete actions); every arm, lag mode and temperature; not gSDE, not
 ``target_kl`` (seeds would stop their epochs at different points) and not the ``seq-*`` loss aggregation modes
-(segment packing is data-dependent). :func:`check_batchable` says which one in one line.
+(segment packing is data-dependent). :func:`check_batchable` says which one in one line. The decoupled arm's
+``prox="ewma"`` (PPO-EWMA) is batched: the seeds' averages are stacked like their parameters.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from torch.nn import functional as F
 
 from agents.buffer import LaggedRolloutBuffer, LaggedRolloutBufferSamples, flat_observations
 from agents.checkpoint import StopRequested
+from agents.ewma import actor_parameter_names, ewma_step
 from agents.fast_optim import adam_step
 from agents.fast_policy import _ENTROPY_CONST, _LOG_SQRT_2PI
 from agents.lagged import LaggedPPO
@@ -359,6 +361,15 @@ class SeedBatch:
             [{n: th.stack([snaps[i][n] for snaps in per_seed]) for n in names} for i in range(len(per_seed[0]))],
             maxlen=first.policy_lag,
         )
+        # PPO-EWMA (agents/ewma.py): the seeds' averages of their actor parameters, stacked, and their common weight
+        # W (the seeds step in lockstep); None until an update first reads it, as in a single run
+        self.ewma_beta = first.objective.ewma_beta
+        self.ewma: Optional[Params] = None
+        self.ewma_weight = 1.0
+        ewma_states = [m.prox_ewma.state() for m in models] if self.ewma_beta is not None else []
+        if ewma_states and all(st is not None for st in ewma_states):  # resumed models bring theirs
+            self.ewma = {n: th.stack([st["tensors"][n] for st in ewma_states]) for n in ewma_states[0]["tensors"]}
+            self.ewma_weight = ewma_states[0]["total_weight"]
         self._rollout_arrays: Dict[tuple, np.ndarray] = {}  # the rollout buffers' stacked columns (_StackedRollout)
         self._evals: List[Any] = []  # the seeds' learner evaluations, run together (_evaluate_together)
         self._torch_rngs, self._numpy_rngs = [], []
@@ -437,6 +448,9 @@ class SeedBatch:
                                                 for k, v in state[stacked].items()}
                 seed_snapshots = [{n: t[s] for n, t in snap.items()} for snap in self.snapshots]
                 model.behavior.load_snapshots(model.policy, seed_snapshots)
+                if self.ewma is not None:
+                    model.prox_ewma.load_state(model.policy, {"total_weight": self.ewma_weight,
+                                                              "tensors": {n: t[s] for n, t in self.ewma.items()}})
                 model._seed_batch_rng = (self._torch_rngs[s].get_state(), self._numpy_rngs[s].bit_generator.state)
 
     @th.no_grad()
@@ -640,6 +654,8 @@ class SeedBatch:
                 obs, actions, old_values, old_log_prob, advantages, returns, prox = (c[seeds, idx] for c in columns)
                 dist, values = self._forward(self.params, obs)
                 log_prob = dist.log_prob(actions if self.gaussian else actions.squeeze(-1))
+                if self.ewma_beta is not None:  # PPO-EWMA: pi_prox from each seed's average as it is now
+                    prox = self._ewma_log_prob(obs, actions)
                 loss, minibatch_metrics, approx_kl = batched_loss(
                     values, log_prob, dist.entropy(), old_values, old_log_prob, advantages, returns, prox
                 )
@@ -650,6 +666,11 @@ class SeedBatch:
                 loss.sum().backward()  # the gradient of each seed's parameters is that seed's own
                 self._clip_grad_norm(parameters, first.max_grad_norm)
                 adam_step(self.optimizer)
+                if self.ewma is not None:  # PPO-EWMA: each seed's average takes in its new parameters
+                    names = list(self.ewma)
+                    self.ewma_weight = ewma_step([self.ewma[n] for n in names],
+                                                 [self.params[n].detach() for n in names], self.ewma_beta,
+                                                 self.ewma_weight)
             for model in models:
                 model._n_updates += 1
 
@@ -657,6 +678,16 @@ class SeedBatch:
         for s, model in enumerate(models):
             seed_metrics = {key: [per_minibatch[s] for per_minibatch in column] for key, column in metrics.items()}
             model._record_update(seed_metrics, [kl[s] for kl in approx_kl_divs], loss[s], clip_range, clip_range_vf)
+
+    @th.no_grad()
+    def _ewma_log_prob(self, obs: th.Tensor, actions: th.Tensor) -> th.Tensor:
+        """log pi_prox of a minibatch (S, B) under each seed's PPO-EWMA average (started from the seeds' parameters
+        when first read, as :class:`agents.ewma.ProximalEWMA` does)."""
+        if self.ewma is None:
+            self.ewma = {n: self.params[n].detach().clone() for n in actor_parameter_names(self.models[0].policy)}
+            self.ewma_weight = 1.0
+        dist = self._forward({**self.params, **self.ewma}, obs, critic=False)[0]
+        return dist.log_prob(actions if self.gaussian else actions.squeeze(-1))
 
     def _stacked_columns(self) -> List[th.Tensor]:
         """Each seed's rollout, flattened env-major as SB3's minibatches see it, stacked: observations, actions,

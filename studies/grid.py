@@ -46,7 +46,7 @@ RESERVED = ("env", "resume", "log_folder", "run_name", "tensorboard_log", "save_
 FILE_KEYS = ("study", "title", "settings", "envs", "grid")
 #: short labels of axes in run names (other axes use their own key)
 LABELS = {"dual_clip": "c", "behavior_temperature": "t", "is_weight_max": "wmax", "is_weight_mode": "",
-          "temperature_mode": "", "loss_agg_mode": ""}
+          "temperature_mode": "", "loss_agg_mode": "", "prox": "", "prox_ewma_beta": "beta"}
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,10 @@ class ReportError(ValueError):
     """Records a report cannot score honestly (e.g. a run without an evaluation at its table's step): one line."""
 
 #: options of an arm (they make a variant); every other axis but the seed makes the setting
-ARM_KEYS = ("algo", "dual_clip", "is_weight_mode", "is_weight_max", "loss_agg_mode")
+ARM_KEYS = ("algo", "dual_clip", "is_weight_mode", "is_weight_max", "loss_agg_mode", "prox", "prox_ewma_beta")
 #: option defaults, not shown in variant labels
-ARM_DEFAULTS = {"is_weight_mode": "truncate", "is_weight_max": 100.0, "loss_agg_mode": "token-mean"}
+ARM_DEFAULTS = {"is_weight_mode": "truncate", "is_weight_max": 100.0, "loss_agg_mode": "token-mean", "prox": "start",
+                "prox_ewma_beta": 0.889}
 DEFAULT_C = {"dualclip": 3.0}
 #: setting keys with their defaults (a record without the axis has the default)
 SETTING_DEFAULTS = {"policy_lag": 0, "lag_mode": "fixed", "behavior_temperature": 1.0}
@@ -108,6 +109,9 @@ def variant_label(row: Dict[str, Any]) -> str:
         mode, cap = row.get("is_weight_mode") or "truncate", row.get("is_weight_max")
         if mode != "truncate" or (cap is not None and cap != ARM_DEFAULTS["is_weight_max"]):
             parts.append(f"{mode}@{cap:g}" if cap is not None else mode)
+        if row.get("prox") == "ewma":  # PPO-EWMA's proximal policy (agents/ewma.py); its beta when not the paper's
+            beta = row.get("prox_ewma_beta")
+            parts.append("ewma" if beta in (None, ARM_DEFAULTS["prox_ewma_beta"]) else f"ewma β={beta:g}")
     if row.get("loss_agg_mode") not in (None, "token-mean"):
         parts.append(str(row["loss_agg_mode"]))
     return " ".join(parts)

@@ -67,6 +67,8 @@ def _copy_state(src, dst):
     dst.behavior.last_lags = src.behavior.last_lags.copy()
     dst._current_progress_remaining = src._current_progress_remaining
     dst._n_updates = src._n_updates
+    if src.prox_ewma is not None:  # PPO-EWMA's average (decoupled, prox="ewma")
+        dst.prox_ewma.load_state(dst.policy, src.prox_ewma.state())
     dst.set_logger(configure(None, []))
 
 
@@ -74,6 +76,7 @@ def _copy_state(src, dst):
 @pytest.mark.parametrize("algo,extra", [
     ("ppo", {}), ("dualclip", {}), ("decoupled", {}), ("decoupled", dict(dual_clip=3.0, is_weight_mode="filter",
                                                                        is_weight_max=1.2)),
+    ("decoupled", dict(prox="ewma", prox_ewma_beta=0.5)),  # PPO-EWMA: each seed's stacked average as its own
 ])
 def test_each_seed_updates_as_the_single_run_code(algo, extra, env_id):
     """On identical inputs (parameters, optimizer state, rollout, minibatch order) one batched update gives each seed
@@ -111,6 +114,10 @@ def test_each_seed_updates_as_the_single_run_code(algo, extra, env_id):
         for key in mine:
             assert th.allclose(mine[key], theirs[key], rtol=1e-5, atol=1e-6), key
         assert not th.equal(mine["action_net.weight"], params(make(algo, env_id, seeds[s]))["action_net.weight"])
+        if single.prox_ewma is not None:  # the averages took in the same steps
+            assert b.prox_ewma.total_weight == pytest.approx(single.prox_ewma.total_weight, rel=1e-12)
+            ours, single_avg = b.prox_ewma.state()["tensors"], single.prox_ewma.state()["tensors"]
+            assert all(th.allclose(ours[k], single_avg[k], rtol=1e-5, atol=1e-6) for k in ours), s
         state_b = b.policy.optimizer.state_dict()["state"]
         state_s = single.policy.optimizer.state_dict()["state"]
         for i in state_s:
