@@ -12,9 +12,13 @@ it imports seaborn and matplotlib at once. We register the ids ourselves with th
 
 These are the ids and action sets of ``minatar.gym.register_envs``. Everything else is MinAtar's default protocol:
 sticky actions with probability 0.1 (the previous action repeats), difficulty ramping on, no reward clipping (every
-reward is the game's own +1 or 0, so a ``Monitor``'s episode return is the game score), and no time limit except
-the one Freeway has itself (2,500 frames). Pass ``sticky_action_prob`` or ``difficulty_ramping`` through
-``env_kwargs`` to change them, and ``max_episode_steps`` to cap episode length (``gym.make``'s own argument).
+reward is the game's own +1 or 0, so a ``Monitor``'s episode return is the game score). One addition: episodes are
+truncated after :data:`MAX_EPISODE_STEPS` steps (gymnasium's ``TimeLimit``; SB3 bootstraps the value there). MinAtar
+itself has no limit but Freeway's own 2,500 frames, and some episodes never end: in Seaquest the submarine starts at
+the surface, and a policy that never dives (any constant action but "down": measured, 20,000 steps without an end
+for five seeds) plays forever, so an evaluation of such a policy would never return. The cap is far above the
+scores' usual episode lengths (gymnax's MinAtar caps at 1,000); pass ``max_episode_steps`` in ``env_kwargs`` to
+change it, and ``sticky_action_prob`` or ``difficulty_ramping`` to change MinAtar's settings.
 
 Observations are ``uint8`` in {0, 1}, **channel-first** ``(C, 10, 10)``, the layout torch's ``Conv2d`` reads, as a
 ``Box(0, 1)``: SB3 does not take that for an image (an image is ``Box(0, 255)``), so it feeds the frame to the
@@ -39,6 +43,7 @@ GAMES: Dict[str, str] = {
     "SpaceInvaders": "space_invaders",
 }
 PREFIX = "MinAtar/"
+MAX_EPISODE_STEPS = 10_000  #: truncation of every MinAtar episode (see the module docstring)
 HAS_MINATAR = importlib.util.find_spec("minatar") is not None  # (importing it costs ~3 s: matplotlib and seaborn)
 
 
@@ -61,7 +66,7 @@ def register_minatar() -> bool:
         for version, minimal in (("v0", False), ("v1", True)):
             env_id = f"{PREFIX}{game}-{version}"
             if env_id not in gym.registry:
-                gym.register(id=env_id, entry_point="envs.minatar:MinAtarEnv",
+                gym.register(id=env_id, entry_point="envs.minatar:MinAtarEnv", max_episode_steps=MAX_EPISODE_STEPS,
                              kwargs={"game": module, "use_minimal_action_set": minimal})
     return True
 

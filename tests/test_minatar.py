@@ -99,6 +99,21 @@ def test_monitor_return_is_the_game_score():
         assert episode(seed) == (rewards, score)
 
 
+def test_episodes_that_never_end_are_truncated():
+    """Seaquest's submarine starts at the surface: a policy that never dives plays forever, so every id truncates
+    (10,000 steps; env_kwargs max_episode_steps changes it) and an evaluation always returns."""
+    import gymnasium as gym
+
+    assert all(gym.spec(env_id).max_episode_steps == 10_000 for env_id in minatar_ids())
+    venv = make_env("MinAtar/Seaquest-v1", seed=0, env_kwargs={"max_episode_steps": 300})
+    venv.reset()
+    for step in range(1, 301):
+        _, _, dones, infos = venv.step(np.array([0]))  # no-op: stays at the surface
+        if dones[0]:
+            break
+    assert step == 300 and infos[0]["TimeLimit.truncated"] and infos[0]["episode"]["l"] == 300
+
+
 @pytest.mark.parametrize("cls, kwargs", [(ALGOS["ppo"], {}), (DualClipPPO, {"dual_clip": None}),
                                          (ALGOS["decoupled"], {"dual_clip": None})],
                          ids=lambda v: getattr(v, "__name__", str(v)))
