@@ -958,6 +958,26 @@ def _slug(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- report
+def late_windows(rows: List[Dict[str, Any]]) -> str:
+    """Where the runs of an env are scored and what their late window spans, per budget; a window wider than a
+    quarter of the budget (too few evaluations for its 10 %) is flagged: there the late return describes more than
+    the end of training, and the final evaluation is the one to read."""
+    parts = []
+    for budget in sorted({r["record"]["meta"]["n_timesteps"] for r in rows}):
+        scored = [r for r in rows if r["record"]["meta"]["n_timesteps"] == budget and r["score_step"] is not None]
+        if not scored:
+            continue
+        step = scored[0]["score_step"]
+        window = late_window(scored[0]["record"], step, budget)
+        text = (f"{budget:,}-step runs scored at step {step:,}, late window steps {window[0]:,}–{window[-1]:,} "
+                f"({len(window)} evaluations)")
+        if step - window[0] > budget / 4:
+            text += (" — wider than a quarter of the budget (too few evaluations for its last 10 %): here the late "
+                     "return averages much of training; read the final evaluation")
+        parts.append(text)
+    return ("; " + "; ".join(parts) + ".") if parts else "."
+
+
 def coverage_note() -> str:
     """What a 5-seed bootstrap interval covers, from the committed simulation (bench/bootstrap_coverage.py)."""
     path = Path(__file__).resolve().parent.parent / "results" / "bootstrap_coverage" / "coverage.json"
@@ -1050,9 +1070,8 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
         groups = cells(env_rows)
         budgets = sorted({r["record"]["meta"]["n_timesteps"] for r in env_rows})
         print(f"report: {env}", file=sys.stderr, flush=True)
-        steps = sorted({r["score_step"] for r in env_rows if r["score_step"] is not None})
         lines += [f"## {env}", "", f"Budget: {', '.join(f'{b:,}' for b in budgets)} environment steps per run"
-                  + (f"; scored at step {', '.join(f'{s:,}' for s in steps)}." if steps else "."), ""]
+                  + late_windows(env_rows), ""]
         lines += cell_table(groups, reps) + [""]
         poi = improvement_table(groups, reps)
         if poi:
