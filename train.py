@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lag-mode", default="fixed", choices=LAG_MODES, help="how the lag is spread (default fixed)")
     p.add_argument("--loss-agg-mode", default=None, choices=LOSS_AGG_MODES,
                    help="loss aggregation of dualclip/decoupled (default token-mean, SB3's)")
+    p.add_argument("--actors", type=int, default=None, metavar="N",
+                   help="asynchronous training: N Ray actor processes act rollouts while the learner trains; the lag "
+                        "is measured, not simulated (docs/async.md; needs the [cluster] extra)")
+    p.add_argument("--max-staleness", type=int, default=None, metavar="K",
+                   help="with --actors: no rollout is trained more than K versions after the weights that acted it "
+                        "(an actor waits for new weights; AReaL's eta); default: no bound")
+    p.add_argument("--address", default=None,
+                   help="with --actors: the Ray cluster to join (e.g. auto, ray://head:10001); default: a local instance")
+    p.add_argument("--actor-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slows the last actor
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default auto)")
     p.add_argument("--num-threads", type=int, default=1,
                    help="torch CPU threads (default 1: fastest for these small nets on 2 cores; -1: torch's default)")
@@ -121,6 +130,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--behavior-temperature {tau}: the temperature must be a number > 0, e.g. 1.5 (1 = no tempering)")
     if args.is_weight_max is not None and not args.is_weight_max > 0:
         p.error(f"--is-weight-max {args.is_weight_max}: the cap must be > 0, e.g. 100 (truncate) or 5 (AReaL's filter)")
+    check_async_args(p, args)
     if args.device != "auto":
         import torch
 
@@ -129,6 +139,37 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         except RuntimeError:
             p.error(f"--device {args.device}: not a torch device; use auto, cpu or cuda")
     return args
+
+
+def check_async_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One-line errors for the asynchronous flags: a value out of range, a flag that needs --actors, a combination
+    that makes no sense with real actors (they produce their own lag), or a missing Ray."""
+    n = args.actors
+    if n is None:
+        for flag, value in (("--max-staleness", args.max_staleness), ("--address", args.address)):
+            if value is not None and not (flag == "--address" and args.resume is not None):
+                p.error(f"{flag} {value} needs asynchronous actors: add --actors N (e.g. --actors 2)")
+        if args.actor_delay:
+            p.error(f"--actor-delay {args.actor_delay} needs asynchronous actors: add --actors N")
+        return
+    if n < 1:
+        p.error(f"--actors {n}: the number of actors must be a positive integer, e.g. --actors 2")
+    if args.max_staleness is not None and args.max_staleness < 0:
+        p.error(f"--max-staleness {args.max_staleness}: use a number of versions >= 0, e.g. --max-staleness 4")
+    if args.actor_delay < 0:
+        p.error(f"--actor-delay {args.actor_delay}: use seconds >= 0")
+    if args.policy_lag != 0 or args.lag_mode != "fixed":
+        given = f"--policy-lag {args.policy_lag}" if args.policy_lag != 0 else f"--lag-mode {args.lag_mode}"
+        p.error(f"--actors {n} with {given}: real actors produce their own lag (measured); drop {given.split()[0]} "
+                "or --actors")
+    if args.seeds is not None:
+        p.error(f"--actors {n} with --seeds: an asynchronous run trains one seed; use --seed S (one run per seed)")
+    if args.resume is not None:
+        p.error(f"--actors {n} with --resume: a run resumes as it was started (asynchronous runs with their actors)")
+    from cli.ray_session import MISSING, ray_available
+
+    if not ray_available():
+        p.error(f"--actors {n} {MISSING}")
 
 
 def build_config(args: argparse.Namespace) -> Dict[str, Any]:
@@ -195,9 +236,12 @@ def run_folder(args: argparse.Namespace, config: Dict[str, Any]) -> Path:
                              "choose another --run-name (nothing was overwritten)")
         return path
     mode = "" if args.lag_mode == "fixed" else f"-{args.lag_mode}"
+    lag = f"lag{args.policy_lag}{mode}"
+    if getattr(args, "actors", None):  # asynchronous: the lag is measured; the name says how it was produced
+        lag = f"actors{args.actors}" + ("" if args.max_staleness is None else f"-stale{args.max_staleness}")
     tau, tau_mode = float(config["behavior_temperature"]), config["temperature_mode"]
     temperature = "" if tau == 1 else f"_t{tau:g}" + ("" if tau_mode == "fixed" else f"-{tau_mode}")
-    base = f"{args.algo}_{args.env.replace('/', '-')}_lag{args.policy_lag}{mode}{temperature}_s{args.seed}"
+    base = f"{args.algo}_{args.env.replace('/', '-')}_{lag}{temperature}_s{args.seed}"
     path, n = parent / base, 1
     while taken(path):
         n += 1
@@ -482,6 +526,73 @@ def new_runs(args: argparse.Namespace) -> List[Run]:
     return runs
 
 
+def async_rollouts(run: Run, history: Any = None) -> Any:
+    """The asynchronous actors of ``run`` (``--actors``), not started yet (agents/asynchronous.py); ValueError names
+    a setting they cannot serve. Actor j's environments get the seeds ``seed + j * n_envs + i`` (actor 0's are the
+    synchronous run's); ``--actor-delay`` (tests only) slows the last actor."""
+    from functools import partial
+
+    from agents.asynchronous import AsyncRollouts
+    from envs import make_env
+
+    args, config = run.args, run.config
+    factory = partial(make_env, args.env, n_envs=config.get("n_envs", 1), normalize=False,
+                      frame_stack=config.get("frame_stack"), env_kwargs=config.get("env_kwargs"))
+    delays = [0.0] * (args.actors - 1) + [float(getattr(args, "actor_delay", 0.0) or 0.0)]
+    return AsyncRollouts(run.model, factory, int(args.actors), seed=args.seed,
+                         max_staleness=getattr(args, "max_staleness", None), actor_delays=delays, history=history)
+
+
+#: the asynchronous run's lag history and settings, in its run folder (studies/records.py puts it into the record)
+ASYNC_SUMMARY = "async.json"
+
+
+def read_lag_history(run: Run) -> Any:
+    """The lag history of a resumed asynchronous run, cut at its checkpoint (empty when there is none)."""
+    import json
+
+    from agents.asynchronous import LagHistory
+
+    path = run.run_dir / ASYNC_SUMMARY
+    if not path.is_file():
+        return LagHistory()
+    data = json.loads(path.read_text())
+    trained = run.model.num_timesteps // (run.model.n_steps * run.model.n_envs)
+    return LagHistory(lags=data["lags"][:trained], actors=data["actors"][:trained],
+                      staleness_waits=int(data.get("staleness_waits", 0)))
+
+
+def train_async(run: Run, rollouts: Any, fresh: bool) -> int:
+    """:func:`train` of one run whose rollouts come from Ray actors: Ray joined (or started), the run's files
+    written (``fresh``: a new run), the actors started, and after training (also after Ctrl-C or an error) the
+    actors stopped, Ray shut down if this process started it, and ``async.json`` written."""
+    import json
+    from contextlib import ExitStack
+
+    from cli.ray_session import ray_session
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(ray_session(run.args.address, int(run.args.actors)))
+        except Exception as exc:  # a bad --address: Ray raises ConnectionError, ValueError, RuntimeError ...
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            where = f"--address {run.args.address}" if run.args.address else "a local Ray instance"
+            print(f"train.py: error: {where}: Ray did not start ({reason}); check the address (ray status on the "
+                  "head node) or drop --address for a local instance", file=sys.stderr)
+            return 2
+        if fresh:
+            write_run_files(run.run_dir, run.args, run.config)
+            run.model.set_logger(make_logger(run.run_dir, run.args))
+        rollouts.start()
+        try:
+            return train([run])
+        finally:
+            rollouts.close()
+            summary = {"actors": int(run.args.actors), "max_staleness": run.args.max_staleness,
+                       "address": run.args.address, **rollouts.history.summary()}
+            (run.run_dir / ASYNC_SUMMARY).write_text(json.dumps(summary) + "\n")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     set_threads(args.num_threads)
@@ -492,6 +603,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                 from agents.seed_batch import check_batch
 
                 check_batch([run.model for run in resumed])
+            asynchronous = [run for run in resumed if getattr(run.args, "actors", None)]
+            if asynchronous:
+                if len(args.resume) > 1:
+                    raise UsageError(f"--resume {asynchronous[0].run_dir} is an asynchronous run (--actors): "
+                                     "resume it alone")
+                run = asynchronous[0]
+                if args.address is not None:  # a cluster's address may have changed since the run started
+                    run.args.address = args.address
+                return train_async(run, async_rollouts(run, read_lag_history(run)), fresh=False)
         except (UsageError, ValueError) as exc:
             print(f"train.py: error: {exc}", file=sys.stderr)
             return 2
@@ -502,9 +622,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.seed = draw_seed()
     try:
         runs = new_runs(args)
+        rollouts = async_rollouts(runs[0]) if args.actors else None
     except (UsageError, ValueError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
+    if rollouts is not None:
+        return train_async(runs[0], rollouts, fresh=True)
     for run in runs:
         write_run_files(run.run_dir, run.args, run.config)
         run.model.set_logger(make_logger(run.run_dir, run.args))
