@@ -410,7 +410,7 @@ class AsyncRollouts:
                 action = action.reshape(-1, 1)
             model._bootstrap_timeouts(rewards[t], dones, infos)  # uses the learner-normalised terminal observations
             rollout_buffer.add(_at(observations, t), action, rewards[t], rollout.episode_starts[t], zeros,
-                               th.as_tensor(rollout.log_probs[t]))
+                               th.tensor(rollout.log_probs[t]))
         rollout_buffer.values[:] = model.learner_pass.values(model.policy, rollout_buffer)
         model.behavior.last_lags = np.full(model.n_envs, lag, dtype=np.int64)
         self.history.lags.append(int(lag))
@@ -429,8 +429,11 @@ class AsyncRollouts:
 
     # ------------------------------------------------------------------------------------- normalisation
     def _normalize(self, obs: Any) -> Any:
+        """``obs`` normalised with the learner's statistics (a writable copy: Ray hands out read-only arrays)."""
         vn = self.vec_normalize
-        return obs if vn is None else vn.normalize_obs(obs)
+        if vn is not None:
+            return vn.normalize_obs(obs)
+        return {k: np.array(v) for k, v in obs.items()} if isinstance(obs, dict) else np.array(obs)
 
     def _learner_view(self, rollout: Rollout) -> Tuple[Any, np.ndarray]:
         """The rollout's observations and rewards as the learner trains on them: the statistics updated with the
