@@ -11,9 +11,11 @@ every update trains on exactly one rollout of ``n_steps x n_envs`` steps, as a s
 update the learner publishes its weights with their version (one ``ray.put``). An actor (:class:`RolloutActor`)
 acts one rollout at a time with the weights it holds, and returns it with their **version** and the log mu of every
 step, from the distribution that sampled (tempered where a behaviour temperature is set). When it is handed a newer
-version before its next rollout it loads it ("picks up newer weights when there are some"); it is handed the newest
-one as soon as its rollout arrives, *before* the learner trains on that rollout, so actors never wait for the learner.
-The learner trains on rollouts in arrival order (ties broken by the actors' finishing times). The measured lag of a
+version before its next rollout it loads it ("picks up newer weights when there are some"). The learner trains on
+rollouts in arrival order (ties broken by the actors' finishing times). An actor starts its next rollout, with the
+newest weights, as soon as its last one has left the arrival queue for training, *before* the learner trains on it:
+actors do not wait for updates, but the queue holds at most one rollout per actor (as IMPALA's actors block on a
+full queue), so actors faster than the learner wait instead of piling up rollouts of ever larger lag. The measured lag of a
 rollout is ``learner version when it is trained - version that acted it``: ``rollout/policy_lag``.
 
 **GAE** uses the learner's own critic, as under simulated lag (``LaggedPPO.collect_rollouts``): the stored values
@@ -276,6 +278,7 @@ class AsyncRollouts:
         self._actors: List[Any] = []
         self._in_flight: Dict[Any, Tuple[int, int]] = {}  # object ref -> (actor, acting version)
         self._arrived: List[Rollout] = []
+        self._training: Optional[Rollout] = None  # handed to the learner, trained before the next call
         self._idle: List[int] = []
         self._waiting: set = set()  # idle actors the staleness bound holds back (counted once per wait)
         self._weights_ref: Any = None
@@ -323,7 +326,7 @@ class AsyncRollouts:
                 ray.kill(actor, no_restart=True)
             except Exception:  # already gone (Ray shut down, process killed): nothing to stop
                 pass
-        self._actors, self._in_flight, self._arrived, self._idle = [], {}, [], []
+        self._actors, self._in_flight, self._arrived, self._idle, self._training = [], {}, [], [], None
         self.model.__dict__.pop("collect_rollouts", None)
 
     # --------------------------------------------------------------------------------------------- the loop
@@ -342,10 +345,15 @@ class AsyncRollouts:
         self._published = version
 
     def _dispatch(self) -> None:
-        """Start a rollout on every idle actor the staleness bound lets start, with the newest weights."""
+        """Start a rollout, with the newest weights, on every idle actor whose last rollout no longer waits in the
+        arrival queue (the queue holds at most one rollout per actor) and that the staleness bound lets start."""
         version = self._published
+        queued = {r.actor for r in self._arrived}
         for j in list(self._idle):
-            outstanding = [v for _, v in self._in_flight.values()] + [r.version for r in self._arrived]
+            if j in queued:
+                continue
+            training = [] if self._training is None else [self._training.version]
+            outstanding = [v for _, v in self._in_flight.values()] + [r.version for r in self._arrived] + training
             if not may_start(version, outstanding, self.max_staleness):
                 if j not in self._waiting:
                     self._waiting.add(j)
@@ -375,13 +383,19 @@ class AsyncRollouts:
         self._arrived.extend(sorted(arrived, key=lambda r: r.finished_at))
 
     def next_rollout(self) -> Rollout:
-        """The next rollout to train on (in arrival order); idle actors are restarted as soon as they are idle."""
+        """The next rollout to train on (in arrival order). Called after each update: the rollout handed out last
+        time has been trained. Idle actors start again as soon as their last rollout has left the queue (before the
+        learner trains on it), with the newest weights."""
+        self._training = None
         self._publish()
+        self._receive(block=False)  # what finished during the update
         self._dispatch()
         while not self._arrived:
             self._receive(block=True)
             self._dispatch()
-        return self._arrived.pop(0)
+        self._training = self._arrived.pop(0)
+        self._dispatch()
+        return self._training
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer,
                          n_rollout_steps: int) -> bool:

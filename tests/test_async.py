@@ -38,32 +38,43 @@ MARK = "DUALCLIP_ASYNC_TEST"
 
 # ------------------------------------------------------------------------------------------------ without Ray
 def _simulate(n_actors: int, max_staleness: Optional[int], durations: List[float], updates: int,
-              rng: np.random.Generator) -> List[int]:
-    """The learner loop of AsyncRollouts with simulated actors: dispatch the idle actors the bound lets start,
-    receive the earliest finisher (and restart it at once, before the update), train in arrival order."""
+              rng: np.random.Generator, update_time: float = 0.0) -> List[int]:
+    """The learner loop of AsyncRollouts with simulated actors: dispatch the idle actors whose last rollout left
+    the queue and that the bound lets start, receive the earliest finisher, hand out the first queued rollout (and
+    restart idle actors before the update), train in arrival order."""
     version, clock, lags = 0, 0.0, []
     in_flight: Dict[int, tuple] = {}  # actor -> (acting version, finishing time)
     arrived: List[tuple] = []  # (actor, version)
+    training: List[int] = []  # the version of the rollout being trained
     idle = list(range(n_actors))
 
     def dispatch() -> None:
         for j in list(idle):
-            outstanding = [v for v, _ in in_flight.values()] + [v for _, v in arrived]
-            if may_start(version, outstanding, max_staleness):
+            outstanding = [v for v, _ in in_flight.values()] + [v for _, v in arrived] + training
+            if j not in [a for a, _ in arrived] and may_start(version, outstanding, max_staleness):
                 idle.remove(j)
                 in_flight[j] = (version, clock + durations[j] * rng.uniform(0.5, 1.5))
 
+    def receive(until: float) -> None:
+        for j in sorted((a for a in in_flight if in_flight[a][1] <= until), key=lambda a: in_flight[a][1]):
+            arrived.append((j, in_flight.pop(j)[0]))
+            idle.append(j)
+
     while len(lags) < updates:
+        training.clear()
+        receive(clock)
         dispatch()
         while not arrived:
-            j = min(in_flight, key=lambda a: in_flight[a][1])
-            v, clock = in_flight.pop(j)
-            arrived.append((j, v))
-            idle.append(j)
+            clock = min(t for _, t in in_flight.values())
+            receive(clock)
             dispatch()
         _, v = arrived.pop(0)
+        training.append(v)
+        dispatch()
         lags.append(version - v)
         version += 1
+        clock += update_time * rng.uniform(0.5, 1.5)
+        assert len(arrived) <= n_actors
     return lags
 
 
@@ -72,11 +83,15 @@ def test_the_staleness_bound_holds_on_random_schedules(n_actors: int) -> None:
     rng = np.random.default_rng(n_actors)
     for _ in range(20):
         durations = list(rng.uniform(0.1, 5.0, n_actors))
+        update_time = rng.uniform(0.0, 3.0)
         for k in (0, 1, 2, 3):
-            lags = _simulate(n_actors, k, durations, 200, rng)
+            lags = _simulate(n_actors, k, durations, 200, rng, update_time)
             assert max(lags) <= k, (k, durations)
             if k == 0:
                 assert lags == [0] * 200  # one rollout at a time: synchronous
+        # unbounded: at most one queued rollout per actor keeps the lag bounded by the queue, even when the
+        # learner is far slower than the actors
+        assert max(_simulate(n_actors, None, durations, 200, rng, update_time=20.0)) <= 2 * n_actors
     slow = [1.0] * (n_actors - 1) + [10.0]
     assert max(_simulate(n_actors, None, slow, 200, rng)) > 3  # unbounded: the slow actor lags far behind
 
