@@ -11,6 +11,10 @@ TensorBoard events, ``config.yml`` (hyperparameters as used), ``args.yml``, ``co
 A checkpoint (``checkpoint.pkl``) is written atomically every ``--save-freq`` steps; ``--resume RUN_FOLDER``
 continues a killed run to its requested total (see agents/checkpoint.py for what is restored exactly).
 
+``--actors N`` trains asynchronously: N Ray actor processes act rollouts with the weights they hold while the learner
+trains, and ``rollout/policy_lag`` is the lag they produced (agents/asynchronous.py, docs/async.md; the run folder is
+``<algo>_<env>_actors<N>[-stale<K>]_s<seed>`` and holds ``async.json``, the measured lag of every update).
+
 Bad input (unknown algo/env, ``--dual-clip 0.8``, malformed ``-params``, ...) prints one line and exits 2
 before anything is written.
 """

@@ -241,8 +241,9 @@ class AsyncRollouts:
         normalisation statistics (it is never stepped)
     :param env_factory: ``env_factory(seed=...)`` builds one actor's raw environments (``model.n_envs`` of them)
     :param n_actors: N >= 1
-    :param seed: the run's seed: actor j's environments get ``seed + j * n_envs + i`` (actor 0's are the
-        synchronous run's), its action sampling ``seed + j``; on resume ``+ num_timesteps`` (fresh episodes)
+    :param seed: the run's seed: actor j's environment i gets ``seed + j * n_envs + i`` (actor 0's are the
+        synchronous run's), and its action sampling the seed of its first environment; a resumed run adds
+        ``num_timesteps`` (fresh episodes, as a synchronous run resumes environments that do not pickle)
     :param max_staleness: K >= 0 (AReaL's eta; :func:`may_start`), None: no bound
     :param actor_delays: seconds each actor sleeps after each rollout (tests slow one actor down); default none
     :param history: the lag history so far (a resumed run's, cut at its checkpoint)
