@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONF = HERE / "hyperparams" / "ppo.yml"
@@ -337,7 +337,7 @@ class Run(NamedTuple):
     config: Dict[str, Any]
 
 
-def train(runs: List[Run]) -> int:
+def train(runs: List[Run], on_hard_stop: Optional[Callable[[], None]] = None) -> int:
     """Learn up to the requested total steps, then save each model, its statistics and a final checkpoint. One run
     learns on the single-run path (bit-identical to stock SB3 at lag 0); several (``--seeds``) learn in lockstep as
     one batched model (agents/seed_batch.py), each writing what a single run writes into its own folder.
@@ -345,6 +345,7 @@ def train(runs: List[Run]) -> int:
     Ctrl-C (SIGINT) or SIGTERM stops at the next rollout boundary: checkpoint, ``model.zip`` and
     ``vecnormalize.pkl`` are written (each atomically), one line gives the ``--resume`` command, and the exit code is
     130 or 143. A second signal stops at once; the last checkpoint stays intact (it is only ever replaced whole).
+    ``on_hard_stop`` runs just before that immediate exit (asynchronous runs stop Ray there).
     """
     from agents.checkpoint import CheckpointCallback, NonFiniteError, StopRequested, check_finite
     from agents.checkpoint import divergence_message, save_checkpoint
@@ -355,7 +356,8 @@ def train(runs: List[Run]) -> int:
     first = runs[0].model
     start, start_steps = time.time(), first.num_timesteps
     run_callbacks = [callbacks(run.args, run.config, run.run_dir) for run in runs]
-    stop_at_boundary([next(c for c in cbs if isinstance(c, CheckpointCallback)) for cbs in run_callbacks])
+    stop_at_boundary([next(c for c in cbs if isinstance(c, CheckpointCallback)) for cbs in run_callbacks],
+                     on_hard_stop)
     todo = int(runs[0].config["n_timesteps"]) - first.num_timesteps
     try:
         if len(runs) == 1:
@@ -421,14 +423,19 @@ def save_outputs(model: Any, env: Any, run_dir: Path) -> None:
         os.replace(run_dir / ".vecnormalize.tmp.pkl", run_dir / "vecnormalize.pkl")
 
 
-def stop_at_boundary(checkpoints: List[Any]) -> None:
+def stop_at_boundary(checkpoints: List[Any], on_hard_stop: Optional[Callable[[], None]] = None) -> None:
     """On the first SIGINT or SIGTERM ask ``checkpoints`` (each run's CheckpointCallback) to stop at the next rollout
-    boundary; on a second, exit at once (atomic writes keep the last checkpoint whole)."""
+    boundary; on a second, run ``on_hard_stop`` and exit at once (atomic writes keep the last checkpoint whole)."""
 
     def handler(signum: int, frame: Any) -> None:
         if checkpoints[0].stop_requested is not None:
             print(f"train.py: second {signal.Signals(signum).name}: stopping now; the last checkpoint is kept",
                   file=sys.stderr, flush=True)
+            if on_hard_stop is not None:
+                try:
+                    on_hard_stop()
+                finally:
+                    os._exit(128 + signum)
             os._exit(128 + signum)
         for callback in checkpoints:
             callback.stop_requested = signum
@@ -566,6 +573,13 @@ def read_lag_history(run: Run) -> Any:
                       staleness_waits=int(data.get("staleness_waits", 0)))
 
 
+def stop_ray() -> None:
+    """Shut Ray down now (a second Ctrl-C exits at once: no Ray process of this run may outlive it)."""
+    import ray
+
+    ray.shutdown()
+
+
 def train_async(run: Run, rollouts: Any, fresh: bool) -> int:
     """:func:`train` of one run whose rollouts come from Ray actors: Ray joined (or started), the run's files
     written (``fresh``: a new run), the actors started, and after training (also after Ctrl-C or an error) the
@@ -589,7 +603,7 @@ def train_async(run: Run, rollouts: Any, fresh: bool) -> int:
             run.model.set_logger(make_logger(run.run_dir, run.args))
         rollouts.start()
         try:
-            return train([run])
+            return train([run], on_hard_stop=stop_ray)
         finally:
             rollouts.close()
             summary = {"actors": int(run.args.actors), "max_staleness": run.args.max_staleness,

@@ -288,6 +288,26 @@ def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path) -> None:
 
 
 @pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing_behind(tmp_path) -> None:
+    """One actor that takes 3 s per rollout: both signals land while the learner waits for it; the second exits at
+    once (130) and takes Ray's processes with it."""
+    mark = uuid.uuid4().hex
+    proc = _train(["--algo", "ppo", "--env", "CartPole-v1", "-n", "12800", "--seed", "4", "--actors", "1",
+                   "--actor-delay", "3", "-f", str(tmp_path), "--verbose", "0", *TINY], mark)
+    csv = tmp_path / "ppo_CartPole-v1_actors1_s4" / "progress.csv"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (
+            csv.is_file() and len(csv.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "second SIGINT: stopping now" in err, err
+    _assert_no_orphans(mark)
+
+
+@pytest.mark.slow
 def test_a_rollout_returned_through_ray_carries_the_acting_log_mu() -> None:
     """Two actors on a local Ray instance: each returns its rollout with the version it was sent, and log mu is
     the acting weights' log-prob of the stored actions."""
