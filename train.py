@@ -573,13 +573,6 @@ def read_lag_history(run: Run) -> Any:
                       staleness_waits=int(data.get("staleness_waits", 0)))
 
 
-def stop_ray() -> None:
-    """Shut Ray down now (a second Ctrl-C exits at once: no Ray process of this run may outlive it)."""
-    import ray
-
-    ray.shutdown()
-
-
 def train_async(run: Run, rollouts: Any, fresh: bool) -> int:
     """:func:`train` of one run whose rollouts come from Ray actors: Ray joined (or started), the run's files
     written (``fresh``: a new run), the actors started, and after training (also after Ctrl-C or an error) the
@@ -587,7 +580,7 @@ def train_async(run: Run, rollouts: Any, fresh: bool) -> int:
     import json
     from contextlib import ExitStack
 
-    from cli.ray_session import ray_session
+    from cli.ray_session import kill_local_ray, ray_session
 
     with ExitStack() as stack:
         try:
@@ -603,7 +596,7 @@ def train_async(run: Run, rollouts: Any, fresh: bool) -> int:
             run.model.set_logger(make_logger(run.run_dir, run.args))
         rollouts.start()
         try:
-            return train([run], on_hard_stop=stop_ray)
+            return train([run], on_hard_stop=kill_local_ray)  # a second Ctrl-C
         finally:
             rollouts.close()
             summary = {"actors": int(run.args.actors), "max_staleness": run.args.max_staleness,

@@ -6,7 +6,7 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 #: what a cluster's workers do not need of this checkout (as the sweep's Ray backend, studies/execute.py)
@@ -50,3 +50,34 @@ def ray_session(address: Optional[str], num_cpus: int) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
+
+
+def descendants(pid: int) -> List[int]:
+    """Every process below ``pid`` (children, their children, ...), from Linux's /proc; [] elsewhere."""
+    children: Dict[int, List[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo.extend(children.get(child, []))
+    return out
+
+
+def kill_local_ray() -> None:
+    """SIGKILL every process this one started: a local Ray instance's daemons, agents and workers. For a second
+    Ctrl-C, which exits at once: ``ray.shutdown()`` cannot run inside a signal handler (it waits on the threads the
+    interrupted code holds), and without it a few of Ray's agents outlive the run. Actors on a cluster die with
+    their driver's job."""
+    import signal
+
+    for pid in descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass  # already gone
