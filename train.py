@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --actors: no rollout is trained more than K versions after the weights that acted it "
                         "(an actor waits for new weights; AReaL's eta); default: no bound")
     p.add_argument("--address", default=None,
-                   help="with --actors: the Ray cluster to join (e.g. auto, ray://head:10001); default: a local instance")
+                   help="with --actors: the Ray cluster to join (e.g. auto, ray://head:10001); default: a local "
+                        "instance")
     p.add_argument("--actor-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slows the last actor
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default auto)")
     p.add_argument("--num-threads", type=int, default=1,

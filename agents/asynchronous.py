@@ -15,8 +15,8 @@ version before its next rollout it loads it ("picks up newer weights when there 
 rollouts in arrival order (ties broken by the actors' finishing times). An actor starts its next rollout, with the
 newest weights, as soon as its last one has left the arrival queue for training, *before* the learner trains on it:
 actors do not wait for updates, but the queue holds at most one rollout per actor (as IMPALA's actors block on a
-full queue), so actors faster than the learner wait instead of piling up rollouts of ever larger lag. The measured lag of a
-rollout is ``learner version when it is trained - version that acted it``: ``rollout/policy_lag``.
+full queue), so actors faster than the learner wait instead of piling up rollouts of ever larger lag. The measured
+lag of a rollout is ``learner version when it is trained - version that acted it``: ``rollout/policy_lag``.
 
 **GAE** uses the learner's own critic, as under simulated lag (``LaggedPPO.collect_rollouts``): the stored values
 are recomputed by the learner's batched pass (:class:`agents.learner_pass.LearnerPass`) and the last value and the
@@ -35,8 +35,8 @@ rollout counts as the learner's own ("fresh"): the learner always recomputes log
 
 **Staleness** (``max_staleness`` K, AReaL's eta). An idle actor starts a rollout only when no rollout can be trained
 more than K versions after the version that acted it (:func:`may_start`); until then it waits, and it starts with
-the newest weights. K = 0 makes the system synchronous (one rollout at a time, lag 0). None (the default): never
-wait.
+the newest weights. K = 0 makes the system synchronous (one rollout at a time, lag 0). None (the default): no
+bound (only the queue's one rollout per actor holds actors back).
 
 The Ray session itself (``ray.init``/``shutdown``) belongs to the caller (train.py); this module only needs it
 started.
@@ -46,9 +46,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch as th
@@ -185,7 +184,10 @@ class RolloutActor:
             action = action.cpu().numpy()
             clipped = action
             if isinstance(space, spaces.Box):  # as SB3's collect_rollouts
-                clipped = policy.unscale_action(action) if policy.squash_output else np.clip(action, space.low, space.high)  # type: ignore[attr-defined,operator]
+                if policy.squash_output:  # type: ignore[attr-defined]
+                    clipped = policy.unscale_action(action)  # type: ignore[attr-defined,operator]
+                else:
+                    clipped = np.clip(action, space.low, space.high)
             new_obs, reward, dones, infos = self.env.step(clipped)
             observations.append(self._last_obs)
             actions.append(action)

@@ -145,7 +145,8 @@ REFUSED = [
     (["--actors", "2", "--max-staleness", "-1"], "--max-staleness -1"),
     (["--max-staleness", "1"], "--max-staleness 1 needs asynchronous actors"),
     (["--address", "auto"], "--address auto needs asynchronous actors"),
-    (["--actors", "2", "--env", "Pendulum-v1", "-params", "use_sde:true"], "use_sde=True is not supported with asynchronous actors"),
+    (["--actors", "2", "--env", "Pendulum-v1", "-params", "use_sde:true"],
+     "use_sde=True is not supported with asynchronous actors"),
 ]
 
 
