@@ -11,6 +11,10 @@ TensorBoard events, ``config.yml`` (hyperparameters as used), ``args.yml``, ``co
 A checkpoint (``checkpoint.pkl``) is written atomically every ``--save-freq`` steps; ``--resume RUN_FOLDER``
 continues a killed run to its requested total (see agents/checkpoint.py for what is restored exactly).
 
+``--actors N`` trains asynchronously: N Ray actor processes act rollouts with the weights they hold while the learner
+trains, and ``rollout/policy_lag`` is the lag they produced (agents/asynchronous.py, docs/async.md; the run folder is
+``<algo>_<env>_actors<N>[-stale<K>]_s<seed>`` and holds ``async.json``, the measured lag of every update).
+
 Bad input (unknown algo/env, ``--dual-clip 0.8``, malformed ``-params``, ...) prints one line and exits 2
 before anything is written.
 """
@@ -24,7 +28,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONF = HERE / "hyperparams" / "ppo.yml"
@@ -88,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lag-mode", default="fixed", choices=LAG_MODES, help="how the lag is spread (default fixed)")
     p.add_argument("--loss-agg-mode", default=None, choices=LOSS_AGG_MODES,
                    help="loss aggregation of dualclip/decoupled (default token-mean, SB3's)")
+    p.add_argument("--actors", type=int, default=None, metavar="N",
+                   help="asynchronous training: N Ray actor processes act rollouts while the learner trains; the lag "
+                        "is measured, not simulated (docs/async.md; needs the [cluster] extra)")
+    p.add_argument("--max-staleness", type=int, default=None, metavar="K",
+                   help="with --actors: no rollout is trained more than K versions after the weights that acted it "
+                        "(an actor waits for new weights; AReaL's eta); default: no bound")
+    p.add_argument("--address", default=None,
+                   help="with --actors: the Ray cluster to join (e.g. auto, ray://head:10001); default: a local "
+                        "instance")
+    p.add_argument("--actor-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slows the last actor
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default auto)")
     p.add_argument("--num-threads", type=int, default=1,
                    help="torch CPU threads (default 1: fastest for these small nets on 2 cores; -1: torch's default)")
@@ -132,6 +146,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--prox-ewma-beta {beta}: beta must be in [0, 1), e.g. 0.889 (the paper's)")
     if beta is not None and args.prox != "ewma":
         p.error(f"--prox-ewma-beta {beta} has no effect without --prox ewma: add --prox ewma or drop it")
+    check_async_args(p, args)
     if args.device != "auto":
         import torch
 
@@ -140,6 +155,37 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         except RuntimeError:
             p.error(f"--device {args.device}: not a torch device; use auto, cpu or cuda")
     return args
+
+
+def check_async_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One-line errors for the asynchronous flags: a value out of range, a flag that needs --actors, a combination
+    that makes no sense with real actors (they produce their own lag), or a missing Ray."""
+    n = args.actors
+    if n is None:
+        for flag, value in (("--max-staleness", args.max_staleness), ("--address", args.address)):
+            if value is not None and not (flag == "--address" and args.resume is not None):
+                p.error(f"{flag} {value} needs asynchronous actors: add --actors N (e.g. --actors 2)")
+        if args.actor_delay:
+            p.error(f"--actor-delay {args.actor_delay} needs asynchronous actors: add --actors N")
+        return
+    if n < 1:
+        p.error(f"--actors {n}: the number of actors must be a positive integer, e.g. --actors 2")
+    if args.max_staleness is not None and args.max_staleness < 0:
+        p.error(f"--max-staleness {args.max_staleness}: use a number of versions >= 0, e.g. --max-staleness 4")
+    if args.actor_delay < 0:
+        p.error(f"--actor-delay {args.actor_delay}: use seconds >= 0")
+    if args.policy_lag != 0 or args.lag_mode != "fixed":
+        given = f"--policy-lag {args.policy_lag}" if args.policy_lag != 0 else f"--lag-mode {args.lag_mode}"
+        p.error(f"--actors {n} with {given}: real actors produce their own lag (measured); drop {given.split()[0]} "
+                "or --actors")
+    if args.seeds is not None:
+        p.error(f"--actors {n} with --seeds: an asynchronous run trains one seed; use --seed S (one run per seed)")
+    if args.resume is not None:
+        p.error(f"--actors {n} with --resume: a run resumes as it was started (asynchronous runs with their actors)")
+    from cli.ray_session import MISSING, ray_available
+
+    if not ray_available():
+        p.error(f"--actors {n} {MISSING}")
 
 
 def build_config(args: argparse.Namespace) -> Dict[str, Any]:
@@ -209,9 +255,12 @@ def run_folder(args: argparse.Namespace, config: Dict[str, Any]) -> Path:
                              "choose another --run-name (nothing was overwritten)")
         return path
     mode = "" if args.lag_mode == "fixed" else f"-{args.lag_mode}"
+    lag = f"lag{args.policy_lag}{mode}"
+    if getattr(args, "actors", None):  # asynchronous: the lag is measured; the name says how it was produced
+        lag = f"actors{args.actors}" + ("" if args.max_staleness is None else f"-stale{args.max_staleness}")
     tau, tau_mode = float(config["behavior_temperature"]), config["temperature_mode"]
     temperature = "" if tau == 1 else f"_t{tau:g}" + ("" if tau_mode == "fixed" else f"-{tau_mode}")
-    base = f"{args.algo}_{args.env.replace('/', '-')}_lag{args.policy_lag}{mode}{temperature}_s{args.seed}"
+    base = f"{args.algo}_{args.env.replace('/', '-')}_{lag}{temperature}_s{args.seed}"
     path, n = parent / base, 1
     while taken(path):
         n += 1
@@ -303,7 +352,7 @@ class Run(NamedTuple):
     config: Dict[str, Any]
 
 
-def train(runs: List[Run]) -> int:
+def train(runs: List[Run], on_hard_stop: Optional[Callable[[], None]] = None) -> int:
     """Learn up to the requested total steps, then save each model, its statistics and a final checkpoint. One run
     learns on the single-run path (bit-identical to stock SB3 at lag 0); several (``--seeds``) learn in lockstep as
     one batched model (agents/seed_batch.py), each writing what a single run writes into its own folder.
@@ -311,6 +360,7 @@ def train(runs: List[Run]) -> int:
     Ctrl-C (SIGINT) or SIGTERM stops at the next rollout boundary: checkpoint, ``model.zip`` and
     ``vecnormalize.pkl`` are written (each atomically), one line gives the ``--resume`` command, and the exit code is
     130 or 143. A second signal stops at once; the last checkpoint stays intact (it is only ever replaced whole).
+    ``on_hard_stop`` runs just before that immediate exit (asynchronous runs stop Ray there).
     """
     from agents.checkpoint import CheckpointCallback, NonFiniteError, StopRequested, check_finite
     from agents.checkpoint import divergence_message, save_checkpoint
@@ -321,7 +371,8 @@ def train(runs: List[Run]) -> int:
     first = runs[0].model
     start, start_steps = time.time(), first.num_timesteps
     run_callbacks = [callbacks(run.args, run.config, run.run_dir) for run in runs]
-    stop_at_boundary([next(c for c in cbs if isinstance(c, CheckpointCallback)) for cbs in run_callbacks])
+    stop_at_boundary([next(c for c in cbs if isinstance(c, CheckpointCallback)) for cbs in run_callbacks],
+                     on_hard_stop)
     todo = int(runs[0].config["n_timesteps"]) - first.num_timesteps
     try:
         if len(runs) == 1:
@@ -387,14 +438,19 @@ def save_outputs(model: Any, env: Any, run_dir: Path) -> None:
         os.replace(run_dir / ".vecnormalize.tmp.pkl", run_dir / "vecnormalize.pkl")
 
 
-def stop_at_boundary(checkpoints: List[Any]) -> None:
+def stop_at_boundary(checkpoints: List[Any], on_hard_stop: Optional[Callable[[], None]] = None) -> None:
     """On the first SIGINT or SIGTERM ask ``checkpoints`` (each run's CheckpointCallback) to stop at the next rollout
-    boundary; on a second, exit at once (atomic writes keep the last checkpoint whole)."""
+    boundary; on a second, run ``on_hard_stop`` and exit at once (atomic writes keep the last checkpoint whole)."""
 
     def handler(signum: int, frame: Any) -> None:
         if checkpoints[0].stop_requested is not None:
             print(f"train.py: second {signal.Signals(signum).name}: stopping now; the last checkpoint is kept",
                   file=sys.stderr, flush=True)
+            if on_hard_stop is not None:
+                try:
+                    on_hard_stop()
+                finally:
+                    os._exit(128 + signum)
             os._exit(128 + signum)
         for callback in checkpoints:
             callback.stop_requested = signum
@@ -496,6 +552,73 @@ def new_runs(args: argparse.Namespace) -> List[Run]:
     return runs
 
 
+def async_rollouts(run: Run, history: Any = None) -> Any:
+    """The asynchronous actors of ``run`` (``--actors``), not started yet (agents/asynchronous.py); ValueError names
+    a setting they cannot serve. Actor j's environments get the seeds ``seed + j * n_envs + i`` (actor 0's are the
+    synchronous run's); ``--actor-delay`` (tests only) slows the last actor."""
+    from functools import partial
+
+    from agents.asynchronous import AsyncRollouts
+    from envs import make_env
+
+    args, config = run.args, run.config
+    factory = partial(make_env, args.env, n_envs=config.get("n_envs", 1), normalize=False,
+                      frame_stack=config.get("frame_stack"), env_kwargs=config.get("env_kwargs"))
+    delays = [0.0] * (args.actors - 1) + [float(getattr(args, "actor_delay", 0.0) or 0.0)]
+    return AsyncRollouts(run.model, factory, int(args.actors), seed=args.seed,
+                         max_staleness=getattr(args, "max_staleness", None), actor_delays=delays, history=history)
+
+
+#: the asynchronous run's lag history and settings, in its run folder (studies/records.py puts it into the record)
+ASYNC_SUMMARY = "async.json"
+
+
+def read_lag_history(run: Run) -> Any:
+    """The lag history of a resumed asynchronous run, cut at its checkpoint (empty when there is none)."""
+    import json
+
+    from agents.asynchronous import LagHistory
+
+    path = run.run_dir / ASYNC_SUMMARY
+    if not path.is_file():
+        return LagHistory()
+    data = json.loads(path.read_text())
+    trained = run.model.num_timesteps // (run.model.n_steps * run.model.n_envs)
+    return LagHistory(lags=data["lags"][:trained], actors=data["actors"][:trained],
+                      staleness_waits=int(data.get("staleness_waits", 0)))
+
+
+def train_async(run: Run, rollouts: Any, fresh: bool) -> int:
+    """:func:`train` of one run whose rollouts come from Ray actors: Ray joined (or started), the run's files
+    written (``fresh``: a new run), the actors started, and after training (also after Ctrl-C or an error) the
+    actors stopped, Ray shut down if this process started it, and ``async.json`` written."""
+    import json
+    from contextlib import ExitStack
+
+    from cli.ray_session import kill_local_ray, ray_session
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(ray_session(run.args.address, int(run.args.actors)))
+        except Exception as exc:  # a bad --address: Ray raises ConnectionError, ValueError, RuntimeError ...
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            where = f"--address {run.args.address}" if run.args.address else "a local Ray instance"
+            print(f"train.py: error: {where}: Ray did not start ({reason}); check the address (ray status on the "
+                  "head node) or drop --address for a local instance", file=sys.stderr)
+            return 2
+        if fresh:
+            write_run_files(run.run_dir, run.args, run.config)
+            run.model.set_logger(make_logger(run.run_dir, run.args))
+        rollouts.start()
+        try:
+            return train([run], on_hard_stop=kill_local_ray)  # a second Ctrl-C
+        finally:
+            rollouts.close()
+            summary = {"actors": int(run.args.actors), "max_staleness": run.args.max_staleness,
+                       "address": run.args.address, **rollouts.history.summary()}
+            (run.run_dir / ASYNC_SUMMARY).write_text(json.dumps(summary) + "\n")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     set_threads(args.num_threads)
@@ -506,6 +629,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                 from agents.seed_batch import check_batch
 
                 check_batch([run.model for run in resumed])
+            asynchronous = [run for run in resumed if getattr(run.args, "actors", None)]
+            if asynchronous:
+                if len(args.resume) > 1:
+                    raise UsageError(f"--resume {asynchronous[0].run_dir} is an asynchronous run (--actors): "
+                                     "resume it alone")
+                run = asynchronous[0]
+                if args.address is not None:  # a cluster's address may have changed since the run started
+                    run.args.address = args.address
+                return train_async(run, async_rollouts(run, read_lag_history(run)), fresh=False)
         except (UsageError, ValueError) as exc:
             print(f"train.py: error: {exc}", file=sys.stderr)
             return 2
@@ -516,9 +648,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.seed = draw_seed()
     try:
         runs = new_runs(args)
+        rollouts = async_rollouts(runs[0]) if args.actors else None
     except (UsageError, ValueError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
+    if rollouts is not None:
+        return train_async(runs[0], rollouts, fresh=True)
     for run in runs:
         write_run_files(run.run_dir, run.args, run.config)
         run.model.set_logger(make_logger(run.run_dir, run.args))
