@@ -134,8 +134,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if refused:
             p.error(f"{' '.join(refused)} with --resume: a run continues with the settings it was started with (only "
                     "--progress, --verbose and --save-freq may change); drop it, or start a new run")
-        return args
-    if args.algo is None or args.env is None:
+    elif args.algo is None or args.env is None:
         p.error("--algo and --env are required (or --resume RUN_FOLDER)")
     if args.seeds is not None:
         if args.seed is not None:
@@ -146,6 +145,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             p.error(f"--run-name {args.run_name}: with --seeds the name must contain {{seed}}, e.g. cheetah_s{{seed}}")
     if args.save_freq < 0:
         p.error(f"--save-freq {args.save_freq}: use a number of steps >= 0, e.g. --save-freq 50000")
+    if args.resume is not None:
+        return args  # the run's own flags are checked when it was started
     if args.n_timesteps is not None and args.n_timesteps <= 0:
         p.error(f"-n {args.n_timesteps}: the number of timesteps must be a positive integer, e.g. -n 100000")
     if args.policy_lag < 0:
