@@ -162,6 +162,11 @@ def test_steps_are_whole_numbers_everywhere(tmp_path) -> None:
     for name, steps in (("CartPole-v1_ppo_lag0_s1", 100), ("yaml_float", 128)):
         text = (tmp_path / name / "config.yml").read_text()
         assert f"n_timesteps: {steps}\n" in text and yaml.safe_load(text)["n_timesteps"] == steps
+    # args.yml names the machine: torch's CPU capability decides whether a re-run repeats the run bit for bit
+    import torch
+
+    machine = yaml.safe_load((tmp_path / "yaml_float" / "args.yml").read_text())["machine"]
+    assert machine["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability() and machine["cpu"]
 
 
 def test_default_output_is_short_and_ends_with_what_to_do_next(tmp_path) -> None:
