@@ -451,7 +451,9 @@ def fig_final_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps: int)
         # the decoupled-stability variants at 4, 8 and 16) sits at its own lags, not at the first positions
         all_lags = sorted({k for (r, _), by_lag in data.items() if r == rest and len(by_lag) > 1 for k in by_lag})
         variants = [v for v in variant_order([v for r, v in data if r == rest]) if len(data[(rest, v)]) > 1]
-        width = 0.7 / max(len(variants), 1)  # the variants of one lag spread over 0.7 of the gap between lags
+        # the variants of one lag spread over at most 0.7 of the gap between lags, 0.12 apart at most (fewer
+        # variants stay close to their lag's tick)
+        width = min(0.7 / max(len(variants), 1), 0.12)
         for i, variant in enumerate(variants):
             by_lag = data[(rest, variant)]
             lags = sorted(by_lag)
