@@ -464,6 +464,7 @@ def fig_final_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps: int)
                          color=palette[i % len(palette)], marker=markers[i % len(markers)], markersize=4,
                          linewidth=1, label=f"{variant} ({n})")
         ax.set_xticks(range(len(all_lags)), [str(k) for k in all_lags])
+        ax.set_xlim(-0.5, len(all_lags) - 0.5)  # each lag's offsets centred in its own slot
         ax.set_xlabel("policy lag K (updates)")
         ax.set_ylabel("final evaluation return (learner)")
         ax.set_title(f"{env}" + (f", {setting_label(rest)}" if setting_label(rest) != "default" else ""), fontsize=9)
