@@ -951,8 +951,10 @@ def _update_curves(group: List[Dict[str, Any]], tags: List[str], scale: float):
 
 
 def _save(fig: Any, title: str, path: Path) -> Path:
-    """Title, layout, PNG, close: the end of every figure."""
-    fig.suptitle(title)
+    """Title (wrapped to the figure's width), layout, PNG, close: the end of every figure."""
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(title, width=max(40, int(fig.get_figwidth() * 10)))))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     _plt().close(fig)

@@ -245,7 +245,7 @@ def test_async_run_measures_the_lag_honours_the_bound_and_leaves_nothing_behind(
                            "--max-staleness", "1", "--actor-delay", "0.3", "-f", str(tmp_path), "--verbose", "0",
                            *TINY], marks)
     assert code == 0, err
-    run = tmp_path / "ppo_CartPole-v1_actors2-stale1_s1"
+    run = tmp_path / "CartPole-v1_ppo_actors2-stale1_s1"
     assert (run / "model.zip").is_file() and (run / "checkpoint.pkl").is_file()
     summary = json.loads((run / "async.json").read_text())
     assert len(summary["lags"]) == 10 and sorted(set(summary["actors"])) == [0, 1]
@@ -263,7 +263,7 @@ def test_a_slowed_actor_lags_several_versions_without_a_bound(tmp_path, marks) -
     code, _, err = _run(["--algo", "decoupled", "--env", "CartPole-v1", "-n", "2560", "--seed", "2", "--actors",
                          "2", "--actor-delay", "0.5", "-f", str(tmp_path), "--verbose", "0", *TINY], marks)
     assert code == 0, err
-    run = tmp_path / "decoupled_CartPole-v1_actors2_s2"
+    run = tmp_path / "CartPole-v1_decoupled_actors2_s2"
     summary = json.loads((run / "async.json").read_text())
     slowed = [lag for lag, actor in zip(summary["lags"], summary["actors"]) if actor == 1]
     assert slowed and max(slowed) > 1 and summary["staleness_waits"] == 0
@@ -278,7 +278,7 @@ def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path, marks) -> None:
     marks.append(mark)
     proc = _train(["--algo", "dualclip", "--env", "CartPole-v1", "-n", "12800", "--seed", "3", "--actors", "2",
                    "-f", str(tmp_path), "--verbose", "0", *TINY], mark)
-    run = tmp_path / "dualclip_CartPole-v1_actors2_s3"
+    run = tmp_path / "CartPole-v1_dualclip_actors2_s3"
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         csv = run / "progress.csv"
@@ -312,7 +312,7 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing_behind(tmp_path, marks
     marks.append(mark)
     proc = _train(["--algo", "ppo", "--env", "CartPole-v1", "-n", "12800", "--seed", "4", "--actors", "1",
                    "--actor-delay", "5", "-f", str(tmp_path), "--verbose", "0", *TINY], mark)
-    csv = tmp_path / "ppo_CartPole-v1_actors1_s4" / "progress.csv"
+    csv = tmp_path / "CartPole-v1_ppo_actors1_s4" / "progress.csv"
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None and not (
             csv.is_file() and len(csv.read_text().splitlines()) >= 2):
