@@ -1,4 +1,4 @@
-"""Evaluate a trained run: ``python evaluate.py logs/dualclip_CartPole-v1_lag2_s1 --episodes 10``.
+"""Evaluate a trained run: ``python evaluate.py logs/CartPole-v1_dualclip_lag2_s1 --episodes 10``.
 
 Reads the run folder that ``train.py`` wrote (or the folder of a given ``.zip``: ``model.zip`` or
 ``best/best_model.zip``) for the algorithm, env id and env settings, rebuilds one environment the way training

@@ -47,7 +47,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--no-report", action="store_true", help="do not rewrite the study's report at the end")
     p.add_argument("--no-batch", action="store_true",
                    help="one process per run; by default the seeds of a grid cell that start together train as one "
-                        "seed batch (train.py --seeds) when the configuration allows it")
+                        "seed batch (train.py --seeds) when the configuration allows it, a lone seed as a batch of one")
     p.add_argument("--study", default=None, metavar="NAME",
                    help="record under results/NAME instead of the grid's study name (one grid file; e.g. the same "
                         "grid on the single-run and the seed-batched path)")
@@ -86,6 +86,27 @@ def recorded_argv(results_dir: Path, run: RunSpec) -> Optional[List[str]]:
 
     path = record_path(results_dir, run.name)
     return read_record(path)["meta"]["train_argv"] if path.is_file() else None
+
+
+def capability_note(study: str, results_dir: Path, names: List[str]) -> Optional[str]:
+    """One line when records the sweep reuses (``names``) were trained on another torch CPU capability than this
+    machine's, or on one their records do not name (made before records named it); None when all match.
+
+    Runs repeat bit for bit only on the capability (and library versions) they were recorded on; the new runs of a
+    study that mixes capabilities are comparable with its records in distribution, not bit for bit."""
+    import torch
+
+    from studies.records import cpu_capability, read_record, record_path
+
+    here = torch.backends.cpu.get_cpu_capability()
+    found = [cpu_capability(read_record(record_path(results_dir, name))) for name in names]
+    others = {c: found.count(c) for c in sorted({c for c in found if c is not None and c != here})}
+    unknown = found.count(None)
+    if not others and not unknown:
+        return None
+    parts = [f"{n} on {c}" for c, n in others.items()] + ([f"{unknown} on an unknown one"] if unknown else [])
+    return (f"{study}: of the {len(found)} records reused, {', '.join(parts)} (torch CPU capability; this machine: "
+            f"{here}): runs made here repeat those in distribution, not bit for bit (README.md, Reproducibility)")
 
 
 def estimate(units: List[List[RunSpec]], results_dir: Path, jobs: int) -> str:
@@ -172,6 +193,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 states[run.name] = "REFUSED: its record has another command"
             else:
                 states[run.name] = run_state(run, runs_dir, recorded is not None)
+        note = capability_note(study, results_dir, [r.name for r in runs if states[r.name] == "recorded"])
+        if note:
+            print(note, flush=True)
         if args.dry_run:
             for run in runs:
                 print(f"{study}  {run.name:<60} {states[run.name]}")
@@ -195,8 +219,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if any(len(unit) > 1 for unit in units):
             print(f"{study}: {sum(len(u) for u in units if len(u) > 1)} runs train as "
                   f"{sum(len(u) > 1 for u in units)} seed batches", flush=True)
-        results = (run_ray(units, runs_dir, args.save_freq, args.address, args.jobs) if args.backend == "ray"
-                   else run_local(units, runs_dir, args.save_freq, args.jobs))
+        batch = not args.no_batch
+        results = (run_ray(units, runs_dir, args.save_freq, args.address, args.jobs, batch=batch)
+                   if args.backend == "ray" else run_local(units, runs_dir, args.save_freq, args.jobs, batch=batch))
         for res in results:
             line = f"{res['name']}: {res['message']}"
             if not res["ok"]:

@@ -4,12 +4,19 @@ Flags follow rl-zoo3 (``--algo --env -n --seed -tb -params -f``). Hyperparameter
 ``hyperparams/ppo.yml`` (shared by every algorithm, so only the loss differs), keyed by env id with ``atari`` and
 ``default`` fallbacks, then ``-params key:value`` overrides (values read with ``yaml.safe_load``).
 
-Each run gets its own folder ``<log-folder>/<algo>_<env>_lag<K>_s<seed>[_N]`` (never overwritten) holding the
+Each run gets its own folder ``<log-folder>/<env>_<algo>_lag<K>_s<seed>[_N]`` (never overwritten; the order of
+sweep.py's run names) holding the
 TensorBoard events, ``config.yml`` (hyperparameters as used), ``args.yml``, ``command.txt``, ``model.zip`` and
 ``vecnormalize.pkl``. ``tensorboard --logdir <log-folder>`` overlays every run.
 
 A checkpoint (``checkpoint.pkl``) is written atomically every ``--save-freq`` steps; ``--resume RUN_FOLDER``
-continues a killed run to its requested total (see agents/checkpoint.py for what is restored exactly).
+continues a killed run to its requested total with the settings it was started with (see agents/checkpoint.py for
+what is restored exactly): only ``--progress``, ``--verbose`` and ``--save-freq`` may be given with it, any other flag
+is refused.
+
+``--actors N`` trains asynchronously: N Ray actor processes act rollouts with the weights they hold while the learner
+trains, and ``rollout/policy_lag`` is the lag they produced (agents/asynchronous.py, docs/async.md; the run folder is
+``<env>_<algo>_actors<N>[-stale<K>]_s<seed>`` and holds ``async.json``, the measured lag of every update).
 
 Bad input (unknown algo/env, ``--dual-clip 0.8``, malformed ``-params``, ...) prints one line and exits 2
 before anything is written.
@@ -24,7 +31,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONF = HERE / "hyperparams" / "ppo.yml"
@@ -36,7 +43,7 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     """train.py's flags (sweep.py also reads them: a grid axis named like a flag is passed as that flag)."""
-    from cli.common import OneLineParser
+    from cli.common import OneLineParser, whole_number
     from agents.options import ALGO_IDS, IS_WEIGHT_MODES, LAG_MODES, LOSS_AGG_MODES, PROX_MODES, TEMPERATURE_MODES
 
     p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0])
@@ -46,16 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "from ppo only where |log pi - log mu| > 10) or decoupled")
     p.add_argument("--env", help="gymnasium id, e.g. HalfCheetah-v4, CartPole-v1, ALE/Breakout-v5 (required)")
     p.add_argument("--resume", nargs="+", default=None, metavar="RUN_FOLDER",
-                   help="continue a run from its checkpoint to its requested total steps (other flags ignored); "
-                        "several folders of one configuration resume as one seed batch")
+                   help="continue a run from its checkpoint to its requested total steps, with its own settings "
+                        "(only --progress, --verbose and --save-freq may be given with it); several folders of one "
+                        "configuration resume as one seed batch")
     p.add_argument("--save-freq", type=int, default=50_000,
                    help="checkpoint every N env steps, at the next rollout boundary (0: only at the end)")
-    p.add_argument("-n", "--n-timesteps", type=int, default=None, help="environment steps (default: from YAML)")
+    p.add_argument("-n", "--n-timesteps", type=whole_number, default=None,
+                   help="environment steps, a whole number: 100000 or 1e5 (default: from YAML)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and recorded in args.yml)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="train these seeds in one process, as one batched model (agents/seed_batch.py: MLP policies "
                         "on Box or Discrete spaces; equal in distribution to single runs, not bit for bit); each "
-                        "seed gets its own run folder")
+                        "seed gets its own run folder, and its result does not depend on the other seeds given "
+                        "(--seeds 2 alone is a batch of one; --seed 2 is the single-run path)")
     p.add_argument("-f", "--log-folder", default="logs", help="parent folder of run folders (default: logs)")
     p.add_argument("-tb", "--tensorboard-log", default=None, help="write TensorBoard events to DIR/<run> instead")
     p.add_argument("-conf", "--conf-file", default=str(DEFAULT_CONF), help="hyperparameter YAML file")
@@ -88,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lag-mode", default="fixed", choices=LAG_MODES, help="how the lag is spread (default fixed)")
     p.add_argument("--loss-agg-mode", default=None, choices=LOSS_AGG_MODES,
                    help="loss aggregation of dualclip/decoupled (default token-mean, SB3's)")
+    p.add_argument("--actors", type=int, default=None, metavar="N",
+                   help="asynchronous training: N Ray actor processes act rollouts while the learner trains; the lag "
+                        "is measured, not simulated (docs/async.md; needs the [cluster] extra)")
+    p.add_argument("--max-staleness", type=int, default=None, metavar="K",
+                   help="with --actors: no rollout is trained more than K versions after the weights that acted it "
+                        "(an actor waits for new weights; AReaL's eta); default: no bound")
+    p.add_argument("--address", default=None,
+                   help="with --actors: the Ray cluster to join (e.g. auto, ray://head:10001); default: a local "
+                        "instance")
+    p.add_argument("--actor-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slows the last actor
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default auto)")
     p.add_argument("--num-threads", type=int, default=1,
                    help="torch CPU threads (default 1: fastest for these small nets on 2 cores; -1: torch's default)")
@@ -96,16 +116,45 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: never)")
     p.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)")
     p.add_argument("--run-name", default=None,
-                   help="run folder name (default: <algo>_<env>_lag<K>_s<seed>); with --seeds it must contain {seed}")
+                   help="run folder name (default: <env>_<algo>_lag<K>_s<seed>); with --seeds it must contain {seed}")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
-    p.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: SB3 tables on stdout")
+    p.add_argument("--verbose", type=int, default=1,
+                   help=f"0: quiet; 1: SB3's table of the latest values every {TABLE_EVERY} updates (default); "
+                        "2: the table after every update (CSV and TensorBoard get every update either way)")
     return p
+
+
+#: SB3's stdout table at --verbose 1: once every this many updates (a 90 s HalfCheetah run printed 5,000 lines)
+TABLE_EVERY = 10
+#: flags --resume honours: they change what is shown and how often a checkpoint is written, not what is learnt
+RESUME_OVERRIDES = ("progress", "verbose", "save_freq")
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> Dict[str, str]:
+    """The flags on the command line (dest -> the option as typed), defaults aside: ``argv`` parsed again with
+    every default suppressed, so that a flag given with its default value counts as given too."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    typed = {token.split("=", 1)[0] for token in argv if token.startswith("-")}
+    out = {}
+    for action in parser._actions:
+        if action.dest in given:
+            out[action.dest] = next((o for o in action.option_strings if o in typed), action.option_strings[-1])
+    return out
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
-    if args.resume is None and (args.algo is None or args.env is None):
+    if args.resume is not None:
+        refused = [option for dest, option in given_flags(build_parser(), argv).items()
+                   if dest not in ("resume", *RESUME_OVERRIDES)]
+        if refused:
+            p.error(f"{' '.join(refused)} with --resume: a run continues with the settings it was started with (only "
+                    "--progress, --verbose and --save-freq may change); drop it, or start a new run")
+    elif args.algo is None or args.env is None:
         p.error("--algo and --env are required (or --resume RUN_FOLDER)")
     if args.seeds is not None:
         if args.seed is not None:
@@ -116,6 +165,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             p.error(f"--run-name {args.run_name}: with --seeds the name must contain {{seed}}, e.g. cheetah_s{{seed}}")
     if args.save_freq < 0:
         p.error(f"--save-freq {args.save_freq}: use a number of steps >= 0, e.g. --save-freq 50000")
+    if args.resume is not None:
+        return args  # the run's own flags are checked when it was started
     if args.n_timesteps is not None and args.n_timesteps <= 0:
         p.error(f"-n {args.n_timesteps}: the number of timesteps must be a positive integer, e.g. -n 100000")
     if args.policy_lag < 0:
@@ -132,6 +183,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--prox-ewma-beta {beta}: beta must be in [0, 1), e.g. 0.889 (the paper's)")
     if beta is not None and args.prox != "ewma":
         p.error(f"--prox-ewma-beta {beta} has no effect without --prox ewma: add --prox ewma or drop it")
+    check_async_args(p, args)
     if args.device != "auto":
         import torch
 
@@ -140,6 +192,37 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         except RuntimeError:
             p.error(f"--device {args.device}: not a torch device; use auto, cpu or cuda")
     return args
+
+
+def check_async_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One-line errors for the asynchronous flags: a value out of range, a flag that needs --actors, a combination
+    that makes no sense with real actors (they produce their own lag), or a missing Ray."""
+    n = args.actors
+    if n is None:
+        for flag, value in (("--max-staleness", args.max_staleness), ("--address", args.address)):
+            if value is not None and not (flag == "--address" and args.resume is not None):
+                p.error(f"{flag} {value} needs asynchronous actors: add --actors N (e.g. --actors 2)")
+        if args.actor_delay:
+            p.error(f"--actor-delay {args.actor_delay} needs asynchronous actors: add --actors N")
+        return
+    if n < 1:
+        p.error(f"--actors {n}: the number of actors must be a positive integer, e.g. --actors 2")
+    if args.max_staleness is not None and args.max_staleness < 0:
+        p.error(f"--max-staleness {args.max_staleness}: use a number of versions >= 0, e.g. --max-staleness 4")
+    if args.actor_delay < 0:
+        p.error(f"--actor-delay {args.actor_delay}: use seconds >= 0")
+    if args.policy_lag != 0 or args.lag_mode != "fixed":
+        given = f"--policy-lag {args.policy_lag}" if args.policy_lag != 0 else f"--lag-mode {args.lag_mode}"
+        p.error(f"--actors {n} with {given}: real actors produce their own lag (measured); drop {given.split()[0]} "
+                "or --actors")
+    if args.seeds is not None:
+        p.error(f"--actors {n} with --seeds: an asynchronous run trains one seed; use --seed S (one run per seed)")
+    if args.resume is not None:
+        p.error(f"--actors {n} with --resume: a run resumes as it was started (asynchronous runs with their actors)")
+    from cli.ray_session import MISSING, ray_available
+
+    if not ray_available():
+        p.error(f"--actors {n} {MISSING}")
 
 
 def build_config(args: argparse.Namespace) -> Dict[str, Any]:
@@ -189,9 +272,18 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
     check_temperature_args(config["behavior_temperature"], config["temperature_mode"])  # names the bad value
     if args.n_timesteps is not None:
         config["n_timesteps"] = args.n_timesteps
+    config["n_timesteps"] = whole_steps(config.get("n_timesteps"), conf_path)
     check_keys(config, ALGOS[args.algo])
     check_env_values(config)
     return config
+
+
+def whole_steps(value: Any, conf_path: Path) -> int:
+    """The budget as an int (YAML's ``!!float 1e6`` is read as a float); UsageError naming a non-whole one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value <= 0:
+        raise UsageError(f"n_timesteps {value!r} in {conf_path.name} or -params: use a positive whole number of "
+                         "steps, e.g. 1e6 or -n 100000")
+    return int(value)
 
 
 def run_folder(args: argparse.Namespace, config: Dict[str, Any]) -> Path:
@@ -209,9 +301,13 @@ def run_folder(args: argparse.Namespace, config: Dict[str, Any]) -> Path:
                              "choose another --run-name (nothing was overwritten)")
         return path
     mode = "" if args.lag_mode == "fixed" else f"-{args.lag_mode}"
+    lag = f"lag{args.policy_lag}{mode}"
+    if getattr(args, "actors", None):  # asynchronous: the lag is measured; the name says how it was produced
+        lag = f"actors{args.actors}" + ("" if args.max_staleness is None else f"-stale{args.max_staleness}")
     tau, tau_mode = float(config["behavior_temperature"]), config["temperature_mode"]
     temperature = "" if tau == 1 else f"_t{tau:g}" + ("" if tau_mode == "fixed" else f"-{tau_mode}")
-    base = f"{args.algo}_{args.env.replace('/', '-')}_lag{args.policy_lag}{mode}{temperature}_s{args.seed}"
+    # <env>_<algo>_..., the order of sweep.py's run names (studies/grid.py), so both sort by env first
+    base = f"{args.env.replace('/', '-')}_{args.algo}_{lag}{temperature}_s{args.seed}"
     path, n = parent / base, 1
     while taken(path):
         n += 1
@@ -263,12 +359,15 @@ def tensorboard_dir(run_dir: Path, args: argparse.Namespace) -> Path:
 
 
 def make_logger(run_dir: Path, args: argparse.Namespace, csv_suffix: str = ""):
-    """stdout (verbose >= 1), CSV (``progress<suffix>.csv``: a resumed part gets its own file) and TensorBoard."""
+    """CSV (``progress<suffix>.csv``: a resumed part gets its own file) and TensorBoard, every update; stdout's
+    table every :data:`TABLE_EVERY` updates at verbose 1, every update at verbose 2, never at 0."""
     from stable_baselines3.common.logger import Logger, make_output_format
+
+    from cli.console import EveryNth
 
     outputs = [make_output_format("csv", str(run_dir), log_suffix=csv_suffix)]
     if args.verbose >= 1:
-        outputs.append(make_output_format("stdout", str(run_dir)))
+        outputs.append(EveryNth(make_output_format("stdout", str(run_dir)), 1 if args.verbose >= 2 else TABLE_EVERY))
     outputs.append(make_output_format("tensorboard", str(tensorboard_dir(run_dir, args))))
     return Logger(folder=str(run_dir), output_formats=outputs)
 
@@ -288,9 +387,9 @@ def callbacks(args: argparse.Namespace, config: Dict[str, Any], run_dir: Path) -
 
 def write_run_files(run_dir: Path, args: argparse.Namespace, config: Dict[str, Any]) -> None:
     from cli import run_files
-    from cli.common import code_version
+    from cli.common import code_version, machine_info
 
-    run_files.write(run_dir, args, config, code_version())
+    run_files.write(run_dir, args, config, code_version(), machine_info())
 
 
 class Run(NamedTuple):
@@ -303,14 +402,16 @@ class Run(NamedTuple):
     config: Dict[str, Any]
 
 
-def train(runs: List[Run]) -> int:
-    """Learn up to the requested total steps, then save each model, its statistics and a final checkpoint. One run
-    learns on the single-run path (bit-identical to stock SB3 at lag 0); several (``--seeds``) learn in lockstep as
-    one batched model (agents/seed_batch.py), each writing what a single run writes into its own folder.
+def train(runs: List[Run], on_hard_stop: Optional[Callable[[], None]] = None) -> int:
+    """Learn up to the requested total steps, then save each model, its statistics and a final checkpoint. A run
+    started with ``--seed`` learns on the single-run path (bit-identical to stock SB3 at lag 0); runs started with
+    ``--seeds`` (one seed or several) and several resumed together learn in lockstep as one batched model
+    (agents/seed_batch.py), each writing what a single run writes into its own folder.
 
     Ctrl-C (SIGINT) or SIGTERM stops at the next rollout boundary: checkpoint, ``model.zip`` and
     ``vecnormalize.pkl`` are written (each atomically), one line gives the ``--resume`` command, and the exit code is
     130 or 143. A second signal stops at once; the last checkpoint stays intact (it is only ever replaced whole).
+    ``on_hard_stop`` runs just before that immediate exit (asynchronous runs stop Ray there).
     """
     from agents.checkpoint import CheckpointCallback, NonFiniteError, StopRequested, check_finite
     from agents.checkpoint import divergence_message, save_checkpoint
@@ -321,10 +422,11 @@ def train(runs: List[Run]) -> int:
     first = runs[0].model
     start, start_steps = time.time(), first.num_timesteps
     run_callbacks = [callbacks(run.args, run.config, run.run_dir) for run in runs]
-    stop_at_boundary([next(c for c in cbs if isinstance(c, CheckpointCallback)) for cbs in run_callbacks])
+    stop_at_boundary([next(c for c in cbs if isinstance(c, CheckpointCallback)) for cbs in run_callbacks],
+                     on_hard_stop)
     todo = int(runs[0].config["n_timesteps"]) - first.num_timesteps
     try:
-        if len(runs) == 1:
+        if len(runs) == 1 and not getattr(runs[0].args, "seeds", None):
             first.learn(total_timesteps=todo, callback=run_callbacks[0], progress_bar=runs[0].args.progress,
                         reset_num_timesteps=first.num_timesteps == 0)
         else:
@@ -340,7 +442,7 @@ def train(runs: List[Run]) -> int:
             save_outputs(run.model, run.env, run.run_dir)
         name = signal.Signals(stop.args[0]).name
         folders = " ".join(shlex.quote(str(run.run_dir)) for run in runs)
-        print(f"train.py: stopped by {name} at step {first.num_timesteps} of {runs[0].config['n_timesteps']} "
+        print(f"train.py: stopped by {name} at step {first.num_timesteps} of {int(runs[0].config['n_timesteps'])} "
               f"(checkpoint and model.zip written); continue with: python train.py --resume {folders}", file=sys.stderr)
         return 128 + int(stop.args[0])
     except (NonFiniteError, ValueError) as exc:
@@ -360,7 +462,19 @@ def train(runs: List[Run]) -> int:
     steps = sum(run.model.num_timesteps for run in runs) - len(runs) * start_steps
     print(f"done: {first.num_timesteps} steps x {len(runs)} run(s) ({steps} in {elapsed:.1f} s, "
           f"{steps / elapsed:.0f} steps/s)")
+    print_next_steps(runs)
     return 0
+
+
+def print_next_steps(runs: List[Run]) -> None:
+    """The run folders again (the first line scrolled away long ago), with the commands to evaluate each and to
+    open TensorBoard on them."""
+    for run in runs:
+        print(f"run folder: {run.run_dir}")
+    for run in runs:
+        print(f"  evaluate:    python evaluate.py {shlex.quote(str(run.run_dir))} --episodes 10")
+    logdir = runs[0].args.tensorboard_log or runs[0].run_dir.parent
+    print(f"  TensorBoard: tensorboard --logdir {shlex.quote(str(logdir))}")
 
 
 def _diverged(model: Any) -> bool:
@@ -387,14 +501,19 @@ def save_outputs(model: Any, env: Any, run_dir: Path) -> None:
         os.replace(run_dir / ".vecnormalize.tmp.pkl", run_dir / "vecnormalize.pkl")
 
 
-def stop_at_boundary(checkpoints: List[Any]) -> None:
+def stop_at_boundary(checkpoints: List[Any], on_hard_stop: Optional[Callable[[], None]] = None) -> None:
     """On the first SIGINT or SIGTERM ask ``checkpoints`` (each run's CheckpointCallback) to stop at the next rollout
-    boundary; on a second, exit at once (atomic writes keep the last checkpoint whole)."""
+    boundary; on a second, run ``on_hard_stop`` and exit at once (atomic writes keep the last checkpoint whole)."""
 
     def handler(signum: int, frame: Any) -> None:
         if checkpoints[0].stop_requested is not None:
             print(f"train.py: second {signal.Signals(signum).name}: stopping now; the last checkpoint is kept",
                   file=sys.stderr, flush=True)
+            if on_hard_stop is not None:
+                try:
+                    on_hard_stop()
+                finally:
+                    os._exit(128 + signum)
             os._exit(128 + signum)
         for callback in checkpoints:
             callback.stop_requested = signum
@@ -424,8 +543,9 @@ def read_run_files(run_dir: Path) -> tuple:
     return files.namespace, files.config
 
 
-def resume(folder: str) -> Optional[Run]:
-    """Set up the run in ``folder`` to continue from its checkpoint (None: it is already complete)."""
+def resume(folder: str, overrides: Optional[Dict[str, Any]] = None) -> Optional[Run]:
+    """Set up the run in ``folder`` to continue from its checkpoint (None: it is already complete), with the flags it
+    was started with except ``overrides`` (from :data:`RESUME_OVERRIDES`: what is shown, how often it checkpoints)."""
     from agents import ALGOS
     from agents.checkpoint import read_checkpoint, restore_env, restore_model, restore_pending_logs
     from cli import run_files
@@ -442,10 +562,11 @@ def resume(folder: str) -> Optional[Run]:
         raise UsageError(f"--resume {run_dir}: not a run folder with a checkpoint (missing {', '.join(missing)}); "
                          "pass a folder written by train.py")
     saved, config = read_run_files(run_dir)
+    saved = argparse.Namespace(**{**vars(saved), **(overrides or {})})
     set_threads(getattr(saved, "num_threads", 1))
     state = read_checkpoint(needed[2])
     if state["num_timesteps"] >= int(config["n_timesteps"]):
-        print(f"{run_dir} is complete ({state['num_timesteps']} of {config['n_timesteps']} steps); nothing to do")
+        print(f"{run_dir} is complete ({state['num_timesteps']} of {int(config['n_timesteps'])} steps); nothing to do")
         return None
     fresh = None if state["env"] is not None else make_run_env(saved, config, normalize=False)
     env = restore_env(state, fresh)
@@ -457,6 +578,7 @@ def resume(folder: str) -> Optional[Run]:
     model.set_logger(make_logger(run_dir, saved, csv_suffix=f"_from{state['num_timesteps']}"))
     restore_pending_logs(model, state)
     run_files.append_command(run_dir, f"resumed at step {state['num_timesteps']}")
+    print(f"resuming {run_dir} at step {state['num_timesteps']} of {int(config['n_timesteps'])}", flush=True)
     return Run(model, env, run_dir, saved, config)
 
 
@@ -496,16 +618,93 @@ def new_runs(args: argparse.Namespace) -> List[Run]:
     return runs
 
 
+def async_rollouts(run: Run, history: Any = None) -> Any:
+    """The asynchronous actors of ``run`` (``--actors``), not started yet (agents/asynchronous.py); ValueError names
+    a setting they cannot serve. Actor j's environments get the seeds ``seed + j * n_envs + i`` (actor 0's are the
+    synchronous run's); ``--actor-delay`` (tests only) slows the last actor."""
+    from functools import partial
+
+    from agents.asynchronous import AsyncRollouts
+    from envs import make_env
+
+    args, config = run.args, run.config
+    factory = partial(make_env, args.env, n_envs=config.get("n_envs", 1), normalize=False,
+                      frame_stack=config.get("frame_stack"), env_kwargs=config.get("env_kwargs"))
+    delays = [0.0] * (args.actors - 1) + [float(getattr(args, "actor_delay", 0.0) or 0.0)]
+    return AsyncRollouts(run.model, factory, int(args.actors), seed=args.seed,
+                         max_staleness=getattr(args, "max_staleness", None), actor_delays=delays, history=history)
+
+
+#: the asynchronous run's lag history and settings, in its run folder (studies/records.py puts it into the record)
+ASYNC_SUMMARY = "async.json"
+
+
+def read_lag_history(run: Run) -> Any:
+    """The lag history of a resumed asynchronous run, cut at its checkpoint (empty when there is none)."""
+    import json
+
+    from agents.asynchronous import LagHistory
+
+    path = run.run_dir / ASYNC_SUMMARY
+    if not path.is_file():
+        return LagHistory()
+    data = json.loads(path.read_text())
+    trained = run.model.num_timesteps // (run.model.n_steps * run.model.n_envs)
+    return LagHistory(lags=data["lags"][:trained], actors=data["actors"][:trained],
+                      staleness_waits=int(data.get("staleness_waits", 0)))
+
+
+def train_async(run: Run, rollouts: Any, fresh: bool) -> int:
+    """:func:`train` of one run whose rollouts come from Ray actors: Ray joined (or started), the run's files
+    written (``fresh``: a new run), the actors started, and after training (also after Ctrl-C or an error) the
+    actors stopped, Ray shut down if this process started it, and ``async.json`` written."""
+    import json
+    from contextlib import ExitStack
+
+    from cli.ray_session import kill_local_ray, ray_session
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(ray_session(run.args.address, int(run.args.actors)))
+        except Exception as exc:  # a bad --address: Ray raises ConnectionError, ValueError, RuntimeError ...
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            where = f"--address {run.args.address}" if run.args.address else "a local Ray instance"
+            print(f"train.py: error: {where}: Ray did not start ({reason}); check the address (ray status on the "
+                  "head node) or drop --address for a local instance", file=sys.stderr)
+            return 2
+        if fresh:
+            write_run_files(run.run_dir, run.args, run.config)
+            run.model.set_logger(make_logger(run.run_dir, run.args))
+        rollouts.start()
+        try:
+            return train([run], on_hard_stop=kill_local_ray)  # a second Ctrl-C
+        finally:
+            rollouts.close()
+            summary = {"actors": int(run.args.actors), "max_staleness": run.args.max_staleness,
+                       "address": run.args.address, **rollouts.history.summary()}
+            (run.run_dir / ASYNC_SUMMARY).write_text(json.dumps(summary) + "\n")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     set_threads(args.num_threads)
     if args.resume is not None:
+        overrides = {dest: getattr(args, dest) for dest in given_flags(build_parser(), argv) if dest in RESUME_OVERRIDES}
         try:
-            resumed = [run for run in (resume(folder) for folder in args.resume) if run is not None]
+            resumed = [run for run in (resume(folder, overrides) for folder in args.resume) if run is not None]
             if len(resumed) > 1:
                 from agents.seed_batch import check_batch
 
                 check_batch([run.model for run in resumed])
+            asynchronous = [run for run in resumed if getattr(run.args, "actors", None)]
+            if asynchronous:
+                if len(args.resume) > 1:
+                    raise UsageError(f"--resume {asynchronous[0].run_dir} is an asynchronous run (--actors): "
+                                     "resume it alone")
+                run = asynchronous[0]
+                if args.address is not None:  # a cluster's address may have changed since the run started
+                    run.args.address = args.address
+                return train_async(run, async_rollouts(run, read_lag_history(run)), fresh=False)
         except (UsageError, ValueError) as exc:
             print(f"train.py: error: {exc}", file=sys.stderr)
             return 2
@@ -516,9 +715,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.seed = draw_seed()
     try:
         runs = new_runs(args)
+        rollouts = async_rollouts(runs[0]) if args.actors else None
     except (UsageError, ValueError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
+    if rollouts is not None:
+        return train_async(runs[0], rollouts, fresh=True)
     for run in runs:
         write_run_files(run.run_dir, run.args, run.config)
         run.model.set_logger(make_logger(run.run_dir, run.args))

@@ -144,9 +144,10 @@ class LaggedPPO(PPO):
     def _excluded_save_params(self) -> List[str]:
         # The behaviour policies, the learner's pass and the objective are rebuilt by _setup_model; the lag
         # snapshots and generator are training state and go into checkpoints (agents/checkpoint.py), as do the seed
-        # batch's random-stream states (agents/seed_batch.py).
+        # batch's random-stream states (agents/seed_batch.py). An asynchronous run's rollouts come from actors
+        # (agents/asynchronous.py), which put their collect_rollouts on the instance: never saved either.
         return super()._excluded_save_params() + ["behavior", "learner_pass", "objective", "prox_ewma", "_fast",
-                                                  "_seed_batch_rng"]
+                                                  "_seed_batch_rng", "collect_rollouts"]
 
     def _evaluate_actions(self, obs: th.Tensor, actions: th.Tensor) -> Tuple[th.Tensor, th.Tensor, Optional[th.Tensor]]:
         if self._fast_ok():

@@ -94,8 +94,8 @@ def report(reps: int = 2000) -> int:
             point, lo, hi = improvement_ci(batch, single, reps=reps)
             poi = fmt_ci(point, lo, hi, digits=2)
             p_value = fmt_p(stats.exact_improvement_p(batch, single))  # permutation p of P(batch > single)
-            verdict = ("no significant difference (the CI of P(batch > single) contains 0.5)" if lo <= 0.5 <= hi
-                       else "the paths differ (the CI excludes 0.5)")
+            verdict = (f"no difference detected (exact p {p_value}; the CI of P(batch > single) contains 0.5)"
+                       if lo <= 0.5 <= hi else f"the paths may differ (exact p {p_value}; the CI excludes 0.5)")
         if min(len(single), len(batch)) < expected.get(env, 0):
             verdict = (f"INCOMPLETE ({len(batch)} batched and {len(single)} single of {expected[env]} seeds "
                        f"each recorded), so far: {verdict}")

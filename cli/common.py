@@ -68,15 +68,41 @@ def draw_seed() -> int:
 
 
 def machine_info() -> dict:
-    """Platform, CPU model (from /proc/cpuinfo where there is one) and core count, for result files."""
+    """Platform, CPU model (from /proc/cpuinfo where there is one), core count and torch's CPU capability, for
+    result files and run folders.
+
+    The capability (``torch.backends.cpu.get_cpu_capability()``: ``AVX2``, ``AVX512``, ``DEFAULT``, ...) picks which
+    of torch's CPU kernels run, and with them the last bits of every sum: a run repeats bit for bit on a machine of
+    the same capability and library versions, and only in distribution on another (README.md,
+    "Reproducibility").
+    """
     import platform
+
+    import torch
 
     model = ""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                       if line.startswith("model name")), "")
-    return {"platform": platform.platform(), "cpu": model or platform.processor(), "cpus": os.cpu_count()}
+    return {"platform": platform.platform(), "cpu": model or platform.processor(), "cpus": os.cpu_count(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def whole_number(text: str) -> int:
+    """An argparse ``type`` for step counts: ``100000``, ``100_000``, ``1e5`` and ``1.5e5`` are whole numbers and
+    read as ints; ``2.5`` or ``abc`` raise ``argparse.ArgumentTypeError`` naming the value."""
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        pass
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        value = float("nan")
+    if not value.is_integer():  # nan and inf included
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of steps; give e.g. 100000 or 1e5")
+    return int(value)
 
 
 def library_versions() -> Dict[str, str]:

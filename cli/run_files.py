@@ -1,7 +1,8 @@
 """A run folder's description, written by train.py in one place and read by everyone else through this module.
 
 - ``config.yml``: the hyperparameters as used (after the YAML file, ``-params`` and the dedicated flags);
-- ``args.yml``: train.py's flags as given, the seed (drawn if none was given) and the code version;
+- ``args.yml``: train.py's flags as given, the seed (drawn if none was given), the code version and the machine
+  (CPU model and torch's CPU capability, which decide whether a re-run repeats bit for bit);
 - ``command.txt``: the command line, plus one line per resume.
 """
 
@@ -25,7 +26,7 @@ class RunFilesError(ValueError):
 class RunFiles:
     """What a run folder says about its run."""
 
-    args: Dict[str, Any]  #: args.yml: train.py's flags (dest names), ``seed``, ``code``
+    args: Dict[str, Any]  #: args.yml: train.py's flags (dest names), ``seed``, ``code``, ``machine``
     config: Dict[str, Any]  #: config.yml: the hyperparameters as used
 
     @property
@@ -34,15 +35,19 @@ class RunFiles:
         return argparse.Namespace(**self.args)
 
 
-def write(run_dir: Path, args: argparse.Namespace, config: Dict[str, Any], code: str) -> None:
-    """Create ``run_dir`` (it must not exist) and write its three files."""
+def write(run_dir: Path, args: argparse.Namespace, config: Dict[str, Any], code: str,
+          machine: Dict[str, Any]) -> None:
+    """Create ``run_dir`` (it must not exist) and write its three files; ``machine``: cli.common.machine_info().
+
+    The machine goes to args.yml, not config.yml: config.yml holds the hyperparameters only, which the sweep compares
+    key by key with its grid and a resumed run reads back."""
     import yaml
 
     run_dir.mkdir(parents=True)
     with open(run_dir / CONFIG, "w") as f:
         yaml.safe_dump(config, f, sort_keys=True)
     with open(run_dir / ARGS, "w") as f:
-        yaml.safe_dump({**vars(args), "code": code}, f, sort_keys=True)
+        yaml.safe_dump({**vars(args), "code": code, "machine": machine}, f, sort_keys=True)
     (run_dir / COMMAND).write_text(shlex.join(["python", *sys.argv]) + "\n")
 
 

@@ -86,7 +86,8 @@ def run_state(run: RunSpec, runs_dir: Path, recorded: bool) -> str:
 
 def plan(runs: List[RunSpec], runs_dir: Path, batch: bool) -> List[List[RunSpec]]:
     """The units of work: with ``batch``, the runs of one grid cell (same configuration, seeds aside) that start
-    afresh train as one seed batch when the configuration allows it (agents/seed_batch.py), and the checkpointed
+    afresh train as one seed batch when the configuration allows it (agents/seed_batch.py; a cell's one leftover
+    seed is a batch of one, so that its result does not depend on which seeds were left), and the checkpointed
     runs of one interrupted batch resume together; every other run is a unit alone."""
     if not batch:
         return [[run] for run in runs]
@@ -141,10 +142,11 @@ def _args_and_config(run: RunSpec) -> tuple:
     return args, train.build_config(args)
 
 
-def execute(unit: List[RunSpec], runs_dir: str, save_freq: int) -> List[Dict[str, Any]]:
+def execute(unit: List[RunSpec], runs_dir: str, save_freq: int, batch: bool = False) -> List[Dict[str, Any]]:
     """Train the runs of ``unit`` to the end (one run, or the seeds of one cell as one seed batch; continuing from
     their checkpoints if they have them) and return, per run, ``{"name", "ok", "message", "record"}``; a failure
-    returns its last stderr lines and no record."""
+    returns its last stderr lines and no record. ``batch``: the unit comes from :func:`plan` with ``batch``, so a
+    lone seed that starts afresh with a batchable configuration trains as a batch of one (``--seeds S``)."""
     from studies.grid import batch_argv
     from studies.records import build_record
 
@@ -177,7 +179,8 @@ def execute(unit: List[RunSpec], runs_dir: str, save_freq: int) -> List[Dict[str
             folder.rename(folder.with_name(f"{run.name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"))
     start = time.time()
     commands: List[tuple] = []
-    if len(todo) > 1 and not started:
+    as_batch = bool(todo) and not started and (len(todo) > 1 or (batch and _batchable(todo[0])))
+    if as_batch:
         commands.append((todo, batch_argv(todo, runs, save_freq)))
     elif len(todo) > 1 and len(started) == len(todo):
         commands.append((todo, ["--resume", *(str(runs / r.name) for r in todo)]))
@@ -192,7 +195,7 @@ def execute(unit: List[RunSpec], runs_dir: str, save_freq: int) -> List[Dict[str
     for run in unit:
         if run.name not in results:
             record = build_record(runs / run.name, run.study, run.axes, list(run.argv), host=socket.gethostname())
-            how = f" (seed batch of {len(todo)})" if len(todo) > 1 and run in todo else ""
+            how = f" (seed batch of {len(todo)})" if as_batch and run in todo else ""
             results[run.name] = {"name": run.name, "ok": True, "record": record,
                                  "message": f"ok ({time.time() - start:.0f} s{how})"}
     return [results[run.name] for run in unit]
@@ -247,10 +250,12 @@ def _settings_differ(folder: Path, argv: List[str]) -> Optional[str]:
     return None
 
 
-def run_local(units: List[List[RunSpec]], runs_dir: Path, save_freq: int, jobs: int) -> Iterator[Dict[str, Any]]:
-    """Results in the order units finish, ``jobs`` units at a time (each a process with one torch thread)."""
+def run_local(units: List[List[RunSpec]], runs_dir: Path, save_freq: int, jobs: int,
+              batch: bool = False) -> Iterator[Dict[str, Any]]:
+    """Results in the order units finish, ``jobs`` units at a time (each a process with one torch thread);
+    ``batch``: the units come from :func:`plan` with ``batch`` (see :func:`execute`)."""
     pool = ThreadPoolExecutor(max_workers=jobs)
-    futures: List[Future] = [pool.submit(execute, unit, str(runs_dir), save_freq) for unit in units]
+    futures: List[Future] = [pool.submit(execute, unit, str(runs_dir), save_freq, batch) for unit in units]
     try:
         for future in as_completed(futures):
             yield from future.result()
@@ -259,7 +264,7 @@ def run_local(units: List[List[RunSpec]], runs_dir: Path, save_freq: int, jobs: 
 
 
 def run_ray(units: List[List[RunSpec]], runs_dir: Path, save_freq: int, address: Optional[str],
-            num_cpus: Optional[int] = None) -> Iterator[Dict[str, Any]]:
+            num_cpus: Optional[int] = None, batch: bool = False) -> Iterator[Dict[str, Any]]:
     """Each unit (a run, or a seed batch) as a Ray task with one CPU. ``address``: an existing cluster (``ray start --head`` prints it;
     ``auto`` finds a local one); None starts a local instance. The code travels as Ray's ``working_dir`` (this
     checkout without logs/ and results/), so workers need only the same Python packages."""
@@ -278,7 +283,7 @@ def run_ray(units: List[List[RunSpec]], runs_dir: Path, save_freq: int, address:
         ray.init(**kwargs)
     remote = ray.remote(num_cpus=1, max_retries=0)(execute)
     try:
-        pending = {remote.remote(unit, str(runs_dir), save_freq): unit for unit in units}
+        pending = {remote.remote(unit, str(runs_dir), save_freq, batch): unit for unit in units}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:

@@ -3,7 +3,10 @@
 A record is small (tens of KB: no model, no event file) and holds everything the report needs:
 
 - ``meta``: the run's name, study, axis values, seed, full config (``config.yml``), the train.py command, code
-  version, library versions, CPU model, wall time and which training path produced it;
+  version, library versions, the machine that trained it (CPU model, torch's CPU capability: what decides whether a
+  re-run repeats it bit for bit), wall time and which training path produced it (``single-run``, ``seed-batch`` or
+  ``async``); an asynchronous run's ``async``: its ``async.json`` (actors, max_staleness, the measured lag and actor
+  of every trained rollout, ``lag_counts``, ``lag_mean``, ``lag_max``, ``staleness_waits``);
 - ``updates``: one row per update, column by column: ``step`` (env steps) and every ``rollout/*``, ``train/*`` and
   ``time/fps`` scalar the run logged (``rollout/ep_rew_mean`` is the training return, i.e. the return of the
   behaviour policy; ``rollout/policy_lag`` the lag its data actually had); ``null`` where a value was not logged;
@@ -104,9 +107,13 @@ def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str
     files = run_files.read(run_dir)
     args, config = files.args, files.config
     updates = update_rows(run_dir)
-    # the training path: one run per process, or seeds trained together (train.py --seeds); a resumed part of a
-    # run may have taken the other path, which its command lines show
-    path = "seed-batch" if len(args.get("seeds") or []) > 1 else "single-run"
+    # the training path: one run per process (--seed), or seeds trained together (--seeds, a batch of one too);
+    # a resumed part of a run may have taken the other path, which its command lines show
+    path = "seed-batch" if args.get("seeds") else "single-run"
+    if args.get("actors"):  # asynchronous actors (train.py --actors): the lag was measured; its history and settings
+        path = "async"
+    summary = run_dir / "async.json"
+    asynchronous = json.loads(summary.read_text()) if summary.is_file() else None
     return {
         "format": FORMAT,
         "meta": {
@@ -114,9 +121,14 @@ def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str
             "env": args.get("env"), "steps": updates["step"][-1] if updates["step"] else 0,
             "n_timesteps": int(config["n_timesteps"]), "config": config, "train_argv": list(argv),
             "command": (run_dir / "command.txt").read_text().strip().splitlines(),
-            "code": args.get("code", "unknown"), "versions": library_versions(), "machine": machine_info(),
+            "code": args.get("code", "unknown"), "versions": library_versions(),
+            # the machine that trained the run (args.yml since it records one), else the one recording it
+            "machine": args.get("machine") or machine_info(),
             "torch_threads": args.get("num_threads"), "wall_time_s": round(wall_time(run_dir), 1), "path": path,
             "batch_seeds": args.get("seeds") if path == "seed-batch" else None,  # wall time is the batch's
+            # asynchronous runs: actors, max_staleness, and per trained rollout its measured lag and actor, with
+            # their counts (lag_counts), mean and maximum; absent for other runs
+            **({"async": asynchronous} if asynchronous is not None else {}),
             "recorded": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), **meta,
         },
         "updates": updates,
@@ -146,6 +158,12 @@ def write_record(results_dir: Path, record: Dict[str, Any]) -> Path:
 
 def read_record(path: Path) -> Dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def cpu_capability(record: Dict[str, Any]) -> Optional[str]:
+    """torch's CPU capability of the machine that trained the record's run, None for records made before it was
+    recorded."""
+    return (record["meta"].get("machine") or {}).get("torch_cpu_capability")
 
 
 def read_records(results_dir: Path) -> List[Dict[str, Any]]:

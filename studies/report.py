@@ -697,31 +697,44 @@ def _by_lag(rows: List[Dict[str, Any]], value: str) -> Dict[Tuple[Any, str], Dic
 
 
 def fig_final_vs_lag(env: str, rows: List[Dict[str, Any]], out: Path, reps: int) -> Optional[Path]:
+    """Late evaluation return against lag, one panel per setting. Up to seven variants share a lag (the MuJoCo
+    study), so each variant sits at its own small offset around the lag's position (error bars never overlap), in a
+    colour and marker of its own within the panel, with the legend beside the panel and the exact number of seeds
+    (per lag when it differs)."""
     data = _by_lag(rows, "late_eval")
     rests = sorted({rest for rest, _ in data if len(data[(rest, _)]) > 1}, key=setting_order)
     if not rests:
         return None
     plt = _plt()
-    colors = _colors([v for _, v in data])
-    fig, axes = plt.subplots(1, len(rests), figsize=(6 * len(rests), 4), squeeze=False)
+    # well-separated colours (tab10 without its grey and olive, which read as black and gold), then markers: the
+    # same variant may get another colour here than in the curves, but no two series of a panel look alike
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "black"]
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*", "h"]
+    fig, axes = plt.subplots(1, len(rests), figsize=(7.5 * len(rests), 4.2), squeeze=False)
     for ax, rest in zip(axes.flat, rests):
         # one evenly spaced position per lag any variant of this panel has, so a variant run at fewer lags (e.g.
         # the decoupled-stability variants at 4, 8 and 16) sits at its own lags, not at the first positions
         all_lags = sorted({k for (r, _), by_lag in data.items() if r == rest and len(by_lag) > 1 for k in by_lag})
-        for variant in variant_order([v for r, v in data if r == rest]):
+        variants = [v for v in variant_order([v for r, v in data if r == rest]) if len(data[(rest, v)]) > 1]
+        # the variants of one lag spread over at most 0.7 of the gap between lags, 0.12 apart at most (fewer
+        # variants stay close to their lag's tick)
+        width = min(0.7 / max(len(variants), 1), 0.12)
+        for i, variant in enumerate(variants):
             by_lag = data[(rest, variant)]
-            if len(by_lag) < 2:
-                continue
             lags = sorted(by_lag)
-            seeds = min(len(by_lag[k]) for k in lags)
-            _errorbar_ci(ax, [all_lags.index(k) for k in lags], [by_lag[k] for k in lags], reps,
-                         color=colors[variant], label=f"{variant} (n≥{seeds})")
+            counts = [len(by_lag[k]) for k in lags]
+            n = f"n={counts[0]}" if len(set(counts)) == 1 else "n=" + "/".join(map(str, counts)) + " by lag"
+            offset = (i - (len(variants) - 1) / 2) * width
+            _errorbar_ci(ax, [all_lags.index(k) + offset for k in lags], [by_lag[k] for k in lags], reps,
+                         color=palette[i % len(palette)], marker=markers[i % len(markers)], markersize=4,
+                         linewidth=1, label=f"{variant} ({n})")
         ax.set_xticks(range(len(all_lags)), [str(k) for k in all_lags])
+        ax.set_xlim(-0.5, len(all_lags) - 0.5)  # each lag's offsets centred in its own slot
         ax.set_xlabel("policy lag K (updates)")
         ax.set_ylabel("late evaluation return (learner)")
         ax.set_title(f"{env}" + (f", {setting_label(rest)}" if setting_label(rest) != "default" else ""), fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return _save(fig, "Late evaluation return (last 10 % of the budget) against policy lag: mean over seeds, "
                       "95 % bootstrap CI",
                  out / f"final_vs_lag_{_slug(env)}.png")
@@ -938,8 +951,10 @@ def _update_curves(group: List[Dict[str, Any]], tags: List[str], scale: float):
 
 
 def _save(fig: Any, title: str, path: Path) -> Path:
-    """Title, layout, PNG, close: the end of every figure."""
-    fig.suptitle(title)
+    """Title (wrapped to the figure's width), layout, PNG, close: the end of every figure."""
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(title, width=max(40, int(fig.get_figwidth() * 10)))))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     _plt().close(fig)
@@ -947,10 +962,11 @@ def _save(fig: Any, title: str, path: Path) -> Path:
 
 
 def _errorbar_ci(ax: Any, xs: Sequence[float], samples: Sequence[Sequence[float]], reps: int, **kwargs: Any) -> None:
-    """Means of ``samples`` at ``xs`` with their 95 % bootstrap CIs as error bars."""
+    """Means of ``samples`` at ``xs`` with their 95 % bootstrap CIs as error bars (``kwargs``: matplotlib's, e.g.
+    another ``marker`` than the default circle)."""
     stats = [mean_ci(values, reps) for values in samples]
     err = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
-    ax.errorbar(xs, [s[0] for s in stats], yerr=np.nan_to_num(err), marker="o", capsize=3, **kwargs)
+    ax.errorbar(xs, [s[0] for s in stats], yerr=np.nan_to_num(err), **{"marker": "o", "capsize": 3, **kwargs})
 
 
 def _slug(text: str) -> str:
@@ -958,6 +974,26 @@ def _slug(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- report
+def late_windows(rows: List[Dict[str, Any]]) -> str:
+    """Where the runs of an env are scored and what their late window spans, per budget; a window wider than a
+    quarter of the budget (too few evaluations for its 10 %) is flagged: there the late return describes more than
+    the end of training, and the final evaluation is the one to read."""
+    parts = []
+    for budget in sorted({r["record"]["meta"]["n_timesteps"] for r in rows}):
+        scored = [r for r in rows if r["record"]["meta"]["n_timesteps"] == budget and r["score_step"] is not None]
+        if not scored:
+            continue
+        step = scored[0]["score_step"]
+        window = late_window(scored[0]["record"], step, budget)
+        text = (f"{budget:,}-step runs scored at step {step:,}, late window steps {window[0]:,}–{window[-1]:,} "
+                f"({len(window)} evaluations)")
+        if step - window[0] > budget / 4:
+            text += (" — wider than a quarter of the budget (too few evaluations for its last 10 %): here the late "
+                     "return averages much of training; read the final evaluation")
+        parts.append(text)
+    return ("; " + "; ".join(parts) + ".") if parts else "."
+
+
 def coverage_note() -> str:
     """What a 5-seed bootstrap interval covers, from the committed simulation (bench/bootstrap_coverage.py)."""
     path = Path(__file__).resolve().parent.parent / "results" / "bootstrap_coverage" / "coverage.json"
@@ -1046,13 +1082,13 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
         path = fig_tasks_vs_lag(tasks, figures, reps)
         lines += [f"![{path.stem}](figures/{path.name})", ""]
     for env in sorted({r["env"] for r in rows}):
+        print(f"report: {study}: {env}: tables ...", file=sys.stderr, flush=True)
         env_rows = [r for r in rows if r["env"] == env]
         groups = cells(env_rows)
         budgets = sorted({r["record"]["meta"]["n_timesteps"] for r in env_rows})
         print(f"report: {env}", file=sys.stderr, flush=True)
-        steps = sorted({r["score_step"] for r in env_rows if r["score_step"] is not None})
         lines += [f"## {env}", "", f"Budget: {', '.join(f'{b:,}' for b in budgets)} environment steps per run"
-                  + (f"; scored at step {', '.join(f'{s:,}' for s in steps)}." if steps else "."), ""]
+                  + late_windows(env_rows), ""]
         lines += cell_table(groups, reps) + [""]
         poi = improvement_table(groups, reps)
         if poi:
@@ -1084,6 +1120,7 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
                       "diagnostics up to it:", ""] + c_table + [""]
         for maker in (fig_curves, fig_final_vs_lag, fig_diagnostics_vs_lag, fig_c_sensitivity,
                       fig_training_diagnostics):
+            print(f"report: {study}: {env}: {maker.__name__.removeprefix('fig_')} ...", file=sys.stderr, flush=True)
             path = maker(env, env_rows, figures, reps)
             if path is not None:
                 lines += [f"![{path.stem}](figures/{path.name})", ""]

@@ -223,9 +223,9 @@ def test_train_seeds_then_evaluate(tmp_path: Path):
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     assert code == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dualclip_MinAtar-Breakout-v1_lag0_s1",
-                                                          "dualclip_MinAtar-Breakout-v1_lag0_s2"]
-    run_dir = tmp_path / "dualclip_MinAtar-Breakout-v1_lag0_s1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MinAtar-Breakout-v1_dualclip_lag0_s1",
+                                                          "MinAtar-Breakout-v1_dualclip_lag0_s2"]
+    run_dir = tmp_path / "MinAtar-Breakout-v1_dualclip_lag0_s1"
     config = yaml.safe_load((run_dir / "config.yml").read_text())
     assert config["policy_kwargs"]["features_extractor_class"] == "MinAtarCNN" and config["gamma"] == 0.999
     assert evaluate.main([str(run_dir), "--episodes", "2", "--seed", "5"]) == 0

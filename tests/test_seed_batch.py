@@ -191,7 +191,7 @@ def test_cli_seeds_stop_on_ctrl_c_and_resume_exactly(tmp_path):
     stopped = tmp_path / "stopped"
     victim = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *BATCH_ARGS, "-f", str(stopped)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    progress = stopped / "decoupled_CartPole-v1_lag2-uniform_t1.5_s5" / "progress.csv"
+    progress = stopped / "CartPole-v1_decoupled_lag2-uniform_t1.5_s5" / "progress.csv"
     deadline = time.time() + 240
     while (not progress.exists() or progress.stat().st_size < 1200) and victim.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -216,6 +216,23 @@ def test_cli_seeds_stop_on_ctrl_c_and_resume_exactly(tmp_path):
         assert yaml.safe_load((folder / "args.yml").read_text())["seeds"] == [3, 5]
     evaluated = run_script("evaluate.py", [str(folders[1]), "--episodes", "2"])
     assert evaluated.returncode == 0 and "returns:" in evaluated.stdout, evaluated.stderr
+
+
+def test_cli_one_seed_is_a_batch_of_one(tmp_path):
+    """``--seeds 2`` trains seed 2 as a batch of one: it ends with exactly the parameters of seed 2 inside
+    ``--seeds 1 2 3``, so a seed's result does not depend on which seeds were asked for with it (``--seed 2`` is the
+    single-run path)."""
+    tiny = ["--algo", "decoupled", "--env", "CartPole-v1", "-n", "256", "--policy-lag", "2", "--lag-mode", "uniform",
+            "--behavior-temperature", "1.5", "--verbose", "0", "-params", "n_steps:32", "n_epochs:2",
+            "policy_kwargs:{net_arch: [16]}"]
+    for folder, seeds in (("alone", ["2"]), ("three", ["1", "2", "3"])):
+        res = run_script("train.py", [*tiny, "--seeds", *seeds, "-f", str(tmp_path / folder)])
+        assert res.returncode == 0, res.stderr
+    name = "CartPole-v1_decoupled_lag2-uniform_t1.5_s2"
+    alone, inside = (PPO.load(tmp_path / folder / name / "model.zip", device="cpu") for folder in ("alone", "three"))
+    assert alone.num_timesteps == inside.num_timesteps == 256
+    assert all(th.equal(a, b) for a, b in zip(alone.policy.parameters(), inside.policy.parameters()))
+    assert yaml.safe_load((tmp_path / "alone" / name / "args.yml").read_text())["seeds"] == [2]
 
 
 @pytest.mark.parametrize("extra,needle", [

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from studies.grid import GridError, load_grid
-from studies.records import read_records
+from studies.records import read_record, read_records
 from tests.helpers import run_script
 
 #: tiny CartPole runs (a few seconds each); evaluation every 128 steps, 2 episodes
@@ -336,6 +336,14 @@ def test_seeds_of_a_cell_train_as_one_seed_batch(tmp_path: Path) -> None:
         assert record["updates"]["step"] == [64, 128, 192, 256] and record["eval"]["steps"] == [0, 128, 256]
     assert records[1]["updates"]["train/loss"] != records[2]["updates"]["train/loss"]
 
+    # a cell's one leftover seed trains as a batch of one, as it would inside the batch
+    left = grid_file(tmp_path, {"algo": ["decoupled"], "policy_lag": [2], "seed": [1, 2, 3, 4]})
+    res = sweep(tmp_path, str(left), "--no-report")
+    assert res.returncode == 0, res.stderr
+    assert "(seed batch of 1)" in res.stdout and "1 runs train" not in res.stdout
+    meta = read_record(tmp_path / "results" / "tiny" / "runs" / "CartPole-v1_decoupled_lag2_s4.json")["meta"]
+    assert meta["path"] == "seed-batch" and meta["batch_seeds"] == [4] and "--seeds 4" in meta["command"][0]
+
     alone = grid_file(tmp_path, {"algo": ["ppo"], "seed": [1, 2]}, name="alone", study="alone")
     res = sweep(tmp_path, str(alone), "--no-report", "--no-batch")
     assert res.returncode == 0, res.stderr
@@ -425,13 +433,15 @@ def test_weight_share_curve_sums_truncated_and_filtered() -> None:
 
 def test_final_vs_lag_puts_every_variant_at_its_own_lags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A variant run at fewer lags than the others (lags 4 and 16 beside 0, 4 and 16) is drawn at the positions of
-    its own lags, under the right tick labels."""
+    its own lags, under the right tick labels, each variant slightly offset, with its exact number of seeds."""
     import studies.report as report
 
     records = [fake_record("decoupled", seed, 500, {500: 1.0}, policy_lag=lag, dual_clip=None)
                for lag in (0, 4, 16) for seed in (1, 2)]
     records += [fake_record("decoupled", seed, 500, {500: 2.0}, policy_lag=lag, dual_clip=None,
                             is_weight_mode="filter", is_weight_max=5) for lag in (4, 16) for seed in (1, 2)]
+    records.append(fake_record("decoupled", 3, 500, {500: 2.0}, policy_lag=4, dual_clip=None,
+                               is_weight_mode="filter", is_weight_max=5))  # three seeds at lag 4, two at 16
     rows, _ = report.run_rows(records)
     figures = []
     monkeypatch.setattr(report, "_save", lambda fig, title, path: figures.append(fig) or path)
@@ -439,8 +449,13 @@ def test_final_vs_lag_puts_every_variant_at_its_own_lags(monkeypatch: pytest.Mon
     ax = figures[0].axes[0]
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks == ["0", "4", "16"]
-    drawn = {bars.get_label(): [ticks[int(x)] for x in bars.lines[0].get_xdata()] for bars in ax.containers}
-    assert drawn == {"decoupled (n≥2)": ["0", "4", "16"], "decoupled filter@5 (n≥2)": ["4", "16"]}
+    drawn = {bars.get_label(): [ticks[round(x)] for x in bars.lines[0].get_xdata()] for bars in ax.containers}
+    assert drawn == {"decoupled (n=2)": ["0", "4", "16"], "decoupled filter@5 (n=3/2 by lag)": ["4", "16"]}
+    # each variant at its own offset around the lag (error bars never overlap), in its own colour, legend outside
+    at_lag_4 = [bars.lines[0].get_xdata()[-2] for bars in ax.containers]
+    assert at_lag_4[0] < 1 < at_lag_4[1]
+    assert len({bars.lines[0].get_color() for bars in ax.containers}) == 2
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.get_window_extent().x1
 
 
 def test_every_variant_of_a_study_gets_its_own_colour() -> None:
@@ -452,3 +467,24 @@ def test_every_variant_of_a_study_gets_its_own_colour() -> None:
     colours = _colors(variants)
     assert len(set(colours.values())) == len(variants) == 12
     assert _colors(variants[:3])["ppo"] == colours["ppo"]  # ppo first, so the same colour in every figure
+
+
+def test_reused_records_from_another_cpu_capability_are_named_in_one_line(tmp_path: Path) -> None:
+    """A record names torch's CPU capability (which decides bit-for-bit repeats); the sweep says, in one line per
+    study, how many of the records it reuses came from another capability or name none (older records)."""
+    import torch
+
+    import sweep as sweep_module
+    from studies.records import write_record
+
+    here = torch.backends.cpu.get_cpu_capability()
+    machines = {"a": {"cpu": "c", "torch_cpu_capability": here}, "b": {"cpu": "c", "torch_cpu_capability": "OTHER"},
+                "c": {"cpu": "c"}}
+    for name, machine in machines.items():
+        record = fake_record("ppo", 1, 100, {100: 1.0})
+        record["format"], record["meta"]["name"], record["meta"]["machine"] = 1, name, machine
+        write_record(tmp_path, record)
+    note = sweep_module.capability_note("tiny", tmp_path, ["a", "b", "c"])
+    assert note.startswith("tiny: of the 3 records reused, 1 on OTHER, 1 on an unknown one") and here in note
+    assert "\n" not in note
+    assert sweep_module.capability_note("tiny", tmp_path, ["a"]) is None

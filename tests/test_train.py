@@ -1,8 +1,11 @@
-"""train.py end to end: the smoke run, the run folder, and one-line errors for bad input."""
+"""train.py end to end: the smoke run, the run folder, what it prints, one-line errors for bad input, and what
+--resume accepts."""
 
 from __future__ import annotations
 
+import os
 import pickle
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,7 +23,7 @@ def test_halfcheetah_smoke_run_writes_run_folder(tmp_path) -> None:
          "--verbose", "0"],
     )
     assert res.returncode == 0, res.stderr
-    run = tmp_path / "dualclip_HalfCheetah-v4_lag0_s3"
+    run = tmp_path / "HalfCheetah-v4_dualclip_lag0_s3"
     for name in ("config.yml", "args.yml", "command.txt", "model.zip", "vecnormalize.pkl"):
         assert (run / name).is_file(), name
     config = yaml.safe_load((run / "config.yml").read_text())
@@ -57,7 +60,7 @@ def test_lagged_run_names_and_second_run_never_overwrites(tmp_path, algo: str) -
     assert run_script("train.py", args).returncode == 0
     assert run_script("train.py", args).returncode == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [f"{algo}_CartPole-v1_lag2-per-env_s1", f"{algo}_CartPole-v1_lag2-per-env_s1_2"]
+    assert names == [f"CartPole-v1_{algo}_lag2-per-env_s1", f"CartPole-v1_{algo}_lag2-per-env_s1_2"]
     config = yaml.safe_load((tmp_path / names[0] / "config.yml").read_text())
     assert config["policy_lag"] == 2 and config["lag_mode"] == "per-env"
 
@@ -75,6 +78,9 @@ BAD_INPUT = [
     (["--algo", "ppo", "--env", "CartPole-v1", "-params", "clip_range:1.5"], "clip_range=1.5"),
     (["--algo", "dualclip", "--env", "CartPole-v1", "--loss-agg-mode", "mean"], "mean"),
     (["--algo", "ppo", "--env", "CartPole-v1", "-n", "0"], "-n 0"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-n", "2.5"], "2.5 is not a whole number of steps"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-n", "1e5x"], "1e5x is not a whole number of steps"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-params", "n_timesteps:1.5"], "n_timesteps 1.5"),
     (["--algo", "ppo", "--env", "CartPole-v1", "--device", "foo"], "--device foo"),
     (["--algo", "ppo", "--env", "CartPole-v1", "-params", "n_envs:0"], "n_envs=0"),
     (["--algo", "ppo", "--env", "CartPole-v1", "-params", "n_steps:abc"], "ppo rejected the hyperparameters"),
@@ -99,7 +105,7 @@ def test_a_flag_that_changes_nothing_is_accepted_by_every_arm(tmp_path) -> None:
     res = run_script("train.py", ["--algo", "ppo", "--env", "CartPole-v1", "-n", "64", "--seed", "1", "--verbose", "0",
                                   *TINY_PARAMS, "--loss-agg-mode", "token-mean", "-f", str(tmp_path)])
     assert res.returncode == 0, res.stderr
-    assert "loss_agg_mode" not in yaml.safe_load((tmp_path / "ppo_CartPole-v1_lag0_s1" / "config.yml").read_text())
+    assert "loss_agg_mode" not in yaml.safe_load((tmp_path / "CartPole-v1_ppo_lag0_s1" / "config.yml").read_text())
 
 
 def test_decoupled_weight_flags_win_over_the_yaml(tmp_path) -> None:
@@ -107,7 +113,7 @@ def test_decoupled_weight_flags_win_over_the_yaml(tmp_path) -> None:
               "--policy-lag", "1", *TINY_PARAMS, "n_envs:1", "is_weight_max:7", "is_weight_mode:truncate"]
     res = run_script("train.py", [*common, "-f", str(tmp_path), "--is-weight-mode", "filter", "--is-weight-max", "5"])
     assert res.returncode == 0, res.stderr
-    run = tmp_path / "decoupled_CartPole-v1_lag1_s1"
+    run = tmp_path / "CartPole-v1_decoupled_lag1_s1"
     config = yaml.safe_load((run / "config.yml").read_text())
     assert config["is_weight_mode"] == "filter" and config["is_weight_max"] == 5.0
     assert "train/is_weight_filtered" in set(SummaryReader(str(run)).scalars["tag"])
@@ -136,13 +142,83 @@ def test_given_flags_win_over_the_yaml_and_tensorboard_folders_never_collide(tmp
     common = ["--algo", "dualclip", "--env", "CartPole-v1", "-n", "64", "--seed", "1", "--verbose", "0",
               "-tb", str(tmp_path / "tb"), *TINY_PARAMS, "dual_clip:5", "loss_agg_mode:seq-mean-token-mean"]
     assert run_script("train.py", [*common, "-f", str(tmp_path / "a")]).returncode == 0
-    config = yaml.safe_load((tmp_path / "a" / "dualclip_CartPole-v1_lag0_s1" / "config.yml").read_text())
+    config = yaml.safe_load((tmp_path / "a" / "CartPole-v1_dualclip_lag0_s1" / "config.yml").read_text())
     assert config["dual_clip"] == 5 and config["loss_agg_mode"] == "seq-mean-token-mean"  # -params stand
     res = run_script("train.py", [*common, "-f", str(tmp_path / "b"), "--dual-clip", "2",
                                   "--loss-agg-mode", "token-mean"])
     assert res.returncode == 0, res.stderr
     # the same run name under another -f: its TensorBoard folder in the shared -tb is taken, so it gets _2
-    config = yaml.safe_load((tmp_path / "b" / "dualclip_CartPole-v1_lag0_s1_2" / "config.yml").read_text())
+    config = yaml.safe_load((tmp_path / "b" / "CartPole-v1_dualclip_lag0_s1_2" / "config.yml").read_text())
     assert config["dual_clip"] == 2.0 and config["loss_agg_mode"] == "token-mean"  # the flags win
-    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["dualclip_CartPole-v1_lag0_s1",
-                                                                     "dualclip_CartPole-v1_lag0_s1_2"]
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["CartPole-v1_dualclip_lag0_s1",
+                                                                     "CartPole-v1_dualclip_lag0_s1_2"]
+
+
+def test_steps_are_whole_numbers_everywhere(tmp_path) -> None:
+    """-n 1e2 is accepted and saved as the int 100, and a YAML float budget (1.28e+2) is saved as the int 128."""
+    base = ["--algo", "ppo", "--env", "CartPole-v1", "--seed", "1", "--verbose", "0", "-f", str(tmp_path)]
+    assert run_script("train.py", [*base, "-n", "1e2", *TINY_PARAMS]).returncode == 0
+    assert run_script("train.py", [*base, "--run-name", "yaml_float", *TINY_PARAMS, "n_timesteps:1.28e+2"]).returncode == 0
+    for name, steps in (("CartPole-v1_ppo_lag0_s1", 100), ("yaml_float", 128)):
+        text = (tmp_path / name / "config.yml").read_text()
+        assert f"n_timesteps: {steps}\n" in text and yaml.safe_load(text)["n_timesteps"] == steps
+    # args.yml names the machine: torch's CPU capability decides whether a re-run repeats the run bit for bit
+    import torch
+
+    machine = yaml.safe_load((tmp_path / "yaml_float" / "args.yml").read_text())["machine"]
+    assert machine["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability() and machine["cpu"]
+
+
+def test_default_output_is_short_and_ends_with_what_to_do_next(tmp_path) -> None:
+    """--verbose 1 (the default) prints SB3's table for one update in ten, --verbose 2 for every update (CSV and
+    TensorBoard get every update either way); the end repeats the run folder with the evaluate and TensorBoard
+    commands."""
+    base = ["--algo", "ppo", "--env", "CartPole-v1", "-n", "1280", "--seed", "1", "-f", str(tmp_path), *TINY_PARAMS,
+            "n_envs:1"]  # 20 updates
+    quiet, loud = (run_script("train.py", [*base, "--run-name", f"v{v}", "--verbose", str(v)]) for v in (1, 2))
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    assert quiet.stdout.count("| rollout/") == 2 and loud.stdout.count("| rollout/") == 20
+    assert len((tmp_path / "v1" / "progress.csv").read_text().splitlines()) == 1 + 20
+    tail = quiet.stdout.strip().splitlines()[-3:]
+    assert tail == [f"run folder: {tmp_path / 'v1'}", f"  evaluate:    python evaluate.py {tmp_path / 'v1'} --episodes 10",
+                    f"  TensorBoard: tensorboard --logdir {tmp_path}"]
+
+
+def _unfinished_run(tmp_path: Path) -> Path:
+    """A run folder checkpointed at step 64 of 128 (trained to 64, then its budget raised)."""
+    res = run_script("train.py", ["--algo", "ppo", "--env", "CartPole-v1", "-n", "64", "--seed", "1", "--verbose", "0",
+                                  "-f", str(tmp_path), "--run-name", "run", *TINY_PARAMS, "n_envs:1"])
+    assert res.returncode == 0, res.stderr
+    config = tmp_path / "run" / "config.yml"
+    config.write_text(config.read_text().replace("n_timesteps: 64", "n_timesteps: 128"))
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("extra, named", [(["--policy-lag", "4"], "--policy-lag"), (["-n", "256"], "-n"),
+                                          (["--seed", "2", "--verbose", "0"], "--seed"),
+                                          (["--algo", "dualclip"], "--algo")])
+def test_resume_refuses_a_flag_that_would_change_the_run(tmp_path, extra: list, named: str) -> None:
+    """--resume RUN --policy-lag 4 used to continue at the run's own lag and record the flag in command.txt: now any
+    flag but --progress, --verbose and --save-freq is refused, in one line naming it, and nothing is written."""
+    run = _unfinished_run(tmp_path)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    res = run_script("train.py", ["--resume", str(run), *extra])
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stderr.startswith(f"train.py: error: {named} with --resume")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_resume_honours_display_flags_and_says_where_it_continues(tmp_path) -> None:
+    """--verbose and --save-freq apply to the resumed part; it prints the step it continues from, command.txt
+    records the command that ran, and the files rewritten on resume keep their permissions."""
+    run = _unfinished_run(tmp_path)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    res = run_script("train.py", ["--resume", str(run), "--verbose", "2", "--save-freq", "64"])
+    assert res.returncode == 0, res.stderr
+    assert f"resuming {run} at step 64 of 128" in res.stdout
+    assert res.stdout.count("| rollout/") == 1  # --verbose 2: the table of the one update left (0 at verbose 0)
+    last = (run / "command.txt").read_text().strip().splitlines()[-1]
+    assert last.endswith(f"--resume {run} --verbose 2 --save-freq 64  # resumed at step 64")
+    for name in ("progress.csv", "checkpoint.pkl", "progress_from64.csv"):  # progress.csv: trimmed atomically
+        assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
