@@ -106,7 +106,7 @@ def whole_number(text: str) -> int:
 
 
 def library_versions() -> Dict[str, str]:
-    """Versions of Python and of the libraries a result depends on (MuJoCo and ALE where installed)."""
+    """Versions of Python and of the libraries a result depends on (MuJoCo, ALE, MinAtar and Ray where installed)."""
     import platform
 
     import gymnasium
@@ -121,6 +121,13 @@ def library_versions() -> Dict[str, str]:
         try:
             out[name] = __import__(name).__version__
         except (ImportError, AttributeError):
+            pass
+    from importlib import metadata
+
+    for name in ("minatar", "ray"):  # distributions without a __version__ (minatar) or costly to import (ray)
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             pass
     return out
 
