@@ -25,6 +25,24 @@ def flat_params(model) -> th.Tensor:
     return th.cat([p.detach().flatten() for p in model.policy.parameters()])
 
 
+def assert_batched_forward_matches(models: List[Any], atol: float = 1e-5, log_prob_atol: float = 1e-5) -> None:
+    """One batched forward of ``models`` (agents.seed_batch) gives each model's own values and entropies (to
+    ``atol``) and log-probs (to ``log_prob_atol``) of the actions it samples, on each model's reset observations."""
+    import numpy as np
+
+    from agents.seed_batch import SeedBatch
+
+    batch = SeedBatch(models)
+    obs = th.as_tensor(np.stack([m.env.reset() for m in models]))
+    dist, values = batch._forward(batch.params, obs)
+    actions = dist.sample(batch._noise(obs.shape[1]))  # (S, E, ...)
+    for s, m in enumerate(models):
+        v, log_prob, entropy = m.policy.evaluate_actions(obs[s], actions[s])
+        assert th.allclose(values[s], v.flatten(), atol=atol)
+        assert th.allclose(dist.log_prob(actions)[s], log_prob, atol=log_prob_atol)
+        assert th.allclose(dist.entropy()[s], entropy, atol=atol)
+
+
 def run_script(script: str, args: List[str], cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run one of our entry points in a subprocess with this interpreter and one OpenMP thread (the tiny nets here
     are fastest so, and OpenMP threads spin badly on a busy 2-core machine)."""

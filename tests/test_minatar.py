@@ -20,7 +20,7 @@ from agents.seed_batch import SeedBatch, check_batchable
 from cli.hyperparams import HyperparamError, load_hyperparams, to_constructor_kwargs
 from envs import EnvError, check_env_id, make_env
 from envs.minatar import minatar_ids
-from tests.helpers import ROOT, flat_params, run_script
+from tests.helpers import ROOT, assert_batched_forward_matches, flat_params, run_script
 
 pytest.importorskip("minatar")
 
@@ -137,15 +137,7 @@ def test_the_seed_batch_runs_the_cnn_as_the_policy_does():
         models = [tiny(ALGOS["ppo"], "MinAtar/SpaceInvaders-v1", seed=s, **extra) for s in (1, 2)]
         for m in models:
             check_batchable(m)
-        batch = SeedBatch(models)
-        obs = th.as_tensor(np.stack([m.env.reset() for m in models]))
-        dist, values = batch._forward(batch.params, obs)
-        actions = dist.sample(batch._noise(obs.shape[1]))
-        for s, m in enumerate(models):
-            v, log_prob, entropy = m.policy.evaluate_actions(obs[s], actions[s])
-            assert th.allclose(values[s], v.flatten(), atol=1e-5)
-            assert th.allclose(dist.log_prob(actions)[s], log_prob, atol=1e-5)
-            assert th.allclose(dist.entropy()[s], entropy, atol=1e-5)
+        assert_batched_forward_matches(models, atol=1e-5)
 
 
 def test_the_seed_batch_runs_an_mlp_on_the_flat_frame_and_refuses_other_extractors():

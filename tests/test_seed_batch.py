@@ -18,7 +18,7 @@ from stable_baselines3.common.logger import configure
 from agents import ALGOS
 from agents.checkpoint import read_checkpoint
 from agents.seed_batch import SeedBatch, check_batchable
-from tests.helpers import ROOT, run_script
+from tests.helpers import ROOT, assert_batched_forward_matches, run_script
 
 SMALL = dict(n_steps=64, batch_size=32, n_epochs=2, policy_kwargs=dict(net_arch=[16]))
 ENVS = ("Pendulum-v1", "CartPole-v1")  # diagonal Gaussian, categorical
@@ -134,15 +134,7 @@ def test_each_seed_updates_as_the_single_run_code(algo, extra, env_id):
 def test_batched_forward_matches_the_policy(env_id):
     """Values, log-probs and entropies of the batched forward pass equal SB3's ``evaluate_actions`` per seed."""
     models = [make("ppo", env_id, seed) for seed in (1, 2)]
-    batch = SeedBatch(models)
-    obs = th.as_tensor(np.stack([m.env.reset() for m in models]))
-    dist, values = batch._forward(batch.params, obs)
-    actions = dist.sample(batch._noise(obs.shape[1]))  # (S, E, ...)
-    for s, m in enumerate(models):
-        v, lp, ent = m.policy.evaluate_actions(obs[s], actions[s])
-        assert th.allclose(values[s], v.flatten(), atol=1e-6)
-        assert th.allclose(dist.log_prob(actions)[s], lp, atol=1e-5)
-        assert th.allclose(dist.entropy()[s], ent, atol=1e-6)
+    assert_batched_forward_matches(models, atol=1e-6, log_prob_atol=1e-5)
 
 
 def test_models_save_and_load_as_stock_sb3():

@@ -32,7 +32,7 @@ def test_report_compares_the_paths_and_flags_missing_seeds(tmp_path, monkeypatch
     assert check.report(reps=200) == 0
     summary = (tmp_path / "summary.md").read_text()
     assert "| Pendulum-v1 | batch | 10 | -194.5 [" in summary
-    assert "- Pendulum-v1: no significant difference" in summary  # shifted by 0.5 of a 10-wide spread
+    assert "- Pendulum-v1: no difference detected (exact p " in summary  # shifted by 0.5 of a 10-wide spread
     assert ("- HalfCheetah-v4: INCOMPLETE (1 batched and 1 single of 10 seeds each recorded), so far: too few seeds"
             in summary)
     csv_lines = (tmp_path / "summary.csv").read_text().splitlines()
