@@ -141,22 +141,34 @@ def full_lag_mean(record: Dict[str, Any], tag: str, until: Optional[int] = None)
     return float(np.mean(kept)) if kept else None
 
 
+def budget_step(record: Dict[str, Any], budget: int) -> Optional[int]:
+    """The run's evaluation of the budget: the one the budget's mark triggered (at the budget, or within one
+    vector step after it: with ``n_envs`` environments the step count moves ``n_envs`` at a time, so a 64-env run
+    crosses the 500,000 mark at 500,032), else its nearest evaluation before the budget; None without any."""
+    steps, n_envs = record["eval"]["steps"], int(record["meta"]["config"].get("n_envs", 1))
+    crossing = [s for s in steps if budget <= s < budget + n_envs]
+    return crossing[0] if crossing else max((s for s in steps if s <= budget), default=None)
+
+
 def join_step(records: Sequence[Dict[str, Any]], budget: int) -> Optional[int]:
-    """The environment step at which every run of ``records`` is scored for a table of this ``budget``: the budget's
-    evaluation step, or the nearest evaluation step at or before it, the same for all. A run without an evaluation
-    there raises :class:`ReportError` naming it (nothing is dropped silently). None when no run has evaluations."""
-    candidates = [max((s for s in r["eval"]["steps"] if s <= budget), default=None) for r in records
-                  if r["eval"]["steps"]]
-    candidates = [c for c in candidates if c is not None]
+    """The environment step at which every run of ``records`` is scored for a table of this ``budget``: the
+    budget's evaluation step (:func:`budget_step`), the same for all. A run without an evaluation there, or
+    without any evaluation where others have them, raises :class:`ReportError` naming it (nothing is dropped
+    silently). None when no run has evaluations (a diagnostics-only study)."""
+    candidates = [c for c in (budget_step(r, budget) for r in records) if c is not None]
     if not candidates:
         return None
     step = max(candidates)
     for r in records:
-        if r["eval"]["steps"] and step not in r["eval"]["steps"]:
-            raise ReportError(f"run {r['meta']['name']} has no evaluation at step {step:,}, where the other runs of "
-                              f"its {budget:,}-step table are scored: re-run it with an --eval-freq that divides "
-                              f"{step:,}, or move its record out of runs/")
+        if step not in r["eval"]["steps"]:
+            raise missing_step(r["meta"]["name"], step, budget)
     return step
+
+
+def missing_step(name: str, step: int, budget: int) -> ReportError:
+    """The one-line refusal of a run that lacks its table's scoring step."""
+    return ReportError(f"run {name} has no evaluation at step {step:,}, where the {budget:,}-step runs of its table "
+                       "are scored: re-run it with the grid's --eval-freq, or move its record out of runs/")
 
 
 def eval_at(record: Dict[str, Any], step: int) -> float:
@@ -388,6 +400,11 @@ def compare(xs: List[Dict[str, Any]], ys: List[Dict[str, Any]], metric: str, rep
         return out
     out["poi"] = improvement_ci(x, y, reps)
     out["p"] = stats.exact_improvement_p(x, y)
+    for group in (xs, ys):
+        seeds = [r["seed"] for r in group]
+        if len(seeds) != len(set(seeds)):
+            twice = sorted({r["name"] for r in group if seeds.count(r["seed"]) > 1})
+            raise ReportError(f"runs {', '.join(twice)} are one cell's same seed: keep one record per seed in runs/")
     by_seed = {r["seed"]: r[metric] for r in ys if r[metric] is not None}
     pairs = [(r[metric], by_seed[r["seed"]]) for r in xs if r[metric] is not None and r["seed"] in by_seed]
     if len(pairs) >= 2:
@@ -545,9 +562,10 @@ def normalisation(tasks: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Tuple[flo
     A normalised score of 1 is ppo's lag-0 result; 0 is no learning."""
     out = {}
     for env, rows in tasks.items():
-        zero = float(np.mean([eval_at(r["record"], 0) for r in rows if 0 in r["record"]["eval"]["steps"]]))
+        starts = [eval_at(r["record"], 0) for r in rows if 0 in r["record"]["eval"]["steps"]]
         one = float(np.mean([r["late_eval"] for r in rows if r["algo"] == "ppo" and r["policy_lag"] == 0]))
-        out[env] = (zero, one)
+        if starts and one > float(np.mean(starts)):
+            out[env] = (float(np.mean(starts)), one)
     return out
 
 
@@ -581,7 +599,8 @@ def task_table(tasks: Dict[str, List[Dict[str, Any]]], reps: int) -> List[str]:
                 c = compare(cell[env], base[env], "late_eval", reps) if variant != "ppo" and cell[env] else {}
                 per_task.append(text + (f"; {c['poi'][0]:.2g}, p {fmt_p(c['p'])}" if "poi" in c else "")
                                 + (")" if text else ""))
-            have = [env for env in envs if len(cell[env]) > 1 and (variant == "ppo" or len(base[env]) > 1)]
+            have = [env for env in envs if env in scale and len(cell[env]) > 1
+                    and (variant == "ppo" or len(base[env]) > 1)]
             agg_iqm = agg_poi = ""
             n = min((len(cell[env]) for env in have), default=0)
             if have:
@@ -882,9 +901,7 @@ def _longer_runs(rows: List[Dict[str, Any]], setting: Tuple[Tuple[str, Any], ...
         if other.get("n_timesteps", 0) <= budget or {**other, "n_timesteps": budget} != keys:
             continue
         if step not in r["record"]["eval"]["steps"]:
-            raise ReportError(f"run {r['name']} has no evaluation at step {step:,}, where the {budget:,}-step runs "
-                              "it joins are scored: re-run it with an --eval-freq that divides that step, or move "
-                              "its record out of runs/")
+            raise missing_step(r["name"], step, budget)
         diagnostics = {column: full_lag_mean(r["record"], tag, until=step) for column, tag in DIAGNOSTICS.items()}
         out.append({**r, **diagnostics, **score(r["record"], step, budget)})
     return out
@@ -1011,7 +1028,7 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
     results_dir = Path(results_dir)
     records = read_records(results_dir)
     if not records:
-        raise FileNotFoundError(f"no records under {results_dir / 'runs'}: run the study's grid first")
+        raise ReportError(f"no records under {results_dir / 'runs'}: run the study's grid first")
     rows, setting_keys = run_rows(records)
     figures = results_dir / "figures"
     figures.mkdir(exist_ok=True)
@@ -1076,6 +1093,8 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
                   "Across tasks: late returns normalised per task as (return − zero) / (one − zero), zero the mean "
                   "evaluation of the untrained policy (every run's evaluation at step 0), one ppo's mean late return "
                   "at lag 0 (" + "; ".join(f"{env}: zero {z:.4g}, one {o:.4g}" for env, (z, o) in scale.items())
+                  + "".join(f"; {env}: left out of the aggregate, ppo at lag 0 is not above its untrained policy"
+                            for env in tasks if env not in scale)
                   + "); rliable's IQM over runs × tasks and its probability of improvement over ppo (per task, "
                   "averaged), over the tasks that have the cell, each with the same number of seeds.", ""]
         lines += task_table(tasks, reps) + [""]

@@ -305,6 +305,28 @@ def test_same_step_join_ignores_a_swing_after_the_budget() -> None:
         run_rows([early, odd])
 
 
+def test_a_vector_env_run_is_scored_where_it_crossed_the_budget() -> None:
+    """With 64 envs the step count moves 64 at a time: the evaluation the 500-step mark triggered is at 512, and it
+    scores the run (not the one at 448); a lag-0 ppo not above its untrained policy is left out of the
+    normalised aggregate; two records of one seed in a cell are refused by name."""
+    from studies.report import ReportError, cells, compare, normalisation, run_rows
+
+    recs = [fake_record("ppo", seed, 500, {0: 0.0, 448: 1.0, 512: 2.0 + seed, 576: -50.0}) for seed in (1, 2)]
+    for rec in recs:
+        rec["meta"]["config"]["n_envs"] = 64
+    rows, _ = run_rows(recs)
+    assert {r["score_step"] for r in rows} == {512} and sorted(r["final_eval"] for r in rows) == [3.0, 4.0]
+    tasks = {"E-v0": rows}
+    assert normalisation(tasks) == {"E-v0": (0.0, 1.5)}  # late: (0 + 1 + 3) / 3 and (0 + 1 + 4) / 3, mean 1.5
+    flat = [fake_record("ppo", 1, 500, {0: 5.0, 500: 5.0})]
+    assert normalisation({"F-v0": run_rows(flat)[0]}) == {}
+    twice = run_rows([fake_record("ppo", 1, 500, {500: 1.0}), fake_record("ppo", 1, 500, {500: 2.0}),
+                      fake_record("dualclip", 1, 500, {500: 3.0}), fake_record("dualclip", 2, 500, {500: 4.0})])[0]
+    groups = cells(twice)
+    with pytest.raises(ReportError, match="same seed"):
+        compare(groups[(twice[2]["setting"], "dualclip")], groups[(twice[0]["setting"], "ppo")], "late_eval", 200)
+
+
 def test_same_computations_are_named() -> None:
     """Two arms whose runs of one seed evaluate identically beyond step 0 are named as one computation."""
     from studies.report import cells, run_rows, same_computations
