@@ -181,8 +181,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     beta = args.prox_ewma_beta
     if beta is not None and not 0 <= beta < 1:
         p.error(f"--prox-ewma-beta {beta}: beta must be in [0, 1), e.g. 0.889 (the paper's)")
-    if beta is not None and args.prox != "ewma":
-        p.error(f"--prox-ewma-beta {beta} has no effect without --prox ewma: add --prox ewma or drop it")
     check_async_args(p, args)
     if args.device != "auto":
         import torch
@@ -269,6 +267,9 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
             config.setdefault(key, accepted[key])  # the records of earlier runs read their absence as the default
     if config.get("prox") == "ewma":  # an EWMA run records its beta, default or not
         config.setdefault("prox_ewma_beta", accepted["prox_ewma_beta"])
+    elif config.get("prox_ewma_beta") is not None:  # (after -params too: prox may come from YAML or -params)
+        raise UsageError(f"--prox-ewma-beta {config['prox_ewma_beta']} has no effect without prox ewma: add --prox "
+                         "ewma (or -params prox:ewma) or drop it")
     check_temperature_args(config["behavior_temperature"], config["temperature_mode"])  # names the bad value
     if args.n_timesteps is not None:
         config["n_timesteps"] = args.n_timesteps
@@ -701,9 +702,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if len(args.resume) > 1:
                     raise UsageError(f"--resume {asynchronous[0].run_dir} is an asynchronous run (--actors): "
                                      "resume it alone")
-                run = asynchronous[0]
-                if args.address is not None:  # a cluster's address may have changed since the run started
-                    run.args.address = args.address
+                run = asynchronous[0]  # on the Ray address it was started with (--address is refused with --resume)
                 return train_async(run, async_rollouts(run, read_lag_history(run)), fresh=False)
         except (UsageError, ValueError) as exc:
             print(f"train.py: error: {exc}", file=sys.stderr)

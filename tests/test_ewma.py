@@ -201,13 +201,23 @@ def test_bad_settings_raise_naming_the_value(settings: dict, match: str) -> None
 
 @pytest.mark.parametrize("argv, line", [
     (["--algo", "ppo", "--env", "CartPole-v1", "--prox", "ewma"], "--prox ewma: --algo ppo has no prox"),
-    (["--algo", "decoupled", "--env", "CartPole-v1", "--prox-ewma-beta", "0.9"], "has no effect without --prox ewma"),
+    (["--algo", "decoupled", "--env", "CartPole-v1", "--prox-ewma-beta", "0.9"], "has no effect without prox ewma"),
     (["--algo", "decoupled", "--env", "CartPole-v1", "--prox", "ewma", "--prox-ewma-beta", "1"], "beta must be in"),
 ])
 def test_cli_refuses_in_one_line(tmp_path: Path, argv: list, line: str) -> None:
     res = run_script("train.py", [*argv, "-f", str(tmp_path)])
     assert res.returncode == 2 and line in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_beta_with_prox_from_params_is_taken() -> None:
+    """prox may come from -params (or the YAML): the beta flag is checked against the merged config."""
+    import train
+
+    args = train.parse_args(["--algo", "decoupled", "--env", "CartPole-v1", "-params", "prox:ewma",
+                             "--prox-ewma-beta", "0.99"])
+    config = train.build_config(args)
+    assert config["prox"] == "ewma" and config["prox_ewma_beta"] == 0.99
 
 
 def test_grid_names_and_report_label() -> None:
