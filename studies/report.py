@@ -145,7 +145,7 @@ def budget_step(record: Dict[str, Any], budget: int) -> Optional[int]:
     """The run's evaluation of the budget: the one the budget's mark triggered (at the budget, or within one
     vector step after it: with ``n_envs`` environments the step count moves ``n_envs`` at a time, so a 64-env run
     crosses the 500,000 mark at 500,032), else its nearest evaluation before the budget; None without any."""
-    steps, n_envs = record["eval"]["steps"], int(record["meta"]["config"].get("n_envs", 1))
+    steps, n_envs = record["eval"]["steps"], int(record["meta"].get("config", {}).get("n_envs", 1))
     crossing = [s for s in steps if budget <= s < budget + n_envs]
     return crossing[0] if crossing else max((s for s in steps if s <= budget), default=None)
 
@@ -634,6 +634,7 @@ def fig_tasks_vs_lag(tasks: Dict[str, List[Dict[str, Any]]], out: Path, reps: in
                              color=colors[variant],
                              label=f"{variant} (seeds {'/'.join(str(len(by_lag[k])) for k in shown)})")
         ax.set_xticks(range(len(lags)), [str(k) for k in lags])
+        ax.set_xlim(-0.5, len(lags) - 0.5)
         ax.set_xlabel("policy lag K (updates)")
         ax.set_title(env, fontsize=10)
         ax.grid(alpha=0.3)
