@@ -327,6 +327,30 @@ def test_a_vector_env_run_is_scored_where_it_crossed_the_budget() -> None:
         compare(groups[(twice[2]["setting"], "dualclip")], groups[(twice[0]["setting"], "ppo")], "late_eval", 200)
 
 
+def test_task_table_normalises_per_task() -> None:
+    """Across tasks: each task's late return with P(X > ppo); the aggregate normalises per task between the
+    untrained policy's evaluation (0) and ppo's lag-0 late return (1)."""
+    from studies.report import normalisation, run_rows, task_rows, task_table
+
+    records = []
+    for env, scale in (("E-v0", 1.0), ("F-v0", 100.0)):
+        for seed in (1, 2):
+            for algo, final in (("ppo", 10.0), ("dualclip", 20.0)):
+                rec = fake_record(algo, seed, 500, {0: 0.0, 300: scale * final, 400: scale * final,
+                                                   500: scale * final})
+                rec["meta"]["env"] = rec["meta"]["axes"]["env"] = env
+                rec["meta"]["name"] += env
+                records.append(rec)
+    rows, _ = run_rows(records)
+    tasks = task_rows(rows)
+    assert normalisation(tasks) == {"E-v0": (0.0, 10.0), "F-v0": (0.0, 1000.0)}
+    table = task_table(tasks, reps=200)
+    ppo, dual = (line.split(" | ") for line in table[2:])
+    assert ppo[2] == "10 (2)" and ppo[3] == "1000 (2)" and ppo[5].startswith("1 [")  # normalised: 1 on each
+    assert dual[2] == "20 (2; 1, p 0.33)" and dual[5].startswith("2 [")  # twice ppo's on each task
+    assert dual[6].startswith("1 [1, 1] (degenerate)")
+
+
 def test_same_computations_are_named() -> None:
     """Two arms whose runs of one seed evaluate identically beyond step 0 are named as one computation."""
     from studies.report import cells, run_rows, same_computations
