@@ -52,6 +52,23 @@ def run_script(script: str, args: List[str], cwd: Path = ROOT, timeout: int = 30
     )
 
 
+def ctrl_c_twice(proc: subprocess.Popen, ready: Any, gap: float, wait: float = 240) -> str:
+    """Wait (up to ``wait`` s) until ``ready()`` or the process ends, send SIGINT twice ``gap`` s apart, and
+    check the second stopped it at once (exit 130, said on stderr); returns its stderr."""
+    import signal
+    import time
+
+    deadline = time.time() + wait
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(gap)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "second SIGINT: stopping now" in err, err
+    return err
+
+
 def run(script: str, *args: object) -> subprocess.CompletedProcess:
     """:func:`run_script` with the arguments given one by one (paths and numbers welcome)."""
     return run_script(script, [str(a) for a in args])

@@ -27,7 +27,7 @@ from agents.asynchronous import RolloutActor, Weights, may_start
 from agents.behavior import _acting_copy, module_tensors, temper
 from agents.lagged import LaggedPPO
 from envs import make_env
-from tests.helpers import ROOT, tiny_model
+from tests.helpers import ROOT, ctrl_c_twice, tiny_model
 
 pytest.importorskip("ray")
 
@@ -313,15 +313,7 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing_behind(tmp_path, marks
     proc = _train(["--algo", "ppo", "--env", "CartPole-v1", "-n", "12800", "--seed", "4", "--actors", "1",
                    "--actor-delay", "5", "-f", str(tmp_path), "--verbose", "0", *TINY], mark)
     csv = tmp_path / "CartPole-v1_ppo_actors1_s4" / "progress.csv"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and not (
-            csv.is_file() and len(csv.read_text().splitlines()) >= 2):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "second SIGINT: stopping now" in err, err
+    ctrl_c_twice(proc, lambda: csv.is_file() and len(csv.read_text().splitlines()) >= 2, gap=1.5, wait=180)
     _assert_no_orphans(mark)
 
 

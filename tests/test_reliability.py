@@ -18,7 +18,7 @@ from tbparse import SummaryReader
 
 from agents import ALGOS, DualClipPPO
 from agents.checkpoint import CheckpointCallback, NonFiniteError, atomic_write, divergence_message, read_checkpoint
-from tests.helpers import ROOT, flat_params, run_script, tiny_model
+from tests.helpers import ROOT, ctrl_c_twice, flat_params, run_script, tiny_model
 
 TINY = ["-params", "n_steps:32", "n_epochs:4", "normalize:true", "policy_kwargs:{net_arch: [16]}"]
 
@@ -114,14 +114,7 @@ def test_second_signal_stops_at_once_and_keeps_the_checkpoint(tmp_path: Path) ->
     victim = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / "twice" / "checkpoint.pkl"
-    deadline = time.time() + 240
-    while not checkpoint.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGINT)
-    time.sleep(0.2)
-    victim.send_signal(signal.SIGINT)
-    _, stderr = victim.communicate(timeout=120)
-    assert victim.returncode == 130 and "second SIGINT: stopping now" in stderr, stderr
+    ctrl_c_twice(victim, checkpoint.exists, gap=0.2)
     assert read_checkpoint(checkpoint)["num_timesteps"] > 0  # the last checkpoint is whole
 
 
