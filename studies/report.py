@@ -265,10 +265,17 @@ def mean_ci(values: Sequence[float], reps: int = BOOTSTRAP_REPS, seed: int = 0) 
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
-def iqm_ci(values: Sequence[float], reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Tuple[float, float, float]:
+def _scores(values: Any) -> np.ndarray:
+    """rliable's score matrix, runs x tasks: a sequence of runs is one task."""
+    arr = np.asarray(values, dtype=float)
+    return arr.reshape(-1, 1) if arr.ndim == 1 else arr
+
+
+def iqm_ci(values: Any, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Tuple[float, float, float]:
+    """rliable's IQM of ``values`` (runs, or runs x tasks) with its 95 % interval; one run: no interval (NaN)."""
     from rliable import metrics
 
-    arr = np.asarray(values, dtype=float).reshape(-1, 1)
+    arr = _scores(values)
     if len(arr) < 2:
         return float(arr.mean()), math.nan, math.nan
     point, interval = _interval_estimates({"x": arr}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=reps,
@@ -276,15 +283,13 @@ def iqm_ci(values: Sequence[float], reps: int = BOOTSTRAP_REPS, seed: int = 0) -
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
-def improvement_ci(x: Sequence[float], y: Sequence[float], reps: int = BOOTSTRAP_REPS,
-                   seed: int = 0) -> Tuple[float, float, float]:
+def improvement_ci(x: Any, y: Any, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Tuple[float, float, float]:
     """rliable's probability that a run of X beats a run of Y (ties count half), with its 95 % interval.
 
     rliable's own statistic (``metrics.probability_of_improvement``) calls scipy's Mann-Whitney test once per
     resample; :func:`_poi` computes the same number (U / (n·m), averaged over tasks) with numpy, on the same
     resamples, so the interval is rliable's, 20 times faster (tests/test_stats.py checks they agree)."""
-    a, b = (np.asarray(v, dtype=float).reshape(-1, 1) for v in (x, y))
-    point, interval = _interval_estimates({"p": (a, b)}, _poi, reps=reps, seed=seed)
+    point, interval = _interval_estimates({"p": (_scores(x), _scores(y))}, _poi, reps=reps, seed=seed)
     lo, hi = np.ravel(interval["p"])
     return float(np.ravel(point["p"])[0]), float(lo), float(hi)
 
@@ -573,8 +578,6 @@ def task_table(tasks: Dict[str, List[Dict[str, Any]]], reps: int) -> List[str]:
     """Rows (variant, lag); per task the late return with P(X > ppo) and its exact p at that lag; across tasks the
     IQM of normalised late returns and the probability of improvement over ppo (rliable: per task, then averaged),
     over the tasks that have the cell, each with its first n seeds (n: the fewest any of them has)."""
-    from rliable import metrics
-
     envs, scale = list(tasks), normalisation(tasks)
     head = ("| variant | lag | " + " | ".join(f"{env}: late return, mean (seeds; P(X > ppo), exact p)" for env in envs)
             + " | tasks in the aggregate (seeds each) | normalised late return, IQM [95 % CI] | "
@@ -604,15 +607,10 @@ def task_table(tasks: Dict[str, List[Dict[str, Any]]], reps: int) -> List[str]:
             agg_iqm = agg_poi = ""
             n = min((len(cell[env]) for env in have), default=0)
             if have:
-                point, interval = _interval_estimates({"x": matrix(cell, have, n)},
-                                                      lambda m: np.array([metrics.aggregate_iqm(m)]), reps, 0)
-                agg_iqm = fmt_ci(point["x"][0], interval["x"][0, 0], interval["x"][1, 0], 3)
+                agg_iqm = fmt_ci(*iqm_ci(matrix(cell, have, n), reps), digits=3)
                 if variant != "ppo":
                     nb = min(n, min(len(base[env]) for env in have))
-                    point, interval = _interval_estimates({"p": (matrix(cell, have, nb), matrix(base, have, nb))},
-                                                          _poi, reps, 0)
-                    lo, hi = np.ravel(interval["p"])
-                    agg_poi = fmt_ci(float(np.ravel(point["p"])[0]), float(lo), float(hi), digits=2)
+                    agg_poi = fmt_ci(*improvement_ci(matrix(cell, have, nb), matrix(base, have, nb), reps), digits=2)
             lines.append(f"| {variant} | {lag} | " + " | ".join(per_task)
                          + f" | {', '.join(have)} ({n}) | {agg_iqm} | {agg_poi} |")
     return lines
