@@ -21,8 +21,9 @@ this average, as in the paper:
 
 The paper's parameter is the decay beta_prox per optimiser step. The parameters after step t-k carry weight
 proportional to beta^k, so the average's mean age is beta / (1 - beta) optimiser steps (the "center of mass"),
-beta / (1 - beta) * batch_size examples. The paper keeps that age in examples fixed when the minibatch size changes
-by c: beta -> beta^(1/c). See docs/ppo_ewma.md for the default, the conversion and the cost.
+beta / (1 - beta) * batch_size examples. The paper keeps that age in examples fixed when the batch sizes are divided
+by c: the age in steps is multiplied by c, beta -> c * beta / (1 - beta + c * beta). See docs/ppo_ewma.md for the
+default (the paper's appendix: age 8 steps, beta = 8/9 = 0.889), the conversion and the cost.
 """
 
 from __future__ import annotations
