@@ -4,6 +4,7 @@
     python sweep.py ablations/mujoco_lag.yml --dry-run           # list every run with its state and a time estimate
     python sweep.py ablations/mujoco_lag.yml --backend ray --address auto     # each run as a task on a Ray cluster
     python sweep.py report results/mujoco_study                  # summary.md, summary.csv, figures from the records
+    python sweep.py final-eval results/minatar_study             # final policies, greedy and sampled (studies/final_eval.py)
 
 A grid file names the study, its settings, envs and axes (see studies/grid.py). Each run trains in its own folder
 ``<runs-root>/<study>/<run>`` (default runs-root: logs/sweeps, not committed; a run cut off mid-way continues from
@@ -159,6 +160,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from studies.report import main as report_main
 
         return report_main(argv[1:])
+    if argv[:1] == ["final-eval"]:
+        from studies.final_eval import main as final_eval_main
+
+        return final_eval_main(argv[1:])
     args = parse_args(argv)
     studies: Dict[str, List[RunSpec]] = {}
     try:

@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from studies import stats
+from studies.final_eval import final_eval_table, read_final_evals
 from studies.records import read_records
 
 
@@ -1082,6 +1083,7 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
              "update), `would bound` (share of samples with A<0 and π/μ>c, c=3 unless set, for every arm), "
              "`bound active` (share where the c·A bound is active in the loss, dual-clip arms), `clip fraction` "
              "(SB3's), `ppo_kl`, `ESS`, `truncated`, `filtered` (decoupled arm's importance weights).", ""]
+    final_evals = read_final_evals(results_dir)
     tasks = task_rows(rows)
     if len(tasks) > 1:
         print("report: across tasks", file=sys.stderr, flush=True)
@@ -1131,6 +1133,9 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
                       "falls it recovered from), with the exact p of the deepest falls against the default's; "
                       f"how many updates (with the full lag) had a within-update KL above {KL_BURST:g}, seed by "
                       "seed:", ""] + stability + [""]
+        final = final_eval_table(groups, final_evals, reps)
+        if final:
+            lines += final + [""]
         c_table = c_sensitivity_table(env_rows, reps)
         if c_table:
             lines += ["Sensitivity to the dual-clip constant c (exploratory): dualclip runs by c and ppo per "

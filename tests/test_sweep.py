@@ -534,3 +534,45 @@ def test_reused_records_from_another_cpu_capability_are_named_in_one_line(tmp_pa
     assert note.startswith("tiny: of the 3 records reused, 1 on OTHER, 1 on an unknown one") and here in note
     assert "\n" not in note
     assert sweep_module.capability_note("tiny", tmp_path, ["a"]) is None
+
+
+def test_final_eval_scores_each_run_both_ways_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = grid_file(tmp_path, {"algo": ["ppo", "dualclip"], "policy_lag": [2], "seed": [1]})
+    assert sweep(tmp_path, str(path), "--no-report").returncode == 0
+    study = tmp_path / "results" / "tiny"
+    import sweep as sweep_module
+
+    args = ["final-eval", str(study), "--runs-root", str(tmp_path / "runs"), "--episodes", "2"]
+    assert sweep_module.main(args) == 0
+    assert "2 written, 0 left out" in capsys.readouterr().out
+    evals = {p.stem: json.loads(p.read_text()) for p in (study / "final_eval").glob("*.json")}
+    assert sorted(evals) == ["CartPole-v1_dualclip_lag2_s1", "CartPole-v1_ppo_lag2_s1"]
+    for e in evals.values():
+        assert e["seed"] == 1001 and e["model_timesteps"] == 256 and e["episodes"] == 2
+        assert len(e["deterministic"]["returns"]) == 2 and len(e["stochastic"]["returns"]) == 2
+        assert e["deterministic"]["mean"] == pytest.approx(sum(e["deterministic"]["returns"]) / 2)
+    # a second call evaluates nothing again
+    assert sweep_module.main(args) == 0
+    assert "0 written, 0 left out" in capsys.readouterr().out
+    # a run whose folder holds another model than the record's, and one without a folder, are left out
+    for name in evals:
+        (study / "final_eval" / f"{name}.json").unlink()
+    record_file = study / "runs" / "CartPole-v1_ppo_lag2_s1.json"
+    record_file.write_text(record_file.read_text().replace('"steps": 256', '"steps": 320'))
+    shutil.rmtree(tmp_path / "runs" / "tiny" / "CartPole-v1_dualclip_lag2_s1")
+    assert sweep_module.main(args) == 0
+    out = capsys.readouterr().out
+    assert "0 written, 2 left out" in out and "at step 256, the record at 320" in out and "no " in out
+    # the report's table: one row per cell with final evaluations
+    record_file.write_text(record_file.read_text().replace('"steps": 320', '"steps": 256'))
+    (study / "final_eval").mkdir(exist_ok=True)
+    (study / "final_eval" / "CartPole-v1_ppo_lag2_s1.json").write_text(
+        json.dumps(evals["CartPole-v1_ppo_lag2_s1"]))
+    assert sweep_main(tmp_path, "report", str(study), "--reps", "200") == 0
+    summary = (study / "summary.md").read_text()
+    assert "| setting | variant | runs | greedy, mean [95 % CI] |" in summary
+    assert summary.count("| lag 2 | ppo | 1 |") == 2 and "| lag 2 | dualclip | 1 |" in summary  # one final row
+    # a bad runs root is one line, exit 2
+    with pytest.raises(SystemExit) as exc:
+        sweep_module.main(["final-eval", str(study), "--runs-root", str(tmp_path / "nowhere")])
+    assert exc.value.code == 2 and "--runs-root" in capsys.readouterr().err
