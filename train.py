@@ -544,14 +544,23 @@ def read_run_files(run_dir: Path) -> tuple:
     return files.namespace, files.config
 
 
-def resume(folder: str, overrides: Optional[Dict[str, Any]] = None) -> Optional[Run]:
-    """Set up the run in ``folder`` to continue from its checkpoint (None: it is already complete), with the flags it
-    was started with except ``overrides`` (from :data:`RESUME_OVERRIDES`: what is shown, how often it checkpoints)."""
+class Resumed(NamedTuple):
+    """A run read back from its folder by :func:`resume`, nothing in the folder touched yet: its :class:`Run`, the
+    checkpoint's step and the logger values the checkpoint kept (:func:`continue_logs` writes them)."""
+
+    run: Run
+    step: int
+    pending_logs: Any
+
+
+def resume(folder: str, overrides: Optional[Dict[str, Any]] = None) -> Optional[Resumed]:
+    """Read the run in ``folder`` back to continue from its checkpoint (None: it is already complete), with the flags
+    it was started with except ``overrides`` (from :data:`RESUME_OVERRIDES`: what is shown, how often it
+    checkpoints). Writes nothing: every refusal (here, or of the runs together in :func:`main`) comes before
+    :func:`continue_logs` first touches the folder."""
     from agents import ALGOS
-    from agents.checkpoint import read_checkpoint, restore_env, restore_model, restore_pending_logs
-    from cli import run_files
+    from agents.checkpoint import read_checkpoint, restore_env, restore_model
     from cli.common import CHECKPOINT
-    from cli.event_files import truncate_logs
     from stable_baselines3.common.vec_env import VecNormalize
 
     from envs import fast_statistics
@@ -574,13 +583,25 @@ def resume(folder: str, overrides: Optional[Dict[str, Any]] = None) -> Optional[
     if isinstance(env, VecNormalize):
         fast_statistics(env)  # the pickled statistics come back as SB3's classes
     model = restore_model(ALGOS[saved.algo], state, env, saved.device)
-    truncate_logs(tensorboard_dir(run_dir, saved), state["num_timesteps"])
-    truncate_logs(run_dir, state["num_timesteps"])
-    model.set_logger(make_logger(run_dir, saved, csv_suffix=f"_from{state['num_timesteps']}"))
-    restore_pending_logs(model, state)
-    run_files.append_command(run_dir, f"resumed at step {state['num_timesteps']}")
-    print(f"resuming {run_dir} at step {state['num_timesteps']} of {int(config['n_timesteps'])}", flush=True)
-    return Run(model, env, run_dir, saved, config)
+    return Resumed(Run(model, env, run_dir, saved, config), int(state["num_timesteps"]), state["pending_logs"])
+
+
+def continue_logs(resumed: Resumed) -> Run:
+    """The first write into a resumed run's folder, once nothing can refuse it any more: TensorBoard events and CSV
+    rows logged after the checkpoint are dropped, the logger continues (``progress_from<step>.csv``) with the values
+    the checkpoint kept, and ``command.txt`` notes the resume."""
+    from agents.checkpoint import restore_pending_logs
+    from cli import run_files
+    from cli.event_files import truncate_logs
+
+    run, step = resumed.run, resumed.step
+    truncate_logs(tensorboard_dir(run.run_dir, run.args), step)
+    truncate_logs(run.run_dir, step)
+    run.model.set_logger(make_logger(run.run_dir, run.args, csv_suffix=f"_from{step}"))
+    restore_pending_logs(run.model, {"pending_logs": resumed.pending_logs})
+    run_files.append_command(run.run_dir, f"resumed at step {step}")
+    print(f"resuming {run.run_dir} at step {step} of {int(run.config['n_timesteps'])}", flush=True)
+    return run
 
 
 def set_threads(n: int) -> None:
@@ -641,7 +662,8 @@ ASYNC_SUMMARY = "async.json"
 
 
 def read_lag_history(run: Run) -> Any:
-    """The lag history of a resumed asynchronous run, cut at its checkpoint (empty when there is none)."""
+    """The lag history of a resumed asynchronous run, cut at its checkpoint (empty when there is none); UsageError
+    when ``async.json`` is damaged."""
     import json
 
     from agents.asynchronous import LagHistory
@@ -649,16 +671,23 @@ def read_lag_history(run: Run) -> Any:
     path = run.run_dir / ASYNC_SUMMARY
     if not path.is_file():
         return LagHistory()
-    data = json.loads(path.read_text())
     trained = run.model.num_timesteps // (run.model.n_steps * run.model.n_envs)
-    return LagHistory(lags=data["lags"][:trained], actors=data["actors"][:trained],
-                      staleness_waits=int(data.get("staleness_waits", 0)))
+    try:
+        data = json.loads(path.read_text())
+        lags, actors = [int(v) for v in data["lags"]], [int(v) for v in data["actors"]]
+        waits = int(data.get("staleness_waits", 0))
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # unreadable, not JSON, a field missing or mistyped
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"--resume {run.run_dir}: {ASYNC_SUMMARY} is damaged ({type(exc).__name__}: {reason}); "
+                         "restore it from a copy or start a new run") from exc
+    return LagHistory(lags=lags[:trained], actors=actors[:trained], staleness_waits=waits)
 
 
-def train_async(run: Run, rollouts: Any, fresh: bool) -> int:
-    """:func:`train` of one run whose rollouts come from Ray actors: Ray joined (or started), the run's files
-    written (``fresh``: a new run), the actors started, and after training (also after Ctrl-C or an error) the
-    actors stopped, Ray shut down if this process started it, and ``async.json`` written."""
+def train_async(run: Run, rollouts: Any, open_folder: Callable[[], Any]) -> int:
+    """:func:`train` of one run whose rollouts come from Ray actors: Ray joined (or started), then ``open_folder()``
+    makes the first write into the run folder (a new run's files, or a resumed run's logs continued), the actors
+    started, and after training (also after Ctrl-C or an error) the actors stopped, Ray shut down if this process
+    started it, and ``async.json`` written. When Ray does not start, the folder is left as it was."""
     import json
     from contextlib import ExitStack
 
@@ -673,9 +702,7 @@ def train_async(run: Run, rollouts: Any, fresh: bool) -> int:
             print(f"train.py: error: {where}: Ray did not start ({reason}); check the address (ray status on the "
                   "head node) or drop --address for a local instance", file=sys.stderr)
             return 2
-        if fresh:
-            write_run_files(run.run_dir, run.args, run.config)
-            run.model.set_logger(make_logger(run.run_dir, run.args))
+        open_folder()
         rollouts.start()
         try:
             return train([run], on_hard_stop=kill_local_ray)  # a second Ctrl-C
@@ -691,23 +718,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     set_threads(args.num_threads)
     if args.resume is not None:
         overrides = {dest: getattr(args, dest) for dest in given_flags(build_parser(), argv) if dest in RESUME_OVERRIDES}
-        try:
-            resumed = [run for run in (resume(folder, overrides) for folder in args.resume) if run is not None]
+        try:  # every refusal comes before the first write into a run folder (continue_logs)
+            resumed = [r for r in (resume(folder, overrides) for folder in args.resume) if r is not None]
             if len(resumed) > 1:
                 from agents.seed_batch import check_batch
 
-                check_batch([run.model for run in resumed])
-            asynchronous = [run for run in resumed if getattr(run.args, "actors", None)]
+                check_batch([r.run.model for r in resumed])
+            asynchronous = [r for r in resumed if getattr(r.run.args, "actors", None)]
             if asynchronous:
                 if len(args.resume) > 1:
-                    raise UsageError(f"--resume {asynchronous[0].run_dir} is an asynchronous run (--actors): "
+                    raise UsageError(f"--resume {asynchronous[0].run.run_dir} is an asynchronous run (--actors): "
                                      "resume it alone")
-                run = asynchronous[0]  # on the Ray address it was started with (--address is refused with --resume)
-                return train_async(run, async_rollouts(run, read_lag_history(run)), fresh=False)
+                one = asynchronous[0]  # on the Ray address it was started with (--address is refused with --resume)
+                rollouts = async_rollouts(one.run, read_lag_history(one.run))
+                from cli.ray_session import MISSING, ray_available
+
+                if not ray_available():
+                    raise UsageError(f"--resume {one.run.run_dir} is an asynchronous run (--actors "
+                                     f"{one.run.args.actors}): it {MISSING}")
         except (UsageError, ValueError) as exc:
             print(f"train.py: error: {exc}", file=sys.stderr)
             return 2
-        return train(resumed) if resumed else 0
+        if asynchronous:
+            return train_async(one.run, rollouts, open_folder=lambda: continue_logs(one))
+        return train([continue_logs(r) for r in resumed]) if resumed else 0
     if args.seed is None and args.seeds is None:
         from cli.common import draw_seed
 
@@ -719,11 +753,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     if rollouts is not None:
-        return train_async(runs[0], rollouts, fresh=True)
+        return train_async(runs[0], rollouts, open_folder=lambda: start_logs(runs[0]))
     for run in runs:
-        write_run_files(run.run_dir, run.args, run.config)
-        run.model.set_logger(make_logger(run.run_dir, run.args))
+        start_logs(run)
     return train(runs)
+
+
+def start_logs(run: Run) -> None:
+    """The first write into a new run's folder: create it with its run files, and the model's logger."""
+    write_run_files(run.run_dir, run.args, run.config)
+    run.model.set_logger(make_logger(run.run_dir, run.args))
 
 
 if __name__ == "__main__":

@@ -208,6 +208,61 @@ def test_resume_refuses_a_flag_that_would_change_the_run(tmp_path, extra: list, 
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
+def _folder_state(folder: Path) -> dict:
+    """Every file and folder under ``folder`` (hidden ones too) with its bytes (None for a folder)."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def unfinished_runs(tmp_path_factory) -> dict:
+    """Two unfinished runs (checkpointed at step 64 of 128) of different configurations: lag 0 and lag 1."""
+    made = {}
+    for lag in (0, 1):
+        folder = tmp_path_factory.mktemp(f"lag{lag}")
+        res = run_script("train.py", ["--algo", "ppo", "--env", "CartPole-v1", "-n", "64", "--seed", "1",
+                                      "--policy-lag", str(lag), "--verbose", "0", "-f", str(folder), "--run-name",
+                                      "run", *TINY_PARAMS, "n_envs:1"])
+        assert res.returncode == 0, res.stderr
+        config = folder / "run" / "config.yml"
+        config.write_text(config.read_text().replace("n_timesteps: 64", "n_timesteps: 128"))
+        made[lag] = folder / "run"
+    return made
+
+
+def _mark_asynchronous(run: Path, async_json: str) -> None:
+    """Make ``run`` read as an asynchronous run (args.yml: --actors 2) with ``async_json`` as its lag history."""
+    args = run / "args.yml"
+    args.write_text(args.read_text().replace("actors: null", "actors: 2"))
+    (run / "async.json").write_text(async_json)
+
+
+REFUSED_RESUMES = {
+    "two configurations": ([0, 1], None, "must share their configuration (policy_lag"),
+    "an asynchronous run with another": ([0, 0], '{"lags": [], "actors": []}', "resume it alone"),
+    "a damaged lag history": ([0], "{not json", "async.json is damaged"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_RESUMES))
+def test_a_refused_resume_leaves_the_run_folders_untouched(tmp_path, unfinished_runs, case: str) -> None:
+    """Refusals that need the runs read back (their configurations compared, an asynchronous run's lag history read)
+    used to come after the logs were cut at the checkpoint and command.txt was appended to: now every refusal comes
+    first, and the folders stay byte for byte as they were."""
+    import shutil
+
+    lags, async_json, named = REFUSED_RESUMES[case]
+    runs = [tmp_path / f"run{i}" for i in range(len(lags))]
+    for run, lag in zip(runs, lags):
+        shutil.copytree(unfinished_runs[lag], run)
+    if async_json is not None:
+        _mark_asynchronous(runs[0], async_json)
+    before = _folder_state(tmp_path)
+    res = run_script("train.py", ["--resume", *map(str, runs)])
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stderr.startswith("train.py: error:") and named in res.stderr, res.stderr
+    assert _folder_state(tmp_path) == before
+
+
 def test_resume_honours_display_flags_and_says_where_it_continues(tmp_path) -> None:
     """--verbose and --save-freq apply to the resumed part; it prints the step it continues from, command.txt
     records the command that ran, and the files rewritten on resume keep their permissions."""
