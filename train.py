@@ -373,12 +373,16 @@ def make_logger(run_dir: Path, args: argparse.Namespace, csv_suffix: str = ""):
     return Logger(folder=str(run_dir), output_formats=outputs)
 
 
-def callbacks(args: argparse.Namespace, config: Dict[str, Any], run_dir: Path) -> list:
+def callbacks(args: argparse.Namespace, config: Dict[str, Any], run_dir: Path,
+              before_checkpoint: Optional[Callable[[], None]] = None) -> list:
+    """The run's callbacks: its hyperparameters to TensorBoard, checkpoints (``before_checkpoint`` runs right before
+    each is written) and, with ``--eval-freq``, the learner's evaluations."""
     from agents.callbacks import HParamCallback, LearnerEvalCallback
     from agents.checkpoint import CheckpointCallback
     from cli.common import CHECKPOINT
 
-    out: list = [HParamCallback(args.algo, config), CheckpointCallback(run_dir / CHECKPOINT, args.save_freq)]
+    out: list = [HParamCallback(args.algo, config),
+                 CheckpointCallback(run_dir / CHECKPOINT, args.save_freq, before_save=before_checkpoint)]
     if args.eval_freq > 0:  # the learner itself, deterministic, every eval_freq env steps (and at start and end)
         out.append(LearnerEvalCallback(make_run_env(args, config, evaluation=True), eval_freq=args.eval_freq,
                                        n_eval_episodes=args.eval_episodes, log_path=str(run_dir / "eval"),
@@ -403,7 +407,8 @@ class Run(NamedTuple):
     config: Dict[str, Any]
 
 
-def train(runs: List[Run], on_hard_stop: Optional[Callable[[], None]] = None) -> int:
+def train(runs: List[Run], on_hard_stop: Optional[Callable[[], None]] = None,
+          on_checkpoint: Optional[Callable[[Run], None]] = None) -> int:
     """Learn up to the requested total steps, then save each model, its statistics and a final checkpoint. A run
     started with ``--seed`` learns on the single-run path (bit-identical to stock SB3 at lag 0); runs started with
     ``--seeds`` (one seed or several) and several resumed together learn in lockstep as one batched model
@@ -412,19 +417,24 @@ def train(runs: List[Run], on_hard_stop: Optional[Callable[[], None]] = None) ->
     Ctrl-C (SIGINT) or SIGTERM stops at the next rollout boundary: checkpoint, ``model.zip`` and
     ``vecnormalize.pkl`` are written (each atomically), one line gives the ``--resume`` command, and the exit code is
     130 or 143. A second signal stops at once; the last checkpoint stays intact (it is only ever replaced whole).
-    ``on_hard_stop`` runs just before that immediate exit (asynchronous runs stop Ray there).
+    ``on_hard_stop`` runs just before that immediate exit (asynchronous runs stop Ray there); ``on_checkpoint(run)``
+    right before each checkpoint of ``run`` is written, the final one too (asynchronous runs write their lag history
+    there).
     """
+    from functools import partial
+
     from agents.checkpoint import CheckpointCallback, NonFiniteError, StopRequested, check_finite
-    from agents.checkpoint import divergence_message, save_checkpoint
+    from agents.checkpoint import divergence_message
     from cli.common import CHECKPOINT, INTERRUPTED
 
     for run in runs:
         print(f"run folder: {run.run_dir}", flush=True)
     first = runs[0].model
     start, start_steps = time.time(), first.num_timesteps
-    run_callbacks = [callbacks(run.args, run.config, run.run_dir) for run in runs]
-    stop_at_boundary([next(c for c in cbs if isinstance(c, CheckpointCallback)) for cbs in run_callbacks],
-                     on_hard_stop)
+    run_callbacks = [callbacks(run.args, run.config, run.run_dir,
+                               None if on_checkpoint is None else partial(on_checkpoint, run)) for run in runs]
+    checkpoints = [next(c for c in cbs if isinstance(c, CheckpointCallback)) for cbs in run_callbacks]
+    stop_at_boundary(checkpoints, on_hard_stop)
     todo = int(runs[0].config["n_timesteps"]) - first.num_timesteps
     try:
         if len(runs) == 1 and not getattr(runs[0].args, "seeds", None):
@@ -455,9 +465,9 @@ def train(runs: List[Run], on_hard_stop: Optional[Callable[[], None]] = None) ->
         where = f"the last good checkpoint is {kept}" if kept.is_file() else "no checkpoint had been written yet"
         print(f"train.py: training stopped: {message}; {where}", file=sys.stderr)
         return 1
-    for run in runs:
+    for run, checkpoint in zip(runs, checkpoints):
         save_outputs(run.model, run.env, run.run_dir)
-        save_checkpoint(run.model, run.run_dir / CHECKPOINT)
+        checkpoint.save()
         (run.run_dir / INTERRUPTED).unlink(missing_ok=True)
     elapsed = time.time() - start
     steps = sum(run.model.num_timesteps for run in runs) - len(runs) * start_steps
@@ -662,33 +672,51 @@ ASYNC_SUMMARY = "async.json"
 
 
 def read_lag_history(run: Run) -> Any:
-    """The lag history of a resumed asynchronous run, cut at its checkpoint (empty when there is none); UsageError
-    when ``async.json`` is damaged."""
+    """The lag history of a resumed asynchronous run, cut at its checkpoint. UsageError when ``async.json`` is
+    damaged, or holds fewer rollouts than the checkpoint trained (a run hard-killed before the file was written with
+    every checkpoint): its history could not continue where training does."""
     import json
 
     from agents.asynchronous import LagHistory
 
     path = run.run_dir / ASYNC_SUMMARY
-    if not path.is_file():
-        return LagHistory()
     trained = run.model.num_timesteps // (run.model.n_steps * run.model.n_envs)
+    if not path.is_file() and trained == 0:
+        return LagHistory()
     try:
         data = json.loads(path.read_text())
         lags, actors = [int(v) for v in data["lags"]], [int(v) for v in data["actors"]]
         waits = int(data.get("staleness_waits", 0))
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # unreadable, not JSON, a field missing or mistyped
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # missing, not JSON, a field missing or mistyped
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise UsageError(f"--resume {run.run_dir}: {ASYNC_SUMMARY} is damaged ({type(exc).__name__}: {reason}); "
-                         "restore it from a copy or start a new run") from exc
+        raise UsageError(f"--resume {run.run_dir}: {ASYNC_SUMMARY} is missing or damaged ({type(exc).__name__}: "
+                         f"{reason}); restore it from a copy or start a new run") from exc
+    if min(len(lags), len(actors)) < trained:
+        raise UsageError(f"--resume {run.run_dir}: {ASYNC_SUMMARY} holds the lags of {min(len(lags), len(actors))} "
+                         f"rollouts, the checkpoint's {trained} (a run killed hard before train.py wrote it with every "
+                         "checkpoint): its lag history cannot continue where training does; start a new run")
     return LagHistory(lags=lags[:trained], actors=actors[:trained], staleness_waits=waits)
+
+
+def write_lag_history(run: Run, history: Any) -> None:
+    """``async.json``: the run's asynchronous settings and its lag history (:class:`agents.asynchronous.LagHistory`)
+    so far, replaced atomically (a temporary file renamed over it). Written right before every checkpoint, so that
+    it always reaches at least as far as the checkpoint (a resume cuts it back there), and when the run ends."""
+    import json
+
+    from agents.checkpoint import atomic_write
+
+    summary = {"n_actors": int(run.args.actors), "max_staleness": run.args.max_staleness,
+               "address": run.args.address, **history.summary()}
+    atomic_write(run.run_dir / ASYNC_SUMMARY, (json.dumps(summary) + "\n").encode())
 
 
 def train_async(run: Run, rollouts: Any, open_folder: Callable[[], Any]) -> int:
     """:func:`train` of one run whose rollouts come from Ray actors: Ray joined (or started), then ``open_folder()``
     makes the first write into the run folder (a new run's files, or a resumed run's logs continued), the actors
-    started, and after training (also after Ctrl-C or an error) the actors stopped, Ray shut down if this process
-    started it, and ``async.json`` written. When Ray does not start, the folder is left as it was."""
-    import json
+    started, and after training (also after Ctrl-C or an error) the actors stopped and Ray shut down if this process
+    started it. ``async.json`` is written before every checkpoint and at the end. When Ray does not start, the folder
+    is left as it was."""
     from contextlib import ExitStack
 
     from cli.ray_session import kill_local_ray, ray_session
@@ -704,13 +732,12 @@ def train_async(run: Run, rollouts: Any, open_folder: Callable[[], Any]) -> int:
             return 2
         open_folder()
         rollouts.start()
-        try:
-            return train([run], on_hard_stop=kill_local_ray)  # a second Ctrl-C
+        try:  # a second Ctrl-C stops Ray's processes; the lag history goes with every checkpoint
+            return train([run], on_hard_stop=kill_local_ray,
+                         on_checkpoint=lambda checkpointed: write_lag_history(checkpointed, rollouts.history))
         finally:
             rollouts.close()
-            summary = {"actors": int(run.args.actors), "max_staleness": run.args.max_staleness,
-                       "address": run.args.address, **rollouts.history.summary()}
-            (run.run_dir / ASYNC_SUMMARY).write_text(json.dumps(summary) + "\n")
+            write_lag_history(run, rollouts.history)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

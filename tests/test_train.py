@@ -239,7 +239,7 @@ def _mark_asynchronous(run: Path, async_json: str) -> None:
 REFUSED_RESUMES = {
     "two configurations": ([0, 1], None, "must share their configuration (policy_lag"),
     "an asynchronous run with another": ([0, 0], '{"lags": [], "actors": []}', "resume it alone"),
-    "a damaged lag history": ([0], "{not json", "async.json is damaged"),
+    "a damaged lag history": ([0], "{not json", "async.json is missing or damaged"),
 }
 
 
