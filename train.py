@@ -94,8 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "logits / tau); default 1 (YAML key behavior_temperature)")
     p.add_argument("--temperature-mode", default=None, choices=TEMPERATURE_MODES,
                    help="fixed: every env tau (default); per-env: env i of n gets tau**(i/(n-1))")
-    p.add_argument("--policy-lag", type=int, default=0, help="K: behaviour policy is K updates old (default 0)")
-    p.add_argument("--lag-mode", default="fixed", choices=LAG_MODES, help="how the lag is spread (default fixed)")
+    p.add_argument("--policy-lag", type=int, default=None,
+                   help="K: behaviour policy is K updates old (default 0; with --lag-mode empirical the largest lag "
+                        "of the weights)")
+    p.add_argument("--lag-mode", default="fixed", choices=LAG_MODES,
+                   help="how the lag is spread (default fixed): uniform draws each rollout's lag from 0..K, per-env "
+                        "gives env i of n the lag round(i*K/(n-1)), empirical draws it from --lag-weights")
+    p.add_argument("--lag-weights", default=None, metavar="WEIGHTS",
+                   help="with --lag-mode empirical: the weights of lags 0..K, counts or probabilities (normalised), as "
+                        "lag:weight pairs (0:12,1:30,2:8) or in lag order (12,30,8); K is the largest lag given")
+    p.add_argument("--lag-weights-from", default=None, metavar="PATH",
+                   help="with --lag-mode empirical: the weights are the measured lag counts of an asynchronous run "
+                        "(its run folder, async.json or results record): a simulated run with its lag distribution")
     p.add_argument("--loss-agg-mode", default=None, choices=LOSS_AGG_MODES,
                    help="loss aggregation of dualclip/decoupled (default token-mean, SB3's)")
     p.add_argument("--actors", type=int, default=None, metavar="N",
@@ -169,8 +179,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         return args  # the run's own flags are checked when it was started
     if args.n_timesteps is not None and args.n_timesteps <= 0:
         p.error(f"-n {args.n_timesteps}: the number of timesteps must be a positive integer, e.g. -n 100000")
-    if args.policy_lag < 0:
+    if args.policy_lag is not None and args.policy_lag < 0:
         p.error(f"--policy-lag {args.policy_lag}: the lag must be a non-negative integer, e.g. --policy-lag 4")
+    resolve_lag_weights(p, args)
     if args.dual_clip is not None and not args.dual_clip > 1:
         p.error(f"--dual-clip {args.dual_clip}: c must be > 1 (the paper uses 3)")
     tau = args.behavior_temperature
@@ -192,6 +203,43 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def resolve_lag_weights(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--lag-mode empirical``: its weights from ``--lag-weights`` or ``--lag-weights-from`` (one of them), checked
+    (agents/lag_weights.py) and normalised into ``args.lag_weights``, and ``args.policy_lag`` := K, the largest lag
+    they reach (``--policy-lag``, if given, must say the same). Other modes: no weights, ``args.policy_lag`` 0 unless
+    given. One-line errors naming the flag and the fix."""
+    given = [flag for flag, value in (("--lag-weights", args.lag_weights),
+                                      ("--lag-weights-from", args.lag_weights_from)) if value is not None]
+    if args.lag_mode != "empirical":
+        if given:
+            p.error(f"{given[0]} needs --lag-mode empirical (each rollout's lag drawn from the weights): add it, or "
+                    f"drop {given[0]}")
+        args.policy_lag = 0 if args.policy_lag is None else args.policy_lag
+        return
+    if len(given) != 1:
+        p.error("--lag-weights and --lag-weights-from: give one of them" if given else
+                "--lag-mode empirical needs the weights of lags 0..K: --lag-weights 0:12,1:30,2:8 (counts or "
+                "probabilities) or --lag-weights-from RUN_FOLDER (an asynchronous run's measured lags)")
+    from agents.lag_weights import check_lag_weights, lag_probabilities
+    from cli.lag_weights import parse_lag_weights, read_lag_counts
+
+    from_run = args.lag_weights_from is not None  # an asynchronous run's measured lag counts
+    source = f"--lag-weights-from {args.lag_weights_from}" if from_run else f"--lag-weights {args.lag_weights}"
+    try:
+        weights = read_lag_counts(Path(args.lag_weights_from)) if from_run else parse_lag_weights(args.lag_weights)
+    except ValueError as exc:
+        p.error(f"{source}: {exc}")
+    k = len(weights) - 1
+    if args.policy_lag is not None and args.policy_lag != k:
+        p.error(f"--policy-lag {args.policy_lag} with {source}: K is the weights' largest lag, {k}; drop "
+                f"--policy-lag (the weights imply it) or give weights up to lag {args.policy_lag}")
+    try:
+        check_lag_weights(weights, k)
+    except ValueError as exc:
+        p.error(f"{source}: {exc}")
+    args.policy_lag, args.lag_weights = k, lag_probabilities(weights).tolist()
+
+
 def check_async_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One-line errors for the asynchronous flags: a value out of range, a flag that needs --actors, a combination
     that makes no sense with real actors (they produce their own lag), or a missing Ray."""
@@ -210,7 +258,7 @@ def check_async_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if args.actor_delay < 0:
         p.error(f"--actor-delay {args.actor_delay}: use seconds >= 0")
     if args.policy_lag != 0 or args.lag_mode != "fixed":
-        given = f"--policy-lag {args.policy_lag}" if args.policy_lag != 0 else f"--lag-mode {args.lag_mode}"
+        given = f"--lag-mode {args.lag_mode}" if args.lag_mode != "fixed" else f"--policy-lag {args.policy_lag}"
         p.error(f"--actors {n} with {given}: real actors produce their own lag (measured); drop {given.split()[0]} "
                 "or --actors")
     if args.seeds is not None:
@@ -238,11 +286,13 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
     for item in args.hyperparams:
         key, value = parse_override(item)
         config[key] = value
-    for key, flag in (("policy_lag", "--policy-lag"), ("lag_mode", "--lag-mode")):
+    for key, flag in (("policy_lag", "--policy-lag"), ("lag_mode", "--lag-mode"), ("lag_weights", "--lag-weights")):
         if key in config:  # the run name records the flags' values: they are the only way to set these
-            raise UsageError(f"{key} in {conf_path.name} or -params: set it with {flag} (the run name records it)")
+            raise UsageError(f"{key} in {conf_path.name} or -params: set it with {flag} (the run name records the lag)")
     config["policy_lag"] = args.policy_lag
     config["lag_mode"] = args.lag_mode
+    if args.lag_mode == "empirical":  # the weights, normalised, recorded explicitly (whichever flag gave them)
+        config["lag_weights"] = list(args.lag_weights)
     # The arm's flags map to the keyword arguments its class accepts; a flag that is given wins over the file and
     # -params, one that is not leaves their value, else the class's default (recorded in config.yml).
     # --dual-clip is the bound c of an arm that takes dual_clip (dualclip: default 3; decoupled: off unless given)
@@ -667,10 +717,6 @@ def async_rollouts(run: Run, history: Any = None) -> Any:
                          max_staleness=getattr(args, "max_staleness", None), actor_delays=delays, history=history)
 
 
-#: the asynchronous run's lag history and settings, in its run folder (studies/records.py puts it into the record)
-ASYNC_SUMMARY = "async.json"
-
-
 def read_lag_history(run: Run) -> Any:
     """The lag history of a resumed asynchronous run, cut at its checkpoint. UsageError when ``async.json`` is
     damaged, or holds fewer rollouts than the checkpoint trained (a run hard-killed before the file was written with
@@ -678,6 +724,7 @@ def read_lag_history(run: Run) -> Any:
     import json
 
     from agents.asynchronous import LagHistory
+    from cli.common import ASYNC_SUMMARY
 
     path = run.run_dir / ASYNC_SUMMARY
     trained = run.model.num_timesteps // (run.model.n_steps * run.model.n_envs)
@@ -705,6 +752,7 @@ def write_lag_history(run: Run, history: Any) -> None:
     import json
 
     from agents.checkpoint import atomic_write
+    from cli.common import ASYNC_SUMMARY
 
     summary = {"n_actors": int(run.args.actors), "max_staleness": run.args.max_staleness,
                "address": run.args.address, **history.summary()}

@@ -102,7 +102,7 @@ def eval_rows(run_dir: Path) -> Dict[str, list]:
 def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str], **meta: Any) -> Dict[str, Any]:
     """The record of the finished run in ``run_dir`` (see the module docstring)."""
     from cli import run_files
-    from cli.common import library_versions, machine_info
+    from cli.common import ASYNC_SUMMARY, library_versions, machine_info
 
     files = run_files.read(run_dir)
     args, config = files.args, files.config
@@ -112,7 +112,7 @@ def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str
     path = "seed-batch" if args.get("seeds") else "single-run"
     if args.get("actors"):  # asynchronous actors (train.py --actors): the lag was measured; its history and settings
         path = "async"
-    summary = run_dir / "async.json"
+    summary = run_dir / ASYNC_SUMMARY
     asynchronous = json.loads(summary.read_text()) if summary.is_file() else None
     return {
         "format": FORMAT,

@@ -97,7 +97,68 @@ BAD_INPUT = [
     (["--algo", "decoupled", "--env", "CartPole-v1", "--is-weight-mode", "drop"], "drop"),
     (["--algo", "decoupled", "--env", "CartPole-v1", "--is-weight-max", "0"], "--is-weight-max 0.0"),
     (["--algo", "decoupled", "--env", "CartPole-v1", "-params", "is_weight_mode:drop"], "is_weight_mode='drop'"),
+    # the empirical lag mode: its weights (flags, values, a file to read them from)
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical"],
+     "--lag-mode empirical needs the weights of lags 0..K: --lag-weights 0:12,1:30,2:8"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-weights", "1,2"], "--lag-weights needs --lag-mode empirical"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights", "1,2",
+      "--lag-weights-from", "x"], "--lag-weights and --lag-weights-from: give one of them"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights", "0:1,2:3", "--policy-lag",
+      "3"], "--policy-lag 3 with --lag-weights 0:1,2:3: K is the weights' largest lag, 2"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights", "12,30,0"],
+     "--lag-weights 12,30,0: lag_weights=[12.0, 30.0, 0.0]: the weight of lag K=2 is 0"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights", "0:1,1:-2"],
+     "negative or not finite (-2.0)"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights", "0:1,0:3"],
+     "lag '0' is named twice"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights", "1,x"],
+     "weight 'x' is not a number"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights-from", "missing"],
+     "--lag-weights-from missing: not found: pass an asynchronous run's folder"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights-from", "broken.yml"],
+     "broken.yml is not readable JSON"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-params", "lag_weights:[1, 2]"], "set it with --lag-weights"),
 ]
+
+
+def test_lag_weights_from_an_asynchronous_run_land_in_config_yml(tmp_path) -> None:
+    """--lag-weights-from reads the measured lag_counts (a lag not measured weighs 0) of an asynchronous run's folder,
+    its async.json or its results record; train.py records them normalised in config.yml with policy_lag = the
+    largest lag (--policy-lag may say the same). The sweep's check finds that config equal to its command's, and to
+    the command that gives the recorded probabilities back with --lag-weights (in a grid's list format): the run is
+    reproducible from config.yml alone."""
+    import json
+
+    from cli.lag_weights import read_lag_counts
+    from studies.execute import _settings_differ
+
+    measured = tmp_path / "CartPole-v1_ppo_actors2_s1"
+    measured.mkdir()
+    summary = {"n_actors": 2, "max_staleness": None, "address": None, "lags": [1, 3, 1, 0] + [1] * 5 + [3] * 5,
+               "actors": [0, 1] * 7, "staleness_waits": 0, "lag_counts": {"0": 1, "1": 7, "3": 6}}
+    (measured / "async.json").write_text(json.dumps(summary))
+    (tmp_path / "record.json").write_text(json.dumps({"format": 1, "meta": {"async": summary}, "updates": {}}))
+    (tmp_path / "sync_record.json").write_text(json.dumps({"format": 1, "meta": {"path": "single-run"}}))
+    for source in (measured, measured / "async.json", tmp_path / "record.json"):
+        assert read_lag_counts(source) == [1.0, 7.0, 0.0, 6.0]
+    with pytest.raises(ValueError, match="record of a run without asynchronous actors"):
+        read_lag_counts(tmp_path / "sync_record.json")
+
+    argv = ["--algo", "ppo", "--env", "CartPole-v1", "-n", "64", "--seed", "1", "--lag-mode", "empirical",
+            "--lag-weights-from", str(measured), "-f", str(tmp_path / "logs"), "--verbose", "0", *TINY_PARAMS,
+            "n_envs:1"]
+    res = run_script("train.py", argv)
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "logs" / "CartPole-v1_ppo_lag3-empirical_s1"
+    config = yaml.safe_load((run / "config.yml").read_text())
+    assert (config["policy_lag"], config["lag_mode"]) == (3, "empirical")
+    assert config["lag_weights"] == [1 / 14, 7 / 14, 0.0, 6 / 14]
+    assert _settings_differ(run, argv) is None
+    explicit = argv[:argv.index("--lag-weights-from")] + ["--lag-weights", str(config["lag_weights"]),
+                                                         "--policy-lag", "3"] + argv[argv.index("-f"):]
+    assert _settings_differ(run, explicit) is None
+    counts = [a if a != str(config["lag_weights"]) else "1,7,0,6" for a in explicit]  # counts: the same probabilities
+    assert _settings_differ(run, counts) is None
 
 
 def test_a_flag_that_changes_nothing_is_accepted_by_every_arm(tmp_path) -> None:
