@@ -94,8 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "logits / tau); default 1 (YAML key behavior_temperature)")
     p.add_argument("--temperature-mode", default=None, choices=TEMPERATURE_MODES,
                    help="fixed: every env tau (default); per-env: env i of n gets tau**(i/(n-1))")
-    p.add_argument("--policy-lag", type=int, default=0, help="K: behaviour policy is K updates old (default 0)")
-    p.add_argument("--lag-mode", default="fixed", choices=LAG_MODES, help="how the lag is spread (default fixed)")
+    p.add_argument("--policy-lag", type=int, default=None,
+                   help="K: behaviour policy is K updates old (default 0; with --lag-mode empirical the largest lag "
+                        "of the weights)")
+    p.add_argument("--lag-mode", default="fixed", choices=LAG_MODES,
+                   help="how the lag is spread (default fixed): uniform draws each rollout's lag from 0..K, per-env "
+                        "gives env i of n the lag round(i*K/(n-1)), empirical draws it from --lag-weights")
+    p.add_argument("--lag-weights", default=None, metavar="WEIGHTS",
+                   help="with --lag-mode empirical: the weights of lags 0..K, counts or probabilities (normalised), as "
+                        "lag:weight pairs (0:12,1:30,2:8) or in lag order (12,30,8); K is the largest lag given")
+    p.add_argument("--lag-weights-from", default=None, metavar="PATH",
+                   help="with --lag-mode empirical: the weights are the measured lag counts of an asynchronous run "
+                        "(its run folder, async.json or results record): a simulated run with its lag distribution")
     p.add_argument("--loss-agg-mode", default=None, choices=LOSS_AGG_MODES,
                    help="loss aggregation of dualclip/decoupled (default token-mean, SB3's)")
     p.add_argument("--actors", type=int, default=None, metavar="N",
@@ -169,8 +179,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         return args  # the run's own flags are checked when it was started
     if args.n_timesteps is not None and args.n_timesteps <= 0:
         p.error(f"-n {args.n_timesteps}: the number of timesteps must be a positive integer, e.g. -n 100000")
-    if args.policy_lag < 0:
+    if args.policy_lag is not None and args.policy_lag < 0:
         p.error(f"--policy-lag {args.policy_lag}: the lag must be a non-negative integer, e.g. --policy-lag 4")
+    resolve_lag_weights(p, args)
     if args.dual_clip is not None and not args.dual_clip > 1:
         p.error(f"--dual-clip {args.dual_clip}: c must be > 1 (the paper uses 3)")
     tau = args.behavior_temperature
@@ -192,6 +203,43 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def resolve_lag_weights(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--lag-mode empirical``: its weights from ``--lag-weights`` or ``--lag-weights-from`` (one of them), checked
+    (agents/lag_weights.py) and normalised into ``args.lag_weights``, and ``args.policy_lag`` := K, the largest lag
+    they reach (``--policy-lag``, if given, must say the same). Other modes: no weights, ``args.policy_lag`` 0 unless
+    given. One-line errors naming the flag and the fix."""
+    given = [flag for flag, value in (("--lag-weights", args.lag_weights),
+                                      ("--lag-weights-from", args.lag_weights_from)) if value is not None]
+    if args.lag_mode != "empirical":
+        if given:
+            p.error(f"{given[0]} needs --lag-mode empirical (each rollout's lag drawn from the weights): add it, or "
+                    f"drop {given[0]}")
+        args.policy_lag = 0 if args.policy_lag is None else args.policy_lag
+        return
+    if len(given) != 1:
+        p.error("--lag-weights and --lag-weights-from: give one of them" if given else
+                "--lag-mode empirical needs the weights of lags 0..K: --lag-weights 0:12,1:30,2:8 (counts or "
+                "probabilities) or --lag-weights-from RUN_FOLDER (an asynchronous run's measured lags)")
+    from agents.lag_weights import check_lag_weights, lag_probabilities
+    from cli.lag_weights import parse_lag_weights, read_lag_counts
+
+    from_run = args.lag_weights_from is not None  # an asynchronous run's measured lag counts
+    source = f"--lag-weights-from {args.lag_weights_from}" if from_run else f"--lag-weights {args.lag_weights}"
+    try:
+        weights = read_lag_counts(Path(args.lag_weights_from)) if from_run else parse_lag_weights(args.lag_weights)
+    except ValueError as exc:
+        p.error(f"{source}: {exc}")
+    k = len(weights) - 1
+    if args.policy_lag is not None and args.policy_lag != k:
+        p.error(f"--policy-lag {args.policy_lag} with {source}: K is the weights' largest lag, {k}; drop "
+                f"--policy-lag (the weights imply it) or give weights up to lag {args.policy_lag}")
+    try:
+        check_lag_weights(weights, k)
+    except ValueError as exc:
+        p.error(f"{source}: {exc}")
+    args.policy_lag, args.lag_weights = k, lag_probabilities(weights).tolist()
+
+
 def check_async_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One-line errors for the asynchronous flags: a value out of range, a flag that needs --actors, a combination
     that makes no sense with real actors (they produce their own lag), or a missing Ray."""
@@ -210,7 +258,7 @@ def check_async_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if args.actor_delay < 0:
         p.error(f"--actor-delay {args.actor_delay}: use seconds >= 0")
     if args.policy_lag != 0 or args.lag_mode != "fixed":
-        given = f"--policy-lag {args.policy_lag}" if args.policy_lag != 0 else f"--lag-mode {args.lag_mode}"
+        given = f"--lag-mode {args.lag_mode}" if args.lag_mode != "fixed" else f"--policy-lag {args.policy_lag}"
         p.error(f"--actors {n} with {given}: real actors produce their own lag (measured); drop {given.split()[0]} "
                 "or --actors")
     if args.seeds is not None:
@@ -238,11 +286,13 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
     for item in args.hyperparams:
         key, value = parse_override(item)
         config[key] = value
-    for key, flag in (("policy_lag", "--policy-lag"), ("lag_mode", "--lag-mode")):
+    for key, flag in (("policy_lag", "--policy-lag"), ("lag_mode", "--lag-mode"), ("lag_weights", "--lag-weights")):
         if key in config:  # the run name records the flags' values: they are the only way to set these
-            raise UsageError(f"{key} in {conf_path.name} or -params: set it with {flag} (the run name records it)")
+            raise UsageError(f"{key} in {conf_path.name} or -params: set it with {flag} (the run name records the lag)")
     config["policy_lag"] = args.policy_lag
     config["lag_mode"] = args.lag_mode
+    if args.lag_mode == "empirical":  # the weights, normalised, recorded explicitly (whichever flag gave them)
+        config["lag_weights"] = list(args.lag_weights)
     # The arm's flags map to the keyword arguments its class accepts; a flag that is given wins over the file and
     # -params, one that is not leaves their value, else the class's default (recorded in config.yml).
     # --dual-clip is the bound c of an arm that takes dual_clip (dualclip: default 3; decoupled: off unless given)
@@ -373,12 +423,16 @@ def make_logger(run_dir: Path, args: argparse.Namespace, csv_suffix: str = ""):
     return Logger(folder=str(run_dir), output_formats=outputs)
 
 
-def callbacks(args: argparse.Namespace, config: Dict[str, Any], run_dir: Path) -> list:
+def callbacks(args: argparse.Namespace, config: Dict[str, Any], run_dir: Path,
+              before_checkpoint: Optional[Callable[[], None]] = None) -> list:
+    """The run's callbacks: its hyperparameters to TensorBoard, checkpoints (``before_checkpoint`` runs right before
+    each is written) and, with ``--eval-freq``, the learner's evaluations."""
     from agents.callbacks import HParamCallback, LearnerEvalCallback
     from agents.checkpoint import CheckpointCallback
     from cli.common import CHECKPOINT
 
-    out: list = [HParamCallback(args.algo, config), CheckpointCallback(run_dir / CHECKPOINT, args.save_freq)]
+    out: list = [HParamCallback(args.algo, config),
+                 CheckpointCallback(run_dir / CHECKPOINT, args.save_freq, before_save=before_checkpoint)]
     if args.eval_freq > 0:  # the learner itself, deterministic, every eval_freq env steps (and at start and end)
         out.append(LearnerEvalCallback(make_run_env(args, config, evaluation=True), eval_freq=args.eval_freq,
                                        n_eval_episodes=args.eval_episodes, log_path=str(run_dir / "eval"),
@@ -403,7 +457,8 @@ class Run(NamedTuple):
     config: Dict[str, Any]
 
 
-def train(runs: List[Run], on_hard_stop: Optional[Callable[[], None]] = None) -> int:
+def train(runs: List[Run], on_hard_stop: Optional[Callable[[], None]] = None,
+          on_checkpoint: Optional[Callable[[Run], None]] = None) -> int:
     """Learn up to the requested total steps, then save each model, its statistics and a final checkpoint. A run
     started with ``--seed`` learns on the single-run path (bit-identical to stock SB3 at lag 0); runs started with
     ``--seeds`` (one seed or several) and several resumed together learn in lockstep as one batched model
@@ -412,19 +467,24 @@ def train(runs: List[Run], on_hard_stop: Optional[Callable[[], None]] = None) ->
     Ctrl-C (SIGINT) or SIGTERM stops at the next rollout boundary: checkpoint, ``model.zip`` and
     ``vecnormalize.pkl`` are written (each atomically), one line gives the ``--resume`` command, and the exit code is
     130 or 143. A second signal stops at once; the last checkpoint stays intact (it is only ever replaced whole).
-    ``on_hard_stop`` runs just before that immediate exit (asynchronous runs stop Ray there).
+    ``on_hard_stop`` runs just before that immediate exit (asynchronous runs stop Ray there); ``on_checkpoint(run)``
+    right before each checkpoint of ``run`` is written, the final one too (asynchronous runs write their lag history
+    there).
     """
+    from functools import partial
+
     from agents.checkpoint import CheckpointCallback, NonFiniteError, StopRequested, check_finite
-    from agents.checkpoint import divergence_message, save_checkpoint
+    from agents.checkpoint import divergence_message
     from cli.common import CHECKPOINT, INTERRUPTED
 
     for run in runs:
         print(f"run folder: {run.run_dir}", flush=True)
     first = runs[0].model
     start, start_steps = time.time(), first.num_timesteps
-    run_callbacks = [callbacks(run.args, run.config, run.run_dir) for run in runs]
-    stop_at_boundary([next(c for c in cbs if isinstance(c, CheckpointCallback)) for cbs in run_callbacks],
-                     on_hard_stop)
+    run_callbacks = [callbacks(run.args, run.config, run.run_dir,
+                               None if on_checkpoint is None else partial(on_checkpoint, run)) for run in runs]
+    checkpoints = [next(c for c in cbs if isinstance(c, CheckpointCallback)) for cbs in run_callbacks]
+    stop_at_boundary(checkpoints, on_hard_stop)
     todo = int(runs[0].config["n_timesteps"]) - first.num_timesteps
     try:
         if len(runs) == 1 and not getattr(runs[0].args, "seeds", None):
@@ -455,9 +515,9 @@ def train(runs: List[Run], on_hard_stop: Optional[Callable[[], None]] = None) ->
         where = f"the last good checkpoint is {kept}" if kept.is_file() else "no checkpoint had been written yet"
         print(f"train.py: training stopped: {message}; {where}", file=sys.stderr)
         return 1
-    for run in runs:
+    for run, checkpoint in zip(runs, checkpoints):
         save_outputs(run.model, run.env, run.run_dir)
-        save_checkpoint(run.model, run.run_dir / CHECKPOINT)
+        checkpoint.save()
         (run.run_dir / INTERRUPTED).unlink(missing_ok=True)
     elapsed = time.time() - start
     steps = sum(run.model.num_timesteps for run in runs) - len(runs) * start_steps
@@ -544,14 +604,23 @@ def read_run_files(run_dir: Path) -> tuple:
     return files.namespace, files.config
 
 
-def resume(folder: str, overrides: Optional[Dict[str, Any]] = None) -> Optional[Run]:
-    """Set up the run in ``folder`` to continue from its checkpoint (None: it is already complete), with the flags it
-    was started with except ``overrides`` (from :data:`RESUME_OVERRIDES`: what is shown, how often it checkpoints)."""
+class Resumed(NamedTuple):
+    """A run read back from its folder by :func:`resume`, nothing in the folder touched yet: its :class:`Run`, the
+    checkpoint's step and the logger values the checkpoint kept (:func:`continue_logs` writes them)."""
+
+    run: Run
+    step: int
+    pending_logs: Any
+
+
+def resume(folder: str, overrides: Optional[Dict[str, Any]] = None) -> Optional[Resumed]:
+    """Read the run in ``folder`` back to continue from its checkpoint (None: it is already complete), with the flags
+    it was started with except ``overrides`` (from :data:`RESUME_OVERRIDES`: what is shown, how often it
+    checkpoints). Writes nothing: every refusal (here, or of the runs together in :func:`main`) comes before
+    :func:`continue_logs` first touches the folder."""
     from agents import ALGOS
-    from agents.checkpoint import read_checkpoint, restore_env, restore_model, restore_pending_logs
-    from cli import run_files
+    from agents.checkpoint import read_checkpoint, restore_env, restore_model
     from cli.common import CHECKPOINT
-    from cli.event_files import truncate_logs
     from stable_baselines3.common.vec_env import VecNormalize
 
     from envs import fast_statistics
@@ -574,13 +643,25 @@ def resume(folder: str, overrides: Optional[Dict[str, Any]] = None) -> Optional[
     if isinstance(env, VecNormalize):
         fast_statistics(env)  # the pickled statistics come back as SB3's classes
     model = restore_model(ALGOS[saved.algo], state, env, saved.device)
-    truncate_logs(tensorboard_dir(run_dir, saved), state["num_timesteps"])
-    truncate_logs(run_dir, state["num_timesteps"])
-    model.set_logger(make_logger(run_dir, saved, csv_suffix=f"_from{state['num_timesteps']}"))
-    restore_pending_logs(model, state)
-    run_files.append_command(run_dir, f"resumed at step {state['num_timesteps']}")
-    print(f"resuming {run_dir} at step {state['num_timesteps']} of {int(config['n_timesteps'])}", flush=True)
-    return Run(model, env, run_dir, saved, config)
+    return Resumed(Run(model, env, run_dir, saved, config), int(state["num_timesteps"]), state["pending_logs"])
+
+
+def continue_logs(resumed: Resumed) -> Run:
+    """The first write into a resumed run's folder, once nothing can refuse it any more: TensorBoard events and CSV
+    rows logged after the checkpoint are dropped, the logger continues (``progress_from<step>.csv``) with the values
+    the checkpoint kept, and ``command.txt`` notes the resume."""
+    from agents.checkpoint import restore_pending_logs
+    from cli import run_files
+    from cli.event_files import truncate_logs
+
+    run, step = resumed.run, resumed.step
+    truncate_logs(tensorboard_dir(run.run_dir, run.args), step)
+    truncate_logs(run.run_dir, step)
+    run.model.set_logger(make_logger(run.run_dir, run.args, csv_suffix=f"_from{step}"))
+    restore_pending_logs(run.model, {"pending_logs": resumed.pending_logs})
+    run_files.append_command(run.run_dir, f"resumed at step {step}")
+    print(f"resuming {run.run_dir} at step {step} of {int(run.config['n_timesteps'])}", flush=True)
+    return run
 
 
 def set_threads(n: int) -> None:
@@ -636,30 +717,54 @@ def async_rollouts(run: Run, history: Any = None) -> Any:
                          max_staleness=getattr(args, "max_staleness", None), actor_delays=delays, history=history)
 
 
-#: the asynchronous run's lag history and settings, in its run folder (studies/records.py puts it into the record)
-ASYNC_SUMMARY = "async.json"
-
-
 def read_lag_history(run: Run) -> Any:
-    """The lag history of a resumed asynchronous run, cut at its checkpoint (empty when there is none)."""
+    """The lag history of a resumed asynchronous run, cut at its checkpoint. UsageError when ``async.json`` is
+    damaged, or holds fewer rollouts than the checkpoint trained (a run hard-killed before the file was written with
+    every checkpoint): its history could not continue where training does."""
     import json
 
     from agents.asynchronous import LagHistory
+    from cli.common import ASYNC_SUMMARY
 
     path = run.run_dir / ASYNC_SUMMARY
-    if not path.is_file():
-        return LagHistory()
-    data = json.loads(path.read_text())
     trained = run.model.num_timesteps // (run.model.n_steps * run.model.n_envs)
-    return LagHistory(lags=data["lags"][:trained], actors=data["actors"][:trained],
-                      staleness_waits=int(data.get("staleness_waits", 0)))
+    if not path.is_file() and trained == 0:
+        return LagHistory()
+    try:
+        data = json.loads(path.read_text())
+        lags, actors = [int(v) for v in data["lags"]], [int(v) for v in data["actors"]]
+        waits = int(data.get("staleness_waits", 0))
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # missing, not JSON, a field missing or mistyped
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"--resume {run.run_dir}: {ASYNC_SUMMARY} is missing or damaged ({type(exc).__name__}: "
+                         f"{reason}); restore it from a copy or start a new run") from exc
+    if min(len(lags), len(actors)) < trained:
+        raise UsageError(f"--resume {run.run_dir}: {ASYNC_SUMMARY} holds the lags of {min(len(lags), len(actors))} "
+                         f"rollouts, the checkpoint's {trained} (a run killed hard before train.py wrote it with every "
+                         "checkpoint): its lag history cannot continue where training does; start a new run")
+    return LagHistory(lags=lags[:trained], actors=actors[:trained], staleness_waits=waits)
 
 
-def train_async(run: Run, rollouts: Any, fresh: bool) -> int:
-    """:func:`train` of one run whose rollouts come from Ray actors: Ray joined (or started), the run's files
-    written (``fresh``: a new run), the actors started, and after training (also after Ctrl-C or an error) the
-    actors stopped, Ray shut down if this process started it, and ``async.json`` written."""
+def write_lag_history(run: Run, history: Any) -> None:
+    """``async.json``: the run's asynchronous settings and its lag history (:class:`agents.asynchronous.LagHistory`)
+    so far, replaced atomically (a temporary file renamed over it). Written right before every checkpoint, so that
+    it always reaches at least as far as the checkpoint (a resume cuts it back there), and when the run ends."""
     import json
+
+    from agents.checkpoint import atomic_write
+    from cli.common import ASYNC_SUMMARY
+
+    summary = {"n_actors": int(run.args.actors), "max_staleness": run.args.max_staleness,
+               "address": run.args.address, **history.summary()}
+    atomic_write(run.run_dir / ASYNC_SUMMARY, (json.dumps(summary) + "\n").encode())
+
+
+def train_async(run: Run, rollouts: Any, open_folder: Callable[[], Any]) -> int:
+    """:func:`train` of one run whose rollouts come from Ray actors: Ray joined (or started), then ``open_folder()``
+    makes the first write into the run folder (a new run's files, or a resumed run's logs continued), the actors
+    started, and after training (also after Ctrl-C or an error) the actors stopped and Ray shut down if this process
+    started it. ``async.json`` is written before every checkpoint and at the end. When Ray does not start, the folder
+    is left as it was."""
     from contextlib import ExitStack
 
     from cli.ray_session import kill_local_ray, ray_session
@@ -673,17 +778,14 @@ def train_async(run: Run, rollouts: Any, fresh: bool) -> int:
             print(f"train.py: error: {where}: Ray did not start ({reason}); check the address (ray status on the "
                   "head node) or drop --address for a local instance", file=sys.stderr)
             return 2
-        if fresh:
-            write_run_files(run.run_dir, run.args, run.config)
-            run.model.set_logger(make_logger(run.run_dir, run.args))
+        open_folder()
         rollouts.start()
-        try:
-            return train([run], on_hard_stop=kill_local_ray)  # a second Ctrl-C
+        try:  # a second Ctrl-C stops Ray's processes; the lag history goes with every checkpoint
+            return train([run], on_hard_stop=kill_local_ray,
+                         on_checkpoint=lambda checkpointed: write_lag_history(checkpointed, rollouts.history))
         finally:
             rollouts.close()
-            summary = {"actors": int(run.args.actors), "max_staleness": run.args.max_staleness,
-                       "address": run.args.address, **rollouts.history.summary()}
-            (run.run_dir / ASYNC_SUMMARY).write_text(json.dumps(summary) + "\n")
+            write_lag_history(run, rollouts.history)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -691,23 +793,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     set_threads(args.num_threads)
     if args.resume is not None:
         overrides = {dest: getattr(args, dest) for dest in given_flags(build_parser(), argv) if dest in RESUME_OVERRIDES}
-        try:
-            resumed = [run for run in (resume(folder, overrides) for folder in args.resume) if run is not None]
+        try:  # every refusal comes before the first write into a run folder (continue_logs)
+            resumed = [r for r in (resume(folder, overrides) for folder in args.resume) if r is not None]
             if len(resumed) > 1:
                 from agents.seed_batch import check_batch
 
-                check_batch([run.model for run in resumed])
-            asynchronous = [run for run in resumed if getattr(run.args, "actors", None)]
+                check_batch([r.run.model for r in resumed])
+            asynchronous = [r for r in resumed if getattr(r.run.args, "actors", None)]
             if asynchronous:
                 if len(args.resume) > 1:
-                    raise UsageError(f"--resume {asynchronous[0].run_dir} is an asynchronous run (--actors): "
+                    raise UsageError(f"--resume {asynchronous[0].run.run_dir} is an asynchronous run (--actors): "
                                      "resume it alone")
-                run = asynchronous[0]  # on the Ray address it was started with (--address is refused with --resume)
-                return train_async(run, async_rollouts(run, read_lag_history(run)), fresh=False)
+                one = asynchronous[0]  # on the Ray address it was started with (--address is refused with --resume)
+                rollouts = async_rollouts(one.run, read_lag_history(one.run))
+                from cli.ray_session import MISSING, ray_available
+
+                if not ray_available():
+                    raise UsageError(f"--resume {one.run.run_dir} is an asynchronous run (--actors "
+                                     f"{one.run.args.actors}): it {MISSING}")
         except (UsageError, ValueError) as exc:
             print(f"train.py: error: {exc}", file=sys.stderr)
             return 2
-        return train(resumed) if resumed else 0
+        if asynchronous:
+            return train_async(one.run, rollouts, open_folder=lambda: continue_logs(one))
+        return train([continue_logs(r) for r in resumed]) if resumed else 0
     if args.seed is None and args.seeds is None:
         from cli.common import draw_seed
 
@@ -719,11 +828,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     if rollouts is not None:
-        return train_async(runs[0], rollouts, fresh=True)
+        return train_async(runs[0], rollouts, open_folder=lambda: start_logs(runs[0]))
     for run in runs:
-        write_run_files(run.run_dir, run.args, run.config)
-        run.model.set_logger(make_logger(run.run_dir, run.args))
+        start_logs(run)
     return train(runs)
+
+
+def start_logs(run: Run) -> None:
+    """The first write into a new run's folder: create it with its run files, and the model's logger."""
+    write_run_files(run.run_dir, run.args, run.config)
+    run.model.set_logger(make_logger(run.run_dir, run.args))
 
 
 if __name__ == "__main__":

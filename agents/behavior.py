@@ -8,7 +8,18 @@ lag snapshots, draws each rollout's lags by mode, and knows each environment's t
 rollout of iteration t is acted by the learner's parameters after update t-K (the initial parameters while t < K):
 after every rollout the learner's parameters are pushed as the newest of K snapshots, and the oldest acts next.
 ``lag_mode`` spreads the lag: ``fixed`` (every environment K), ``uniform`` (each rollout draws one lag from 0..K),
-``per-env`` (environment i of n has round(i*K/(n-1)), like actors of different speed).
+``per-env`` (environment i of n has round(i*K/(n-1)), like actors of different speed), ``empirical`` (each rollout
+draws one lag for all its environments from 0..K with probabilities proportional to ``lag_weights``, one weight per
+lag; K is the largest lag with weight > 0).
+
+**Replaying a measured lag.** The asynchronous mode (agents/asynchronous.py) measures one lag per trained rollout
+(the learner's version at training minus the version that acted it; ``lag_counts`` in its ``async.json``). The
+``empirical`` mode replays that distribution in a simulated run: ``lag_weights`` = the counts of lags 0..K, each
+rollout's lag drawn independently of the others (the measured lags' order and correlations are not replayed). A
+draw is the inverse CDF of one uniform number from the generator the ``uniform`` mode draws from (seeded with the
+run's seed, saved in checkpoints), so resumes and seed batches stay exact as for ``uniform``
+(``python train.py ... --lag-mode empirical --lag-weights-from logs/<async run>``, docs/async.md).
+Like every mode, a lag is capped at the snapshots held: the first K rollouts cannot lag more than their index.
 
 **Exploring actors.** A behaviour temperature, the second source of off-policy data besides lag. Large asynchronous
 systems run many actors that both lag and explore, so the behaviour policy mu is flatter than the learner pi, and
@@ -31,7 +42,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch as th
@@ -47,18 +58,28 @@ from torch import nn
 from torch.distributions import Bernoulli, Categorical, Normal
 
 from agents.fast_policy import fast_forward
+from agents.lag_weights import check_lag_weights, lag_probabilities
 from agents.options import LAG_MODES, TEMPERATURE_MODES
 
 #: a module's parameters and buffers by name
 Snapshot = Dict[str, th.Tensor]
 
 
-def check_lag_args(policy_lag: Any, lag_mode: Any) -> None:
-    """Raise ValueError naming the bad value for a lag that is not a non-negative int or an unknown mode."""
+def check_lag_args(policy_lag: Any, lag_mode: Any, lag_weights: Any = None) -> None:
+    """Raise ValueError naming the bad value for a lag that is not a non-negative int, an unknown mode, or weights
+    that are missing, malformed or given to a mode other than ``empirical`` (:func:`check_lag_weights`)."""
     if isinstance(policy_lag, bool) or not isinstance(policy_lag, (int, np.integer)) or policy_lag < 0:
         raise ValueError(f"policy_lag={policy_lag!r} must be a non-negative integer (0 = no lag)")
     if lag_mode not in LAG_MODES:
         raise ValueError(f"lag_mode={lag_mode!r} is unknown: choose one of {', '.join(LAG_MODES)}")
+    if lag_mode == "empirical":
+        if lag_weights is None:
+            raise ValueError("lag_mode='empirical' draws each rollout's lag from lag_weights: give one weight per lag "
+                             "0..K (K = policy_lag), e.g. lag_weights=[12, 30, 8] with policy_lag=2")
+        check_lag_weights(lag_weights, int(policy_lag))
+    elif lag_weights is not None:
+        raise ValueError(f"lag_weights={lag_weights!r} is read by lag_mode='empirical' only (lag_mode={lag_mode!r} "
+                         "given): drop lag_weights or set lag_mode='empirical'")
 
 
 def check_temperature_args(behavior_temperature: Any, temperature_mode: Any) -> None:
@@ -141,20 +162,28 @@ class BehaviorPolicies:
     as the newest snapshot. Its training state (snapshots, the lag generator) goes into checkpoints, not model.zip.
 
     :param policy_lag: K, how many snapshots are kept (0: the learner always acts)
-    :param lag_mode: ``fixed``, ``uniform`` or ``per-env`` (module docstring)
+    :param lag_mode: ``fixed``, ``uniform``, ``per-env`` or ``empirical`` (module docstring)
     :param temperatures: one temperature per environment (:func:`env_temperatures`); 1 = untempered
-    :param rng: draws the ``uniform`` mode's lags
+    :param rng: draws the ``uniform`` and ``empirical`` modes' lags
     :param device: where the policies' parameters live
+    :param lag_weights: ``empirical`` mode only (and required there): weights of lags 0..K, K + 1 numbers >= 0
+        (counts or probabilities; normalised here), the last > 0
     """
 
     def __init__(self, policy_lag: int, lag_mode: str, temperatures: np.ndarray, rng: np.random.Generator,
-                 device: th.device = th.device("cpu")) -> None:
-        check_lag_args(policy_lag, lag_mode)
+                 device: th.device = th.device("cpu"), lag_weights: Optional[Sequence[float]] = None) -> None:
+        check_lag_args(policy_lag, lag_mode, lag_weights)
         self.device = device
         self.policy_lag = int(policy_lag)
         self.lag_mode = lag_mode
         self.temperatures = temperatures
         self.rng = rng
+        # empirical mode: the CDF of the lag over 0..K, its last value exactly 1 (a uniform draw in [0, 1) always
+        # falls below it)
+        self._lag_cdf: Optional[np.ndarray] = None
+        if lag_weights is not None:
+            self._lag_cdf = np.cumsum(lag_probabilities(lag_weights))
+            self._lag_cdf[-1] = 1.0
         # the learner after each of the last K updates (oldest first), as modules that act directly; K copies plus
         # the learner: nothing else holds parameters
         self.snapshots: Deque[nn.Module] = deque(maxlen=self.policy_lag)
@@ -168,6 +197,9 @@ class BehaviorPolicies:
         k, n = self.policy_lag, len(self.temperatures)
         if self.lag_mode == "uniform":
             return np.full(n, self.rng.integers(0, k + 1), dtype=np.int64)
+        if self.lag_mode == "empirical":  # inverse CDF: the first lag l with u < P(lag <= l), u uniform in [0, 1)
+            assert self._lag_cdf is not None
+            return np.full(n, np.searchsorted(self._lag_cdf, self.rng.random(), side="right"), dtype=np.int64)
         if self.lag_mode == "per-env" and n > 1:
             return np.rint(np.linspace(0, k, n)).astype(np.int64)
         return np.full(n, k, dtype=np.int64)

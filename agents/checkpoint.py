@@ -26,7 +26,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import cloudpickle
 import numpy as np
@@ -177,14 +177,28 @@ class CheckpointCallback(BaseCallback):
     non-finite check runs first, so a broken state is never written over the last good checkpoint. Setting
     :attr:`stop_requested` (to anything but None, e.g. a signal number) makes the next boundary write a checkpoint
     and raise :class:`StopRequested`: the safe point to stop a run that is to be resumed.
+
+    :param path: the checkpoint file
+    :param save_freq: env steps between checkpoints (0: only when :meth:`save` is called, or a stop is requested)
+    :param before_save: called right before every checkpoint is written, e.g. to write a file that must reach at
+        least as far as the checkpoint (train.py writes an asynchronous run's lag history there: a run killed
+        between the two writes then holds a history a resume cuts back to the checkpoint, never a shorter one)
     """
 
-    def __init__(self, path: Path, save_freq: int) -> None:
+    def __init__(self, path: Path, save_freq: int, before_save: Optional[Callable[[], None]] = None) -> None:
         super().__init__()
         self.path = Path(path)
         self.save_freq = save_freq
+        self.before_save = before_save
         self._last_saved: Optional[int] = None
         self.stop_requested: Optional[int] = None
+
+    def save(self) -> None:
+        """Write the checkpoint now (``before_save`` first)."""
+        if self.before_save is not None:
+            self.before_save()
+        save_checkpoint(self.model, self.path)
+        self._last_saved = self.model.num_timesteps
 
     def _on_training_start(self) -> None:
         self._last_saved = self.num_timesteps
@@ -194,8 +208,7 @@ class CheckpointCallback(BaseCallback):
         assert self._last_saved is not None
         due = self.save_freq > 0 and self.num_timesteps - self._last_saved >= self.save_freq
         if due or self.stop_requested is not None:
-            save_checkpoint(self.model, self.path)
-            self._last_saved = self.num_timesteps
+            self.save()
         if self.stop_requested is not None:
             raise StopRequested(self.stop_requested)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import fields
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch as th
@@ -58,8 +58,12 @@ class LaggedPPO(PPO):
     an arm's subclass names another ``objective_class`` and keeps its settings as attributes (:meth:`_keep_settings`).
 
     :param policy_lag: K >= 0, how many updates old the behaviour policy is (0 = stock PPO)
-    :param lag_mode: ``fixed`` (every step K updates old), ``uniform`` (each rollout draws its lag from 0..K)
-        or ``per-env`` (environment i has lag round(i*K/(n_envs-1)), like actors of different speed; K if n_envs=1)
+    :param lag_mode: ``fixed`` (every step K updates old), ``uniform`` (each rollout draws its lag from 0..K),
+        ``per-env`` (environment i has lag round(i*K/(n_envs-1)), like actors of different speed; K if n_envs=1) or
+        ``empirical`` (each rollout draws its lag from 0..K with probabilities proportional to ``lag_weights``, e.g.
+        an asynchronous run's measured lags; :mod:`agents.behavior`)
+    :param lag_weights: ``empirical`` mode only (and required there): the weights of lags 0..K, K + 1 numbers >= 0
+        whose last is > 0 (counts or probabilities, normalised), e.g. ``[12, 30, 8]`` with ``policy_lag=2``
     :param would_bound_c: c used only by the ``train/dual_clip_would_bound`` diagnostic (share of samples with
         A<0 and r>c), so vanilla runs show how often dual-clip would have acted; it does not change the loss.
     :param behavior_temperature: tau > 0: whoever acts samples from its distribution tempered by tau (Gaussian std
@@ -78,12 +82,13 @@ class LaggedPPO(PPO):
         *,
         policy_lag: int = 0,
         lag_mode: str = "fixed",
+        lag_weights: Optional[Sequence[float]] = None,
         would_bound_c: float = 3.0,
         behavior_temperature: float = 1.0,
         temperature_mode: str = "fixed",
         **kwargs: Any,
     ) -> None:
-        check_lag_args(policy_lag, lag_mode)
+        check_lag_args(policy_lag, lag_mode, lag_weights)
         check_temperature_args(behavior_temperature, temperature_mode)
         if behavior_temperature != 1 and kwargs.get("use_sde", False):
             raise ValueError("use_sde=True with behavior_temperature != 1 is not supported (gSDE's noise is not a "
@@ -97,6 +102,7 @@ class LaggedPPO(PPO):
                              "LaggedDictRolloutBuffer")
         self.policy_lag = int(policy_lag)
         self.lag_mode = lag_mode
+        self.lag_weights = None if lag_weights is None else [float(w) for w in lag_weights]
         self.would_bound_c = float(would_bound_c)
         self.behavior_temperature = float(behavior_temperature)
         self.temperature_mode = temperature_mode
@@ -116,7 +122,8 @@ class LaggedPPO(PPO):
             self.__dict__.pop(derived, None)
         temperatures = env_temperatures(self.behavior_temperature, self.temperature_mode, self.n_envs)
         rng = old_rng if old_rng is not None else np.random.default_rng(self.seed)
-        self.behavior = BehaviorPolicies(self.policy_lag, self.lag_mode, temperatures, rng, self.device)
+        self.behavior = BehaviorPolicies(self.policy_lag, self.lag_mode, temperatures, rng, self.device,
+                                         lag_weights=self.lag_weights)
         self.learner_pass = LearnerPass(self.action_space, self.device)
         self.objective = self._make_objective()
         # PPO-EWMA's average of the learner (agents/ewma.py) when the objective reads pi_prox from it; its state goes

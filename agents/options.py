@@ -3,8 +3,9 @@ grid checks read them; the modules that implement the options import them from h
 
 #: ``--algo`` ids, in the order tables list them (``agents.ALGOS`` maps them to classes)
 ALGO_IDS = ("ppo", "dualclip", "decoupled")
-#: how the lag is spread over rollouts and environments (agents/lagged.py)
-LAG_MODES = ("fixed", "uniform", "per-env")
+#: how the lag is spread over rollouts and environments (agents/behavior.py); ``empirical`` draws it from given
+#: weights (agents/lag_weights.py)
+LAG_MODES = ("fixed", "uniform", "per-env", "empirical")
 #: how a per-step loss is aggregated (agents/losses.py, verl's modes)
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 #: what happens to decoupled steps whose weight pi_prox / mu exceeds w_max: ``truncate`` (openai/ppo-ewma: the

@@ -73,7 +73,7 @@ _ACTIVATIONS: Dict[type, Callable[[th.Tensor], th.Tensor]] = {nn.Tanh: th.tanh, 
 #: the trainer's hyperparameters that must agree for seeds to train in lockstep (the arm's settings are those of
 #: its objective, compared field by field)
 _SHARED = ("n_steps", "n_envs", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef", "vf_coef",
-           "max_grad_norm", "normalize_advantage", "policy_lag", "lag_mode", "behavior_temperature",
+           "max_grad_norm", "normalize_advantage", "policy_lag", "lag_mode", "lag_weights", "behavior_temperature",
            "temperature_mode", "would_bound_c")
 
 

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: the files of a run folder that train.py, evaluate.py and sweep.py look for
 CHECKPOINT = "checkpoint.pkl"
 MODEL = "model.zip"
+#: an asynchronous run's settings and measured lags (train.py --actors; studies/records.py, --lag-weights-from read it)
+ASYNC_SUMMARY = "async.json"
 #: written next to model.zip by a run stopped by a signal (model.zip alone then does not mean finished); removed when
 #: the resumed run completes
 INTERRUPTED = "interrupted.txt"

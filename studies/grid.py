@@ -19,7 +19,9 @@ A key (in ``settings``, an env's mapping or ``grid``) named like a ``train.py`` 
 ``--policy-lag``, ``dual_clip`` -> ``--dual-clip``, ``n_timesteps`` -> ``-n``, ``conf_file`` -> ``-conf``) is
 passed as that flag; any other key is a hyperparameter, passed as ``-params key:value``. ``algo`` and ``seed`` must
 be axes. The run name encodes the env, the algorithm, the lag and every other axis of the run's part of the grid,
-then the seed: ``HalfCheetah-v4_dualclip_lag4_c1.5_s2``.
+then the seed: ``HalfCheetah-v4_dualclip_lag4_c1.5_s2``. A measured lag distribution replayed (``lag_mode:
+empirical`` with ``lag_weights: [12, 30, 8]``, the weights of lags 0..K, or ``lag_weights_from: PATH``) names K from
+the weights, and an axis of weights is named by them: ``..._lag2-empirical_w12-30-8_s1``.
 
 Nothing here trains or writes: :func:`load_grid` returns :class:`RunSpec` objects, each with the exact
 ``train.py`` arguments of its run.
@@ -46,7 +48,7 @@ RESERVED = ("env", "resume", "log_folder", "run_name", "tensorboard_log", "save_
 FILE_KEYS = ("study", "title", "settings", "envs", "grid")
 #: short labels of axes in run names (other axes use their own key)
 LABELS = {"dual_clip": "c", "behavior_temperature": "t", "is_weight_max": "wmax", "is_weight_mode": "",
-          "temperature_mode": "", "loss_agg_mode": "", "prox": "", "prox_ewma_beta": "beta"}
+          "temperature_mode": "", "loss_agg_mode": "", "prox": "", "prox_ewma_beta": "beta", "lag_weights": "w"}
 
 
 @dataclass(frozen=True)
@@ -106,16 +108,35 @@ def _fmt(value: Any) -> str:
 
 
 def _label(key: str, value: Any) -> str:
+    if isinstance(value, list):  # lag weights [0.2, 0.5, 0.3]: w0.2-0.5-0.3
+        return LABELS.get(key, key) + "-".join(_label("", v) for v in value)
     text = _fmt(value).replace("/", "-").replace(" ", "").replace(":", "")
     for ch in "{}[],'\"":
         text = text.replace(ch, "")
     return f"{LABELS.get(key, key)}{text}"
 
 
+def _policy_lag(axes: Dict[str, Any]) -> Any:
+    """The run's K: ``policy_lag``, else with ``lag_mode: empirical`` the largest lag of its weights, as train.py
+    implies it (the weights unreadable: 0, and the grid's check names the problem)."""
+    if "policy_lag" in axes or axes.get("lag_mode") != "empirical":
+        return axes.get("policy_lag", 0)
+    from cli.lag_weights import parse_lag_weights, read_lag_counts
+
+    try:
+        if axes.get("lag_weights") is not None:
+            return len(parse_lag_weights(_fmt(axes["lag_weights"]))) - 1
+        if axes.get("lag_weights_from") is not None:
+            return len(read_lag_counts(Path(axes["lag_weights_from"]))) - 1
+    except ValueError:
+        pass
+    return 0
+
+
 def run_name(env: str, axes: Dict[str, Any], axis_keys: List[str]) -> str:
     """``<env>_<algo>_lag<K>[-<mode>]_<other axes>_s<seed>``; ``axis_keys``: the axes of the run's part of the grid."""
     mode = axes.get("lag_mode", "fixed")
-    parts = [env.replace("/", "-"), str(axes["algo"]), f"lag{axes.get('policy_lag', 0)}"
+    parts = [env.replace("/", "-"), str(axes["algo"]), f"lag{_policy_lag(axes)}"
              + ("" if mode == "fixed" else f"-{mode}")]
     for key in axis_keys:
         if key not in ("algo", "policy_lag", "lag_mode", "seed", "env"):

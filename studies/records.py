@@ -5,7 +5,7 @@ A record is small (tens of KB: no model, no event file) and holds everything the
 - ``meta``: the run's name, study, axis values, seed, full config (``config.yml``), the train.py command, code
   version, library versions, the machine that trained it (CPU model, torch's CPU capability: what decides whether a
   re-run repeats it bit for bit), wall time and which training path produced it (``single-run``, ``seed-batch`` or
-  ``async``); an asynchronous run's ``async``: its ``async.json`` (actors, max_staleness, the measured lag and actor
+  ``async``); an asynchronous run's ``async``: its ``async.json`` (n_actors, max_staleness, the measured lag and actor
   of every trained rollout, ``lag_counts``, ``lag_mean``, ``lag_max``, ``staleness_waits``);
 - ``updates``: one row per update, column by column: ``step`` (env steps) and every ``rollout/*``, ``train/*`` and
   ``time/fps`` scalar the run logged (``rollout/ep_rew_mean`` is the training return, i.e. the return of the
@@ -102,7 +102,7 @@ def eval_rows(run_dir: Path) -> Dict[str, list]:
 def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str], **meta: Any) -> Dict[str, Any]:
     """The record of the finished run in ``run_dir`` (see the module docstring)."""
     from cli import run_files
-    from cli.common import library_versions, machine_info
+    from cli.common import ASYNC_SUMMARY, library_versions, machine_info
 
     files = run_files.read(run_dir)
     args, config = files.args, files.config
@@ -112,7 +112,7 @@ def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str
     path = "seed-batch" if args.get("seeds") else "single-run"
     if args.get("actors"):  # asynchronous actors (train.py --actors): the lag was measured; its history and settings
         path = "async"
-    summary = run_dir / "async.json"
+    summary = run_dir / ASYNC_SUMMARY
     asynchronous = json.loads(summary.read_text()) if summary.is_file() else None
     return {
         "format": FORMAT,
@@ -126,7 +126,7 @@ def build_record(run_dir: Path, study: str, axes: Dict[str, Any], argv: List[str
             "machine": args.get("machine") or machine_info(),
             "torch_threads": args.get("num_threads"), "wall_time_s": round(wall_time(run_dir), 1), "path": path,
             "batch_seeds": args.get("seeds") if path == "seed-batch" else None,  # wall time is the batch's
-            # asynchronous runs: actors, max_staleness, and per trained rollout its measured lag and actor, with
+            # asynchronous runs: n_actors, max_staleness, and per trained rollout its measured lag and actor, with
             # their counts (lag_counts), mean and maximum; absent for other runs
             **({"async": asynchronous} if asynchronous is not None else {}),
             "recorded": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), **meta,

@@ -95,6 +95,8 @@ def effective(record: Dict[str, Any], key: str) -> Any:
         value = None  # ppo's --dual-clip only sets the would-bound diagnostic
     if key in ("is_weight_mode", "is_weight_max") and meta["algo"] != "decoupled":
         value = None
+    if isinstance(value, list):  # lag weights: a tuple, so that settings group and sort
+        return tuple(value)
     return float(value) if isinstance(value, int) and key in ("dual_clip", "is_weight_max",
                                                               "behavior_temperature") else value
 

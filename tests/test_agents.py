@@ -12,7 +12,7 @@ import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import configure
 
-from agents import ALGOS, DualClipPPO, LaggedPPO
+from agents import ALGOS, LAG_MODES, DualClipPPO, LaggedPPO
 from tests.helpers import flat_params, tiny_model
 
 ENVS = ["CartPole-v1", "Pendulum-v1"]
@@ -129,9 +129,10 @@ def test_first_minibatch_ratio(policy_lag: int, expect_one: bool) -> None:
 
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
-@pytest.mark.parametrize("lag_mode", ["fixed", "uniform", "per-env"])
+@pytest.mark.parametrize("lag_mode", LAG_MODES)
 def test_every_lag_mode_runs(algo: str, lag_mode: str) -> None:
-    model = tiny_model(ALGOS[algo], "CartPole-v1", n_envs=3, policy_lag=2, lag_mode=lag_mode)
+    weights = [1, 2, 3] if lag_mode == "empirical" else None  # (the empirical mode draws from given weights)
+    model = tiny_model(ALGOS[algo], "CartPole-v1", n_envs=3, policy_lag=2, lag_mode=lag_mode, lag_weights=weights)
     model.learn(4 * 64 * 3)
     lags = model.behavior.last_lags
     assert lags.shape == (3,) and lags.min() >= 0 and lags.max() <= 2

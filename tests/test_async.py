@@ -174,6 +174,57 @@ def test_missing_ray_is_one_line_naming_the_extra(tmp_path) -> None:
     assert not (tmp_path / "logs").exists()
 
 
+def test_the_lag_history_is_written_before_every_checkpoint_and_a_resume_cuts_it_there(tmp_path) -> None:
+    """train.py writes async.json (atomically) right before every checkpoint, the final one too, so a run killed
+    hard keeps its lag history up to its checkpoint; a resume cuts a longer history back to the checkpoint and
+    refuses a shorter one (it could not continue where training does). A synchronous model stands in for the
+    learner here: the hook and the files are train.py's, whatever fills the history."""
+    import train
+    from agents.asynchronous import LagHistory
+    from agents.checkpoint import read_checkpoint
+
+    args = train.parse_args(["--algo", "ppo", "--env", "CartPole-v1", "-n", "512", "--seed", "1", "--actors", "2",
+                             "--save-freq", "128", "-f", str(tmp_path), "--verbose", "0", *TINY])
+    (run,) = train.new_runs(args)
+    train.start_logs(run)
+    checkpoint = run.run_dir / "checkpoint.pkl"
+    history, seen = LagHistory(), []
+
+    def on_checkpoint(checkpointed: "train.Run") -> None:
+        on_disk = read_checkpoint(checkpoint)["num_timesteps"] if checkpoint.is_file() else None
+        seen.append((checkpointed.model.num_timesteps, on_disk))
+        history.lags.append(len(history.lags) % 3)  # one lag per rollout trained so far
+        history.actors.append(len(history.actors) % 2)
+        train.write_lag_history(checkpointed, history)
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert train.train([run], on_checkpoint=on_checkpoint) == 0
+    finally:  # train() stops at a boundary on Ctrl-C; pytest's own handlers come back
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    # every 128 steps (one update) and at the end, each time before the checkpoint is replaced
+    assert seen == [(128, None), (256, 128), (384, 256), (512, 384)]
+    written = json.loads((run.run_dir / "async.json").read_text())
+    assert written["n_actors"] == 2 and written["lags"] == [0, 1, 2, 0] and written["lag_counts"] == {"0": 2, "1": 1,
+                                                                                                     "2": 1}
+    assert sorted(p.name for p in run.run_dir.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+
+    history.lags.append(2)  # a run killed after async.json, before its checkpoint: one rollout more
+    history.actors.append(1)
+    train.write_lag_history(run, history)
+    resumed = train.read_lag_history(run)
+    assert resumed.lags == [0, 1, 2, 0] and resumed.actors == [0, 1, 0, 1]  # cut at the checkpoint's 4 updates
+    del history.lags[3:], history.actors[3:]  # fewer rollouts than the checkpoint trained: refused
+    train.write_lag_history(run, history)
+    with pytest.raises(train.UsageError, match="async.json holds the lags of 3 rollouts, the checkpoint's 4"):
+        train.read_lag_history(run)
+    (run.run_dir / "async.json").unlink()
+    with pytest.raises(train.UsageError, match="async.json is missing or damaged"):
+        train.read_lag_history(run)
+    run.env.close()
+
+
 # --------------------------------------------------------------------------------------------------- with Ray
 def _train(args: List[str], mark: str) -> subprocess.Popen:
     """train.py in a subprocess whose every descendant (Ray's processes too) carries ``MARK=mark``."""
@@ -300,6 +351,42 @@ def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path, marks) -> None:
     assert not (run / "interrupted.txt").exists()
     summary = json.loads((run / "async.json").read_text())
     assert len(summary["lags"]) == 100  # 12800 / 128 updates, before and after the stop
+    assert _lags_logged(run) == [float(v) for v in summary["lags"]]
+
+
+@pytest.mark.slow
+def test_a_hard_killed_run_keeps_its_lag_history_and_resume_continues_it(tmp_path, marks) -> None:
+    """SIGKILL (no handler runs, async.json is not written at the end): the history on disk reaches the checkpoint,
+    and --resume continues it from there, consistent with the lags the updates logged."""
+    from agents.checkpoint import read_checkpoint
+
+    mark = uuid.uuid4().hex
+    marks.append(mark)
+    proc = _train(["--algo", "ppo", "--env", "CartPole-v1", "-n", "6400", "--seed", "5", "--actors", "2",
+                   "--save-freq", "256", "-f", str(tmp_path), "--verbose", "0", *TINY], mark)
+    run = tmp_path / "CartPole-v1_ppo_actors2_s5"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "checkpoint.pkl").is_file() and read_checkpoint(run / "checkpoint.pkl")["num_timesteps"] >= 512:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    proc.communicate(timeout=60)
+    for pid in _marked(mark):  # Ray's processes of the killed run
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    trained = read_checkpoint(run / "checkpoint.pkl")["num_timesteps"] // 128
+    kept = json.loads((run / "async.json").read_text())
+    assert 4 <= trained <= len(kept["lags"]) and len(kept["actors"]) == len(kept["lags"])
+
+    code, _, err = _run(["--resume", str(run)], marks)
+    assert code == 0, err
+    summary = json.loads((run / "async.json").read_text())
+    assert len(summary["lags"]) == len(summary["actors"]) == 50  # 6400 / 128 updates, before and after the kill
+    assert summary["lags"][:trained] == kept["lags"][:trained]
+    assert summary["actors"][:trained] == kept["actors"][:trained]
     assert _lags_logged(run) == [float(v) for v in summary["lags"]]
 
 

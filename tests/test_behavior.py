@@ -1,5 +1,6 @@
-"""Exploring actors (agents/behavior.py): the tempered distributions, log mu stored from the distribution that
-sampled, every action space, composition with lag, and tau = 1 leaving everything bit-identical."""
+"""The behaviour policies (agents/behavior.py). Exploring actors: the tempered distributions, log mu stored from the
+distribution that sampled, every action space, composition with lag, and tau = 1 leaving everything bit-identical.
+The empirical lag mode: its draws by hand and in frequency, K capping them, its bad arguments, save and load."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from torch.distributions import Bernoulli, Categorical, Normal
 
 from agents import ALGOS
-from agents.behavior import env_temperatures, temper
+from agents.behavior import BehaviorPolicies, env_temperatures, temper
+from agents.lag_weights import lag_probabilities
 from tests.helpers import TINY, flat_params, tiny_model
 
 
@@ -139,3 +141,77 @@ def test_per_env_temperatures_and_the_learner_pass() -> None:
 def test_bad_temperature_arguments_raise(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         tiny_model(ALGOS["ppo"], "Pendulum-v1", **kwargs)
+
+
+# ------------------------------------------------------------------------------------ the empirical lag mode
+def _empirical(weights, n_envs: int = 3, seed: int = 0) -> BehaviorPolicies:
+    return BehaviorPolicies(len(weights) - 1, "empirical", np.ones(n_envs), np.random.default_rng(seed),
+                            lag_weights=weights)
+
+
+def test_empirical_lags_are_the_inverse_cdf_of_the_generators_uniform_draws() -> None:
+    """By hand: weights 12, 30, 8 are probabilities 0.24, 0.6, 0.16, so P(lag <= l) is 0.24, 0.84, 1; a rollout
+    whose uniform draw u (the run's lag generator, one number per rollout) is below 0.24 gets lag 0, below 0.84 lag 1,
+    else lag 2, and all its environments get that lag."""
+    behavior = _empirical([12, 30, 8], seed=7)
+    uniforms = np.random.default_rng(7).random(50)  # the same generator, the same stream
+    expected = [0 if u < 0.24 else 1 if u < 0.84 else 2 for u in uniforms]
+    drawn = [behavior.draw_lags() for _ in uniforms]
+    assert [d.tolist() for d in drawn] == [[lag] * 3 for lag in expected]
+    assert {0, 1, 2} <= set(expected)  # the stream reaches every lag
+
+
+def test_empirical_lag_frequencies_match_the_weights_and_k_caps() -> None:
+    """20,000 rollouts of a fixed seed: the frequencies of lags 0, 1, 2 are the normalised weights within 0.01
+    (about 3 standard errors), a lag of weight 0 never comes, none exceeds K, and while fewer than K snapshots are
+    held the lag acted is capped at them (as in every mode)."""
+    behavior = _empirical([12, 30, 8])
+    draws = np.array([behavior.draw_lags()[0] for _ in range(20_000)])
+    np.testing.assert_allclose(np.bincount(draws, minlength=3) / len(draws), [0.24, 0.6, 0.16], atol=0.01)
+    assert draws.max() == 2
+    gapped = _empirical([1, 0, 0, 2])
+    assert set(int(gapped.draw_lags()[0]) for _ in range(2_000)) == {0, 3}
+    always_k = _empirical([0, 0, 1])  # probabilities too: lag 2 every rollout
+    learner = tiny_model(ALGOS["ppo"]).policy
+    acted = []
+    for _ in range(4):
+        acted.append(always_k.start_rollout().tolist())
+        always_k.end_rollout(learner)  # (end_rollout pushes the learner as the newest snapshot)
+    assert acted == [[0, 0, 0], [1, 1, 1], [2, 2, 2], [2, 2, 2]]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"policy_lag": 2, "lag_mode": "empirical"}, "lag_mode='empirical' draws each rollout's lag from lag_weights"),
+    ({"policy_lag": 2, "lag_mode": "empirical", "lag_weights": [1, 2]},
+     r"lag_weights=\[1.0, 2.0\] has 2 weights \(lags 0..1\) but policy_lag=2: give policy_lag \+ 1 weights"),
+    ({"policy_lag": 1, "lag_mode": "empirical", "lag_weights": [1, -1]}, r"negative or not finite \(-1.0\)"),
+    ({"policy_lag": 1, "lag_mode": "empirical", "lag_weights": [1, float("inf")]}, r"negative or not finite \(inf\)"),
+    ({"policy_lag": 1, "lag_mode": "empirical", "lag_weights": [1, 0]}, "the weight of lag K=1 is 0"),
+    ({"policy_lag": 1, "lag_mode": "empirical", "lag_weights": "1,2"}, "must be a sequence of numbers"),
+    ({"policy_lag": 1, "lag_mode": "empirical", "lag_weights": [1, True]}, "must be a sequence of numbers"),
+    ({"policy_lag": 1, "lag_mode": "uniform", "lag_weights": [1, 1]}, "read by lag_mode='empirical' only"),
+])
+def test_bad_lag_weights_raise_one_line(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as info:
+        tiny_model(ALGOS["ppo"], **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_empirical_lag_weights_survive_save_load(tmp_path) -> None:
+    """model.zip keeps the weights: a loaded model draws its lags with them (from the seed's generator, as a model
+    loaded from model.zip does in uniform mode; a checkpoint continues the stream, tests/test_reliability.py)."""
+    model = tiny_model(ALGOS["dualclip"], n_envs=2, policy_lag=2, lag_mode="empirical", lag_weights=[12, 30, 8])
+    model.learn(3 * 64 * 2)
+    assert model.num_timesteps == 3 * 64 * 2 and model.behavior.last_lags.max() <= 2
+    model.save(tmp_path / "m.zip")
+    loaded = ALGOS["dualclip"].load(tmp_path / "m.zip", device="cpu")
+    assert (loaded.lag_mode, loaded.policy_lag, loaded.lag_weights) == ("empirical", 2, [12.0, 30.0, 8.0])
+    fresh = _empirical([12, 30, 8], n_envs=2, seed=0)
+    assert [loaded.behavior.draw_lags().tolist() for _ in range(20)] == [fresh.draw_lags().tolist() for _ in range(20)]
+
+
+def test_normalising_twice_changes_no_bit() -> None:
+    """A run given the probabilities another recorded (config.yml) draws exactly as that run."""
+    for weights in ([12, 30, 8], [1, 1, 1], [1, 7, 86, 6], [3, 7, 11, 13, 17]):
+        once = lag_probabilities(weights)
+        assert np.array_equal(lag_probabilities(once.tolist()), once)

@@ -224,18 +224,20 @@ def test_missing_atari_extra_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.parametrize("lags", [dict(lag_mode="uniform"), dict(lag_mode="empirical", lag_weights=[1, 2, 0, 4])],
+                         ids=["uniform", "empirical"])
 @pytest.mark.parametrize("algo", sorted(ALGOS))
-def test_checkpoint_roundtrip_keeps_lag_snapshots(tmp_path: Path, algo: str) -> None:
+def test_checkpoint_roundtrip_keeps_lag_snapshots(tmp_path: Path, algo: str, lags: dict) -> None:
     from agents.checkpoint import restore_env, restore_model, save_checkpoint
 
-    model = tiny_model(ALGOS[algo], policy_lag=3, lag_mode="uniform")
+    model = tiny_model(ALGOS[algo], policy_lag=3, **lags)
     model.set_logger(configure(None, []))
     model.learn(4 * 64)
     save_checkpoint(model, tmp_path / "c.pkl")
     state = read_checkpoint(tmp_path / "c.pkl")
     again = restore_model(ALGOS[algo], state, restore_env(state, None), "cpu")
     assert len(again.behavior.snapshots) == 3
-    # the uniform lag draws continue where they stopped
+    # the lag draws (uniform, or from the weights) continue where they stopped
     assert [again.behavior.draw_lags()[0] for _ in range(20)] == [model.behavior.draw_lags()[0] for _ in range(20)]
     for x, y in zip(model.behavior.snapshot_tensors(), again.behavior.snapshot_tensors()):
         assert x.keys() == y.keys() and all(th.equal(x[k], y[k]) for k in x)

@@ -32,13 +32,18 @@ def params(model):
     return {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
 
 
-@pytest.mark.parametrize("env_id", ENVS)
+#: lags drawn per rollout: from 0..K, or from weights (the empirical mode draws from the same per-seed generator)
+LAG_DRAWS = {"uniform": dict(lag_mode="uniform"), "empirical": dict(lag_mode="empirical", lag_weights=[1, 3, 2])}
+
+
+@pytest.mark.parametrize("env_id, lags", [(env_id, "uniform") for env_id in ENVS] + [
+    ("CartPole-v1", "empirical"), pytest.param("Pendulum-v1", "empirical", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("algo", [pytest.param("ppo", marks=pytest.mark.slow),  # the batched parts are the arms'
                                   pytest.param("dualclip", marks=pytest.mark.slow), "decoupled"])  # (decoupled: most)
-def test_a_seed_does_not_depend_on_its_batch(algo, env_id):
+def test_a_seed_does_not_depend_on_its_batch(algo, env_id, lags):
     """Seed 3 trained alone and inside a batch of five ends with the same parameters, bit for bit (lag drawn per
     rollout, tempered actors: every per-seed stream is exercised)."""
-    lagged = dict(policy_lag=2, lag_mode="uniform", behavior_temperature=1.5)
+    lagged = dict(policy_lag=2, behavior_temperature=1.5, **LAG_DRAWS[lags])
     alone = make(algo, env_id, 3, **lagged)
     SeedBatch([alone]).learn(384)
     batch = [make(algo, env_id, seed, **lagged) for seed in (1, 2, 3, 4, 5)]
@@ -164,6 +169,9 @@ def test_unsupported_settings_are_refused_in_one_line(kwargs, needle):
 def test_a_batch_needs_one_configuration():
     with pytest.raises(ValueError, match="policy_lag"):
         SeedBatch([make("ppo", "Pendulum-v1", 1), make("ppo", "Pendulum-v1", 2, policy_lag=1)])
+    with pytest.raises(ValueError, match="lag_weights differ"):
+        SeedBatch([make("ppo", "Pendulum-v1", seed, policy_lag=1, lag_mode="empirical", lag_weights=weights)
+                   for seed, weights in ((1, [1, 1]), (2, [1, 2]))])
     with pytest.raises(ValueError, match="share their class"):
         SeedBatch([make("ppo", "Pendulum-v1", 1), make("dualclip", "Pendulum-v1", 2)])
     with pytest.raises(ValueError, match="dual_clip differ"):  # the arm's settings: its objective's fields

@@ -64,6 +64,33 @@ def test_any_axis_names_and_flags(tmp_path: Path) -> None:
     assert argv[argv.index("--eval-freq") + 1] == "128" and argv[argv.index("--n-timesteps") + 1] == "256"
 
 
+def test_a_measured_lag_distribution_in_a_grid(tmp_path: Path) -> None:
+    """lag_weights is a grid axis or setting (a list per value, the weights of lags 0..K): passed as --lag-weights,
+    the run name says K (which the weights imply) and, for an axis, the weights; lag_weights_from names K from the
+    run it reads; records of such runs group by their weights in the report."""
+    import json
+
+    from studies.grid import check_runs
+    from studies.report import effective
+
+    path = grid_file(tmp_path, {"algo": ["ppo"], "lag_weights": [[12, 30, 8], [1, 1]], "seed": [1]},
+                     settings={"lag_mode": "empirical"})
+    _, runs = load_grid(path)
+    assert [r.name for r in runs] == ["CartPole-v1_ppo_lag2-empirical_w12-30-8_s1",
+                                      "CartPole-v1_ppo_lag1-empirical_w1-1_s1"]
+    argv = list(runs[0].argv)
+    assert argv[argv.index("--lag-weights") + 1] == "[12, 30, 8]" and "--policy-lag" not in argv
+    assert check_runs(runs, build_models=False) is None
+    measured = tmp_path / "async_run"
+    measured.mkdir()
+    (measured / "async.json").write_text(json.dumps({"lag_counts": {"0": 2, "3": 1}}))
+    _, runs = load_grid(grid_file(tmp_path, {"algo": ["ppo"], "seed": [1]}, name="from_run",
+                                  settings={"lag_mode": "empirical", "lag_weights_from": str(measured)}))
+    assert [r.name for r in runs] == ["CartPole-v1_ppo_lag3-empirical_s1"] and check_runs(runs, False) is None
+    record = {"meta": {"axes": {"lag_weights": [12, 30, 8]}, "algo": "ppo", "config": {}}}
+    assert effective(record, "lag_weights") == (12, 30, 8)  # hashable: settings group and sort
+
+
 @pytest.mark.parametrize("grid, message", [
     ({"algo": ["ppo"], "seed": []}, "must be a non-empty list"),
     ({"algo": ["ppo"]}, "no seed axis"),

@@ -97,7 +97,68 @@ BAD_INPUT = [
     (["--algo", "decoupled", "--env", "CartPole-v1", "--is-weight-mode", "drop"], "drop"),
     (["--algo", "decoupled", "--env", "CartPole-v1", "--is-weight-max", "0"], "--is-weight-max 0.0"),
     (["--algo", "decoupled", "--env", "CartPole-v1", "-params", "is_weight_mode:drop"], "is_weight_mode='drop'"),
+    # the empirical lag mode: its weights (flags, values, a file to read them from)
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical"],
+     "--lag-mode empirical needs the weights of lags 0..K: --lag-weights 0:12,1:30,2:8"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-weights", "1,2"], "--lag-weights needs --lag-mode empirical"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights", "1,2",
+      "--lag-weights-from", "x"], "--lag-weights and --lag-weights-from: give one of them"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights", "0:1,2:3", "--policy-lag",
+      "3"], "--policy-lag 3 with --lag-weights 0:1,2:3: K is the weights' largest lag, 2"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights", "12,30,0"],
+     "--lag-weights 12,30,0: lag_weights=[12.0, 30.0, 0.0]: the weight of lag K=2 is 0"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights", "0:1,1:-2"],
+     "negative or not finite (-2.0)"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights", "0:1,0:3"],
+     "lag '0' is named twice"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights", "1,x"],
+     "weight 'x' is not a number"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights-from", "missing"],
+     "--lag-weights-from missing: not found: pass an asynchronous run's folder"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "--lag-mode", "empirical", "--lag-weights-from", "broken.yml"],
+     "broken.yml is not readable JSON"),
+    (["--algo", "ppo", "--env", "CartPole-v1", "-params", "lag_weights:[1, 2]"], "set it with --lag-weights"),
 ]
+
+
+def test_lag_weights_from_an_asynchronous_run_land_in_config_yml(tmp_path) -> None:
+    """--lag-weights-from reads the measured lag_counts (a lag not measured weighs 0) of an asynchronous run's folder,
+    its async.json or its results record; train.py records them normalised in config.yml with policy_lag = the
+    largest lag (--policy-lag may say the same). The sweep's check finds that config equal to its command's, and to
+    the command that gives the recorded probabilities back with --lag-weights (in a grid's list format): the run is
+    reproducible from config.yml alone."""
+    import json
+
+    from cli.lag_weights import read_lag_counts
+    from studies.execute import _settings_differ
+
+    measured = tmp_path / "CartPole-v1_ppo_actors2_s1"
+    measured.mkdir()
+    summary = {"n_actors": 2, "max_staleness": None, "address": None, "lags": [1, 3, 1, 0] + [1] * 5 + [3] * 5,
+               "actors": [0, 1] * 7, "staleness_waits": 0, "lag_counts": {"0": 1, "1": 7, "3": 6}}
+    (measured / "async.json").write_text(json.dumps(summary))
+    (tmp_path / "record.json").write_text(json.dumps({"format": 1, "meta": {"async": summary}, "updates": {}}))
+    (tmp_path / "sync_record.json").write_text(json.dumps({"format": 1, "meta": {"path": "single-run"}}))
+    for source in (measured, measured / "async.json", tmp_path / "record.json"):
+        assert read_lag_counts(source) == [1.0, 7.0, 0.0, 6.0]
+    with pytest.raises(ValueError, match="record of a run without asynchronous actors"):
+        read_lag_counts(tmp_path / "sync_record.json")
+
+    argv = ["--algo", "ppo", "--env", "CartPole-v1", "-n", "64", "--seed", "1", "--lag-mode", "empirical",
+            "--lag-weights-from", str(measured), "-f", str(tmp_path / "logs"), "--verbose", "0", *TINY_PARAMS,
+            "n_envs:1"]
+    res = run_script("train.py", argv)
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "logs" / "CartPole-v1_ppo_lag3-empirical_s1"
+    config = yaml.safe_load((run / "config.yml").read_text())
+    assert (config["policy_lag"], config["lag_mode"]) == (3, "empirical")
+    assert config["lag_weights"] == [1 / 14, 7 / 14, 0.0, 6 / 14]
+    assert _settings_differ(run, argv) is None
+    explicit = argv[:argv.index("--lag-weights-from")] + ["--lag-weights", str(config["lag_weights"]),
+                                                         "--policy-lag", "3"] + argv[argv.index("-f"):]
+    assert _settings_differ(run, explicit) is None
+    counts = [a if a != str(config["lag_weights"]) else "1,7,0,6" for a in explicit]  # counts: the same probabilities
+    assert _settings_differ(run, counts) is None
 
 
 def test_a_flag_that_changes_nothing_is_accepted_by_every_arm(tmp_path) -> None:
@@ -206,6 +267,61 @@ def test_resume_refuses_a_flag_that_would_change_the_run(tmp_path, extra: list, 
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert res.stderr.startswith(f"train.py: error: {named} with --resume")
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def _folder_state(folder: Path) -> dict:
+    """Every file and folder under ``folder`` (hidden ones too) with its bytes (None for a folder)."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def unfinished_runs(tmp_path_factory) -> dict:
+    """Two unfinished runs (checkpointed at step 64 of 128) of different configurations: lag 0 and lag 1."""
+    made = {}
+    for lag in (0, 1):
+        folder = tmp_path_factory.mktemp(f"lag{lag}")
+        res = run_script("train.py", ["--algo", "ppo", "--env", "CartPole-v1", "-n", "64", "--seed", "1",
+                                      "--policy-lag", str(lag), "--verbose", "0", "-f", str(folder), "--run-name",
+                                      "run", *TINY_PARAMS, "n_envs:1"])
+        assert res.returncode == 0, res.stderr
+        config = folder / "run" / "config.yml"
+        config.write_text(config.read_text().replace("n_timesteps: 64", "n_timesteps: 128"))
+        made[lag] = folder / "run"
+    return made
+
+
+def _mark_asynchronous(run: Path, async_json: str) -> None:
+    """Make ``run`` read as an asynchronous run (args.yml: --actors 2) with ``async_json`` as its lag history."""
+    args = run / "args.yml"
+    args.write_text(args.read_text().replace("actors: null", "actors: 2"))
+    (run / "async.json").write_text(async_json)
+
+
+REFUSED_RESUMES = {
+    "two configurations": ([0, 1], None, "must share their configuration (policy_lag"),
+    "an asynchronous run with another": ([0, 0], '{"lags": [], "actors": []}', "resume it alone"),
+    "a damaged lag history": ([0], "{not json", "async.json is missing or damaged"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_RESUMES))
+def test_a_refused_resume_leaves_the_run_folders_untouched(tmp_path, unfinished_runs, case: str) -> None:
+    """Refusals that need the runs read back (their configurations compared, an asynchronous run's lag history read)
+    used to come after the logs were cut at the checkpoint and command.txt was appended to: now every refusal comes
+    first, and the folders stay byte for byte as they were."""
+    import shutil
+
+    lags, async_json, named = REFUSED_RESUMES[case]
+    runs = [tmp_path / f"run{i}" for i in range(len(lags))]
+    for run, lag in zip(runs, lags):
+        shutil.copytree(unfinished_runs[lag], run)
+    if async_json is not None:
+        _mark_asynchronous(runs[0], async_json)
+    before = _folder_state(tmp_path)
+    res = run_script("train.py", ["--resume", *map(str, runs)])
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stderr.startswith("train.py: error:") and named in res.stderr, res.stderr
+    assert _folder_state(tmp_path) == before
 
 
 def test_resume_honours_display_flags_and_says_where_it_continues(tmp_path) -> None:

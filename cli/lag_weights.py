@@ -1,0 +1,80 @@
+"""train.py's ``--lag-weights`` and ``--lag-weights-from``: the weights of the ``empirical`` lag mode
+(agents/behavior.py) as typed on the command line, or read from an asynchronous run's measured lags.
+
+Both give the weights of lags 0, 1, ..., K as a list (counts or probabilities; train.py checks them with
+:func:`agents.lag_weights.check_lag_weights` and records them normalised in config.yml).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+from cli.common import ASYNC_SUMMARY
+
+#: how --lag-weights is written, for error messages
+FORMAT = "lag:weight pairs such as 0:12,1:30,2:8 (lags not named weigh 0), or the weights of lags 0, 1, 2 in order " \
+         "such as 12,30,8"
+
+
+def parse_lag_weights(text: str) -> List[float]:
+    """``--lag-weights``: ``lag:weight`` pairs (``0:12,1:30,2:8``; a lag not named weighs 0) or the weights of lags
+    0, 1, 2, ... in order (``12,30,8``; also in brackets, ``[12, 30, 8]``, as the sweep writes a list from a grid
+    file). Raises ValueError (one line: what is wrong and how to write it; the caller puts the flag and the text in
+    front)."""
+    body = text.strip()
+    if body.startswith("[") and body.endswith("]"):
+        body = body[1:-1]
+    items = [item.strip() for item in body.split(",")]
+    pairs = [":" in item for item in items]
+    if not body.strip() or "" in items or (any(pairs) and not all(pairs)):
+        raise ValueError(f"not a list of weights: write {FORMAT}")
+    if not any(pairs):
+        return [_weight(item) for item in items]
+    weights: Dict[int, float] = {}
+    for item in items:
+        lag_text, _, weight_text = (part.strip() for part in item.partition(":"))
+        if not lag_text.isdigit() or int(lag_text) in weights:
+            problem = "named twice" if lag_text.isdigit() else "not a whole number >= 0"
+            raise ValueError(f"lag {lag_text!r} is {problem}; write {FORMAT}")
+        weights[int(lag_text)] = _weight(weight_text)
+    return [weights.get(lag, 0.0) for lag in range(max(weights) + 1)]
+
+
+def _weight(text: str) -> float:
+    """One weight of ``--lag-weights`` as a float (its sign and finiteness are checked with the others)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"weight {text.strip()!r} is not a number; write {FORMAT}") from None
+
+
+def read_lag_counts(path: Path) -> List[float]:
+    """The measured lag distribution of an asynchronous run (``train.py --actors N``) as the counts of lags 0..K
+    (K its largest measured lag): ``lag_counts`` of an ``async.json``, of the one in a run folder, or of a results
+    record's ``meta.async`` (studies/records.py). Raises ValueError (one line: what is wrong and what to pass; the
+    caller puts the path it gave in front)."""
+    path = Path(path)
+    file = path / ASYNC_SUMMARY if path.is_dir() else path
+    expected = "an asynchronous run's folder (train.py --actors N), its async.json or its results record"
+    if not file.is_file():  # (the caller names the path it was given)
+        raise ValueError(f"{f'no {ASYNC_SUMMARY} in it' if path.is_dir() else 'not found'}: pass {expected}")
+    try:
+        data: Any = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{file} is not readable JSON ({type(exc).__name__}): pass {expected}") from exc
+    record = isinstance(data, dict) and isinstance(data.get("meta"), dict)  # a results record: its meta.async
+    summary = data["meta"].get("async") if record else data
+    if record and summary is None:
+        raise ValueError(f"{file} is the record of a run without asynchronous actors (no meta.async): pass {expected}")
+    counts = summary.get("lag_counts") if isinstance(summary, dict) else None
+    if not isinstance(counts, dict) or not counts:
+        raise ValueError(f"{file} holds no lag_counts (no rollout trained yet?): pass {expected}")
+    try:
+        by_lag = {int(lag): float(count) for lag, count in counts.items()}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{file}: lag_counts {counts} is not a mapping of lag to count: pass {expected}") from exc
+    if min(by_lag) < 0:
+        raise ValueError(f"{file}: lag_counts {counts} has a negative lag: pass {expected}")
+    return [by_lag.get(lag, 0.0) for lag in range(max(by_lag) + 1)]
