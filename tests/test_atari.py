@@ -85,7 +85,10 @@ def test_unknown_id_without_ale_mentions_the_extra(monkeypatch):
 
 @needs_ale
 @pytest.mark.parametrize(
-    "algo,env_id,lag_mode", [("dualclip", "ALE/Breakout-v5", "fixed"), ("ppo", "BreakoutNoFrameskip-v4", "per-env")]
+    "algo,env_id,lag_mode",
+    [("dualclip", "ALE/Breakout-v5", "fixed"),
+     # the second id and lag mode through the same code path: slow, to keep the default suite near 5 minutes
+     pytest.param("ppo", "BreakoutNoFrameskip-v4", "per-env", marks=pytest.mark.slow)],
 )
 def test_train_and_evaluate_smoke(tmp_path, algo, env_id, lag_mode):
     proc = run("train.py", "--algo", algo, "--env", env_id, "--lag-mode", lag_mode, "-f", tmp_path, *TINY)

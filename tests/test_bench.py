@@ -9,6 +9,7 @@ import pytest
 from tests.helpers import run
 
 
+@pytest.mark.slow  # about a minute and a half of training; the default suite stays near 5 minutes
 def test_bench_writes_ratios_and_never_overwrites(tmp_path) -> None:
     pytest.importorskip("mujoco", reason="MuJoCo extra not installed")
     out = tmp_path / "bench.json"

@@ -131,6 +131,7 @@ def test_bad_flags(run_dir, args):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.slow  # encodes MP4s; the default suite stays near 5 minutes
 def test_video(run_dir, tmp_path):
     pytest.importorskip("imageio_ffmpeg", reason="--video needs imageio-ffmpeg")
     pytest.importorskip("pygame", reason="CartPole renders rgb_array frames with pygame")

@@ -393,6 +393,7 @@ def test_same_computations_are_named() -> None:
         "- lag 0: ppo and decoupled evaluate identically, seed 1 to the end; seed 2 to step 250"]
 
 
+@pytest.mark.slow  # three sweeps; the default path (seed batches) is also run by the records test above
 def test_seeds_of_a_cell_train_as_one_seed_batch(tmp_path: Path) -> None:
     """By default the seeds of one grid cell train in one process (train.py --seeds), each in its own run folder
     with its own record, which names the path; --no-batch trains one process per run."""

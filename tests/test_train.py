@@ -53,7 +53,7 @@ def test_vecnormalize_gamma_is_the_algorithms() -> None:
         "gamma": 0.9, "norm_obs": False}  # given inside normalize: wins
 
 
-@pytest.mark.parametrize("algo", ["ppo", "decoupled"])
+@pytest.mark.parametrize("algo", ["ppo", pytest.param("decoupled", marks=pytest.mark.slow)])
 def test_lagged_run_names_and_second_run_never_overwrites(tmp_path, algo: str) -> None:
     args = ["--algo", algo, "--env", "CartPole-v1", "-n", "128", "--seed", "1", "--policy-lag", "2",
             "--lag-mode", "per-env", "-f", str(tmp_path), "--verbose", "0", *TINY_PARAMS]
