@@ -19,9 +19,7 @@ train.py or the algorithm rejects) get a one-line error before any run starts (e
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -65,20 +63,6 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     if args.address is not None and args.backend != "ray":
         p.error(f"--address {args.address} needs --backend ray")
     return args
-
-
-def commit_record(path: Path, message: str) -> Optional[str]:
-    """``git commit`` of this one file (other staged or changed files are left alone); an error line or None."""
-    for attempt in range(5):  # another git process may hold the index lock for a moment
-        add = subprocess.run(["git", "add", "--", str(path)], cwd=HERE, capture_output=True, text=True)
-        res = add if add.returncode else subprocess.run(
-            ["git", "commit", "--quiet", "-m", message, "--", str(path)], cwd=HERE, capture_output=True, text=True)
-        if res.returncode == 0:
-            return None
-        if "index.lock" not in res.stderr:
-            return res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"git exit {res.returncode}"
-        time.sleep(1 + attempt)
-    return "the git index stayed locked"
 
 
 def recorded_argv(results_dir: Path, run: RunSpec) -> Optional[List[str]]:
@@ -184,7 +168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
     from studies.execute import plan, run_local, run_ray, run_state
-    from studies.records import write_record
+    from studies.records import commit_record, write_record
 
     failed = 0
     for study, runs in studies.items():

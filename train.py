@@ -287,8 +287,9 @@ def build_config(args: argparse.Namespace) -> Dict[str, Any]:
         key, value = parse_override(item)
         config[key] = value
     for key, flag in (("policy_lag", "--policy-lag"), ("lag_mode", "--lag-mode"), ("lag_weights", "--lag-weights")):
-        if key in config:  # the run name records the flags' values: they are the only way to set these
-            raise UsageError(f"{key} in {conf_path.name} or -params: set it with {flag} (the run name records the lag)")
+        if key in config:  # the flags are the only way to set these: the run name and config.yml follow them
+            raise UsageError(f"{key} in {conf_path.name} or -params: set it with {flag} (the run name and config.yml "
+                             "take the lag from the flags)")
     config["policy_lag"] = args.policy_lag
     config["lag_mode"] = args.lag_mode
     if args.lag_mode == "empirical":  # the weights, normalised, recorded explicitly (whichever flag gave them)

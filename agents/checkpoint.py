@@ -5,8 +5,8 @@ next rollout) to a temporary file and renamed over the old one, so a crash durin
 checkpoint intact. It holds:
 
 - the model as SB3 saves it (parameters, optimizer state, counters, last observation, episode statistics);
-- the lag snapshots and the generator of uniform lag draws (``model.behavior``), PPO-EWMA's average of the learner
-  (``model.prox_ewma``, agents/ewma.py), the RNG states (torch, numpy, random), the VecNormalize statistics with its
+- the lag snapshots and the generator of the uniform and empirical modes' lag draws (``model.behavior``),
+  PPO-EWMA's average of the learner (``model.prox_ewma``, agents/ewma.py), the RNG states (torch, numpy, random), the VecNormalize statistics with its
   running returns;
 - the logger values recorded by the last update but not yet written (so TensorBoard misses no step);
 - the environments themselves **when their state pickles faithfully** (gymnasium's classic control: pure Python
@@ -95,7 +95,7 @@ def save_checkpoint(model: Any, path: Path) -> None:
     state: Dict[str, Any] = {
         "num_timesteps": model.num_timesteps,
         "model_zip": zipped.getvalue(),
-        # the behaviour policies' training state: their lag snapshots and the generator of uniform lag draws
+        # the behaviour policies' training state: lag snapshots and the generator of (uniform, empirical) lag draws
         "snapshots": model.behavior.snapshot_tensors(),
         "lag_rng": model.behavior.rng.bit_generator.state,
         # PPO-EWMA's moving average of the learner (decoupled with prox=ewma), else None

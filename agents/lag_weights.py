@@ -46,4 +46,3 @@ def lag_probabilities(lag_weights: Sequence[float]) -> np.ndarray:
     weights = np.asarray(lag_weights, dtype=np.float64)
     total = weights.sum()
     return weights if abs(total - 1.0) <= 1e-12 else weights / total
-

@@ -14,24 +14,23 @@ machine, including runs recorded before it existed, and changes nothing in train
 Each evaluated run gets ``results/<study>/final_eval/<name>.json`` (committed beside the run's record): for each
 mode, the per-episode game scores of ``--episodes`` whole episodes (evaluate.py's own function, evaluation seed
 ``EVAL_SEED_OFFSET + the run's seed``: the same episodes for every arm of a seed, other episodes than training's),
-the model's step count (checked against the record's: a folder whose model is not the recorded one is refused),
-the command and the versions. A run with a final-evaluation record is skipped, so the command continues where it
-stopped; runs without a folder here are listed, not evaluated.
+the command and the versions, and the identity of the training record it belongs to (its ``recorded`` time and
+step count). A model whose step count is not the record's is refused (its folder holds another run); a run whose
+final-evaluation record belongs to the same training record is skipped, so the command continues where it stopped,
+and one whose training record was replaced (a run trained again) is evaluated again; the report reads only
+final-evaluation records that belong to the current training records. Runs without a folder here, or whose folder
+cannot be evaluated, are listed, not evaluated.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
-import numpy as np
-
-from studies.records import read_records
-from studies.stats import paired_difference
+from studies.records import commit_record, read_records, write_atomic
 
 #: the evaluation seed of a run is this plus its training seed (far from the grids' training seeds 1-5)
 EVAL_SEED_OFFSET = 1000
@@ -43,87 +42,71 @@ def final_eval_path(results_dir: Path, name: str) -> Path:
     return Path(results_dir) / "final_eval" / f"{name}.json"
 
 
-def evaluate_run(run_dir: Path, episodes: int, seed: int) -> Dict[str, Any]:
-    """evaluate.py's evaluation of ``run_dir``'s final model, once per mode, with the same seed."""
-    from evaluate import evaluate  # the top-level script's function: one evaluation code path for the suite
+def belongs_to(final: Dict[str, Any], record: Dict[str, Any]) -> bool:
+    """Whether a final-evaluation record was made from the model of this training record (the same run, recorded
+    at the same time, at the same step)."""
+    meta = record["meta"]
+    return final.get("of_record") == {"recorded": meta["recorded"], "steps": meta["steps"]}
 
-    out: Dict[str, Any] = {}
-    for mode in MODES:
-        args = argparse.Namespace(path=str(run_dir), episodes=episodes, deterministic=mode == "deterministic",
-                                  seed=seed, video=None, env=None)
-        res = evaluate(args)
-        out[mode] = {"returns": res["returns"], "lengths": res["lengths"], "mean": res["mean"],
-                     "eval_seconds": res["eval_seconds"]}
-        out["model_timesteps"], out["versions"] = res["model_timesteps"], res["versions"]
-    return out
+
+def evaluate_mode(run_dir: Path, episodes: int, seed: int, mode: str) -> Dict[str, Any]:
+    """evaluate.py's evaluation of ``run_dir``'s final model in one mode (its own parser builds the arguments)."""
+    from evaluate import evaluate, parse_args  # the top-level script: one evaluation code path for the suite
+
+    flag = "--deterministic" if mode == "deterministic" else "--stochastic"
+    return evaluate(parse_args([str(run_dir), "--episodes", str(episodes), "--seed", str(seed), flag]))
 
 
 def run_final_evals(results_dir: Path, runs_root: Path, episodes: int, argv: Sequence[str]) -> Tuple[int, List[str]]:
     """Evaluate every recorded run of the study that has a folder under ``runs_root/<study>`` and no final-evaluation
-    record yet; return how many were written and the lines naming runs left out (no folder, or another model)."""
+    record belonging to its training record; return how many were written and the lines naming runs left out."""
+    from evaluate import EvalError
+
     results_dir, study = Path(results_dir), Path(results_dir).name
     written, left_out = 0, []
     for rec in read_records(results_dir):
         meta = rec["meta"]
         path = final_eval_path(results_dir, meta["name"])
-        if path.is_file():
+        if path.is_file() and belongs_to(json.loads(path.read_text()), rec):
             continue
         run_dir = Path(runs_root) / study / meta["name"]
         if not (run_dir / "model.zip").is_file():
             left_out.append(f"{meta['name']}: no {run_dir / 'model.zip'} here")
             continue
         seed = EVAL_SEED_OFFSET + int(meta["seed"])
-        res = evaluate_run(run_dir, episodes, seed)
-        if res["model_timesteps"] != meta["steps"]:
-            left_out.append(f"{meta['name']}: {run_dir}/model.zip is at step {res['model_timesteps']:,}, the record "
-                            f"at {meta['steps']:,}: not the recorded model")
+        results: Dict[str, Any] = {}
+        try:
+            for mode in MODES:
+                results[mode] = evaluate_mode(run_dir, episodes, seed, mode)
+                if results[mode]["model_timesteps"] != meta["steps"]:  # checked before the second mode plays
+                    raise EvalError(f"{run_dir}/model.zip is at step {results[mode]['model_timesteps']:,}, the "
+                                    f"record at {meta['steps']:,}: not the recorded model")
+        except EvalError as exc:
+            left_out.append(f"{meta['name']}: {exc}")
             continue
         record = {"name": meta["name"], "study": study, "episodes": episodes, "seed": seed,
-                  "model_timesteps": res["model_timesteps"], "command": "python sweep.py final-eval " + " ".join(argv),
-                  "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": res["versions"],
-                  **{mode: res[mode] for mode in MODES}}
+                  "of_record": {"recorded": meta["recorded"], "steps": meta["steps"]},
+                  "model_timesteps": meta["steps"], "command": "python sweep.py final-eval " + " ".join(argv),
+                  "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": results[MODES[0]]["versions"],
+                  **{mode: {key: res[key] for key in ("returns", "lengths", "mean", "eval_seconds")}
+                     for mode, res in results.items()}}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
+        write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
         written += 1
-        print(f"{meta['name']}: deterministic {res['deterministic']['mean']:.3g}, stochastic "
-              f"{res['stochastic']['mean']:.3g} ({episodes} episodes each)", flush=True)
+        print(f"{meta['name']}: deterministic {results['deterministic']['mean']:.3g}, stochastic "
+              f"{results['stochastic']['mean']:.3g} ({episodes} episodes each)", flush=True)
     return written, left_out
 
 
-def read_final_evals(results_dir: Path) -> Dict[str, Dict[str, Any]]:
-    """The study's final-evaluation records by run name (empty when it has none)."""
+def read_final_evals(results_dir: Path, records: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The study's final-evaluation records by run name, those that belong to its training records ``records``
+    (a final evaluation of a run since trained again is left out; empty when there are none)."""
     folder = Path(results_dir) / "final_eval"
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
-
-
-def final_eval_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], evals: Dict[str, Dict[str, Any]],
-                     reps: int) -> List[str]:
-    """Per cell (``studies.report.cells``), over its runs that have a final-evaluation record: the mean over seeds
-    of each run's mean score in each mode with a bootstrap CI, and the paired per-seed difference stochastic −
-    greedy with its exact sign-flip p (exploratory). Empty when no run of these cells has one."""
-    from studies.report import _cell_order, fmt, fmt_ci, fmt_p, mean_ci, setting_label
-
-    lines: List[str] = []
-    for (setting, variant), group in sorted(groups.items(), key=_cell_order):
-        found = [evals[r["name"]] for r in group if r["name"] in evals]
-        if not found:
-            continue
-        means = {mode: [float(np.mean(e[mode]["returns"])) for e in found] for mode in MODES}
-        diff, p = paired_difference(means["stochastic"], means["deterministic"])
-        lines.append(f"| {setting_label(setting)} | {variant} | {len(found)} | "
-                     f"{fmt_ci(*mean_ci(means['deterministic'], reps))} | {fmt_ci(*mean_ci(means['stochastic'], reps))}"
-                     f" | {fmt(diff)} | {fmt_p(p)} |")
-    if not lines:
-        return []
-    episodes = sorted({e["episodes"] for e in evals.values()})
-    head = ("| setting | variant | runs | greedy, mean [95 % CI] | sampled, mean [95 % CI] | "
-            "mean sampled − greedy (paired) | sign-flip p |")
-    return [f"The final policy of each run, greedy (deterministic) and sampled (stochastic) actions, "
-            f"{'/'.join(map(str, episodes))} whole episodes each (`python sweep.py final-eval`, records in "
-            "`final_eval/`; exploratory): a run's score is its mean over the episodes.", "",
-            head, "|" + "---|" * (head.count("|") - 1)] + lines
+    if not folder.is_dir():
+        return {}
+    records = {rec["meta"]["name"]: rec for rec in records}
+    finals = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    return {name: final for name, final in finals.items() if name in records and belongs_to(final, records[name])}
 
 
 def main(argv: List[str]) -> int:
@@ -147,8 +130,6 @@ def main(argv: List[str]) -> int:
         print(f"left out: {line}")
     print(f"final-eval: {written} written, {len(left_out)} left out")
     if args.commit and written:
-        from sweep import commit_record
-
         error = commit_record(Path(args.study) / "final_eval", f"{args.study}: final evaluations of {written} runs")
         print("committed" if error is None else f"NOT committed ({error})")
     return 0

@@ -20,8 +20,9 @@ A key (in ``settings``, an env's mapping or ``grid``) named like a ``train.py`` 
 passed as that flag; any other key is a hyperparameter, passed as ``-params key:value``. ``algo`` and ``seed`` must
 be axes. The run name encodes the env, the algorithm, the lag and every other axis of the run's part of the grid,
 then the seed: ``HalfCheetah-v4_dualclip_lag4_c1.5_s2``. A measured lag distribution replayed (``lag_mode:
-empirical`` with ``lag_weights: [12, 30, 8]``, the weights of lags 0..K, or ``lag_weights_from: PATH``) names K from
-the weights, and an axis of weights is named by them: ``..._lag2-empirical_w12-30-8_s1``.
+empirical`` with ``lag_weights: [12, 30, 8]``, the weights of lags 0..K, or ``lag_weights_from: PATH``, read when
+the grid is loaded and passed as ``--lag-weights``) names K from the weights, and an axis of weights is named by
+them: ``..._lag2-empirical_w12-30-8_s1``.
 
 Nothing here trains or writes: :func:`load_grid` returns :class:`RunSpec` objects, each with the exact
 ``train.py`` arguments of its run.
@@ -133,6 +134,23 @@ def _policy_lag(axes: Dict[str, Any]) -> Any:
     return 0
 
 
+def _resolve_lag_weights_from(merged: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """``lag_weights_from: PATH`` replaced by ``lag_weights``, the counts read from PATH now: a run's train.py
+    arguments then carry the weights themselves, so its record says what it replayed, a changed file changes the
+    arguments (and the sweep refuses the old record instead of reusing it), and a Ray worker, which gets no logs/ or
+    results/, needs no file."""
+    if merged.get("lag_weights_from") is None:
+        return merged
+    from cli.lag_weights import read_lag_counts
+
+    source = merged.pop("lag_weights_from")
+    try:
+        merged["lag_weights"] = [int(c) if float(c).is_integer() else c for c in read_lag_counts(Path(source))]
+    except ValueError as exc:
+        raise GridError(f"{where}: lag_weights_from {source}: {exc}") from exc
+    return merged
+
+
 def run_name(env: str, axes: Dict[str, Any], axis_keys: List[str]) -> str:
     """``<env>_<algo>_lag<K>[-<mode>]_<other axes>_s<seed>``; ``axis_keys``: the axes of the run's part of the grid."""
     mode = axes.get("lag_mode", "fixed")
@@ -202,7 +220,7 @@ def load_grid(path: Path, study: Optional[str] = None) -> Tuple[str, List[RunSpe
             keys = list(part)
             for values in itertools.product(*(part[k] for k in keys)):
                 axes = dict(zip(keys, values))
-                merged = {**settings, **env_settings, **axes}
+                merged = _resolve_lag_weights_from({**settings, **env_settings, **axes}, where)
                 if "n_timesteps" not in merged:
                     raise GridError(f"{path}: no budget for {env}: set n_timesteps in settings or envs.{env}")
                 argv = ["--env", env]

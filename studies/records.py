@@ -20,12 +20,15 @@ made from records alone.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+#: the repository (git commands run here)
+REPO = Path(__file__).resolve().parents[1]
 #: record format version (bump when a field changes meaning)
 FORMAT = 1
 #: TensorBoard tags kept per update (prefixes)
@@ -150,10 +153,16 @@ def write_record(results_dir: Path, record: Dict[str, Any]) -> Path:
     lines += [f"  {json.dumps(k)}: {json.dumps(v)}" + ("," if i < len(cols) - 1 else "")
               for i, (k, v) in enumerate(cols)]
     lines += ["},", f'"eval": {json.dumps(record["eval"])}', "}"]
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed over it: a reader sees the old file or the new
+    one, never half of one."""
+    tmp = Path(path).with_suffix(".json.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def read_record(path: Path) -> Dict[str, Any]:
@@ -169,3 +178,18 @@ def cpu_capability(record: Dict[str, Any]) -> Optional[str]:
 def read_records(results_dir: Path) -> List[Dict[str, Any]]:
     """Every record of a study, by name."""
     return [read_record(p) for p in sorted((Path(results_dir) / "runs").glob("*.json"))]
+
+
+def commit_record(path: Path, message: str) -> Optional[str]:
+    """``git commit`` of this one file or folder (other staged or changed files are left alone); an error line or
+    None."""
+    for attempt in range(5):  # another git process may hold the index lock for a moment
+        add = subprocess.run(["git", "add", "--", str(path)], cwd=REPO, capture_output=True, text=True)
+        res = add if add.returncode else subprocess.run(
+            ["git", "commit", "--quiet", "-m", message, "--", str(path)], cwd=REPO, capture_output=True, text=True)
+        if res.returncode == 0:
+            return None
+        if "index.lock" not in res.stderr:
+            return res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"git exit {res.returncode}"
+        time.sleep(1 + attempt)
+    return "the git index stayed locked"

@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from studies import stats
-from studies.final_eval import final_eval_table, read_final_evals
+from studies.final_eval import MODES, read_final_evals
 from studies.records import read_records
 
 
@@ -513,6 +513,32 @@ def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: i
                 f"{fmt(max_kl, 3)} | {fmt(group_mean(group, 'is_ess'), 3)} | "
                 f"{pct(group_mean(group, 'is_truncated'))} | {pct(group_mean(group, 'is_filtered'))} |")
     return lines if len(lines) > 2 else []
+
+
+def final_eval_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], evals: Dict[str, Dict[str, Any]],
+                     reps: int) -> List[str]:
+    """Per cell, over its runs that have a final-evaluation record (studies/final_eval.py): the mean over seeds of
+    each run's mean score greedy and sampled, with bootstrap CIs, and the paired per-seed difference sampled − greedy
+    with its exact sign-flip p (exploratory). Empty when no run of these cells has one."""
+    rows, episodes = [], set()
+    for (setting, variant), group in sorted(groups.items(), key=_cell_order):
+        found = [evals[r["name"]] for r in group if r["name"] in evals]
+        if not found:
+            continue
+        episodes |= {e["episodes"] for e in found}
+        means = {mode: [float(np.mean(e[mode]["returns"])) for e in found] for mode in MODES}
+        diff, p = stats.paired_difference(means["stochastic"], means["deterministic"])
+        greedy, sampled = (fmt_ci(*mean_ci(means[mode], reps)) for mode in MODES)
+        rows.append(f"| {setting_label(setting)} | {variant} | {len(found)} | {greedy} | {sampled} | {fmt(diff)} | "
+                    f"{fmt_p(p)} |")
+    if not rows:
+        return []
+    head = ("| setting | variant | runs | greedy, mean [95 % CI] | sampled, mean [95 % CI] | "
+            "mean sampled − greedy (paired) | sign-flip p |")
+    return [f"The final policy of each run, greedy (deterministic) and sampled (stochastic) actions, "
+            f"{'/'.join(map(str, sorted(episodes)))} whole episodes each (`python sweep.py final-eval`, records in "
+            "`final_eval/`; exploratory): a run's score is its mean over the episodes.", "",
+            head, "|" + "---|" * (head.count("|") - 1)] + rows
 
 
 def same_computations(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> List[str]:
@@ -1085,7 +1111,7 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
              "update), `would bound` (share of samples with A<0 and π/μ>c, c=3 unless set, for every arm), "
              "`bound active` (share where the c·A bound is active in the loss, dual-clip arms), `clip fraction` "
              "(SB3's), `ppo_kl`, `ESS`, `truncated`, `filtered` (decoupled arm's importance weights).", ""]
-    final_evals = read_final_evals(results_dir)
+    final_evals = read_final_evals(results_dir, records)
     tasks = task_rows(rows)
     if len(tasks) > 1:
         print("report: across tasks", file=sys.stderr, flush=True)

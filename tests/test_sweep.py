@@ -87,6 +87,12 @@ def test_a_measured_lag_distribution_in_a_grid(tmp_path: Path) -> None:
     _, runs = load_grid(grid_file(tmp_path, {"algo": ["ppo"], "seed": [1]}, name="from_run",
                                   settings={"lag_mode": "empirical", "lag_weights_from": str(measured)}))
     assert [r.name for r in runs] == ["CartPole-v1_ppo_lag3-empirical_s1"] and check_runs(runs, False) is None
+    # read when the grid is loaded: the run's arguments carry the weights (a lag not measured weighs 0), not the path
+    argv = list(runs[0].argv)
+    assert argv[argv.index("--lag-weights") + 1] == "[2, 0, 0, 1]" and str(measured) not in " ".join(argv)
+    with pytest.raises(GridError, match="lag_weights_from .*nowhere: not found"):
+        load_grid(grid_file(tmp_path, {"algo": ["ppo"], "seed": [1]}, name="gone",
+                            settings={"lag_mode": "empirical", "lag_weights_from": str(tmp_path / "nowhere")}))
     record = {"meta": {"axes": {"lag_weights": [12, 30, 8]}, "algo": "ppo", "config": {}}}
     assert effective(record, "lag_weights") == (12, 30, 8)  # hashable: settings group and sort
 
@@ -575,31 +581,38 @@ def test_final_eval_scores_each_run_both_ways_once(tmp_path: Path, capsys: pytes
     assert "2 written, 0 left out" in capsys.readouterr().out
     evals = {p.stem: json.loads(p.read_text()) for p in (study / "final_eval").glob("*.json")}
     assert sorted(evals) == ["CartPole-v1_dualclip_lag2_s1", "CartPole-v1_ppo_lag2_s1"]
-    for e in evals.values():
+    for name, e in evals.items():
         assert e["seed"] == 1001 and e["model_timesteps"] == 256 and e["episodes"] == 2
+        assert e["of_record"] == {"recorded": read_record(study / "runs" / f"{name}.json")["meta"]["recorded"],
+                                  "steps": 256}
         assert len(e["deterministic"]["returns"]) == 2 and len(e["stochastic"]["returns"]) == 2
         assert e["deterministic"]["mean"] == pytest.approx(sum(e["deterministic"]["returns"]) / 2)
     # a second call evaluates nothing again
     assert sweep_module.main(args) == 0
     assert "0 written, 0 left out" in capsys.readouterr().out
-    # a run whose folder holds another model than the record's, and one without a folder, are left out
-    for name in evals:
-        (study / "final_eval" / f"{name}.json").unlink()
-    record_file = study / "runs" / "CartPole-v1_ppo_lag2_s1.json"
-    record_file.write_text(record_file.read_text().replace('"steps": 256', '"steps": 320'))
-    shutil.rmtree(tmp_path / "runs" / "tiny" / "CartPole-v1_dualclip_lag2_s1")
-    assert sweep_module.main(args) == 0
-    out = capsys.readouterr().out
-    assert "0 written, 2 left out" in out and "at step 256, the record at 320" in out and "no " in out
-    # the report's table: one row per cell with final evaluations
-    record_file.write_text(record_file.read_text().replace('"steps": 320', '"steps": 256'))
-    (study / "final_eval").mkdir(exist_ok=True)
-    (study / "final_eval" / "CartPole-v1_ppo_lag2_s1.json").write_text(
-        json.dumps(evals["CartPole-v1_ppo_lag2_s1"]))
+
+    # the report's table: one row per cell with a final evaluation that belongs to the cell's training record
+    ppo_record = study / "runs" / "CartPole-v1_ppo_lag2_s1.json"
+    original = ppo_record.read_text()
+    ppo_record.write_text(original.replace('"recorded": "', '"recorded": "retrained '))  # a run trained again
     assert sweep_main(tmp_path, "report", str(study), "--reps", "200") == 0
     summary = (study / "summary.md").read_text()
-    assert "| setting | variant | runs | greedy, mean [95 % CI] |" in summary
-    assert summary.count("| lag 2 | ppo | 1 |") == 2 and "| lag 2 | dualclip | 1 |" in summary  # one final row
+    final = summary[summary.index("| setting | variant | runs | greedy, mean [95 % CI] |"):].split("\n\n")[0]
+    assert "| lag 2 | dualclip | 1 |" in final and "| ppo |" not in final  # ppo's belongs to the old record
+
+    # a stale final evaluation is made again; a folder holding another model, a missing folder and an unreadable
+    # model are left out, each in one line, and the others still evaluated
+    ppo_record.write_text(original.replace('"steps": 256', '"steps": 320'))
+    (study / "final_eval" / "CartPole-v1_dualclip_lag2_s1.json").unlink()
+    (tmp_path / "runs" / "tiny" / "CartPole-v1_dualclip_lag2_s1" / "model.zip").write_bytes(b"not a zip")
+    assert sweep_module.main(args) == 0
+    out = capsys.readouterr().out
+    assert "0 written, 2 left out" in out
+    assert "model.zip is at step 256, the record at 320: not the recorded model" in out
+    assert "left out: CartPole-v1_dualclip_lag2_s1: " in out and "zip" in out.split("CartPole-v1_dualclip_lag2_s1: ")[1]
+    shutil.rmtree(tmp_path / "runs" / "tiny" / "CartPole-v1_dualclip_lag2_s1")
+    assert sweep_module.main(args) == 0
+    assert f"no {tmp_path / 'runs' / 'tiny' / 'CartPole-v1_dualclip_lag2_s1' / 'model.zip'} here" in capsys.readouterr().out
     # a bad runs root is one line, exit 2
     with pytest.raises(SystemExit) as exc:
         sweep_module.main(["final-eval", str(study), "--runs-root", str(tmp_path / "nowhere")])
