@@ -6,8 +6,8 @@ checkpoint intact. It holds:
 
 - the model as SB3 saves it (parameters, optimizer state, counters, last observation, episode statistics);
 - the lag snapshots and the generator of the uniform and empirical modes' lag draws (``model.behavior``),
-  PPO-EWMA's average of the learner (``model.prox_ewma``, agents/ewma.py), the RNG states (torch, numpy, random), the VecNormalize statistics with its
-  running returns;
+  PPO-EWMA's average of the learner (``model.prox_ewma``, agents/ewma.py), the RNG states (torch, numpy,
+  random), the VecNormalize statistics with its running returns;
 - the logger values recorded by the last update but not yet written (so TensorBoard misses no step);
 - the environments themselves **when their state pickles faithfully** (gymnasium's classic control: pure Python
   and numpy). Then a resumed run ends with exactly the parameters of an uninterrupted one.
