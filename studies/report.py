@@ -1,7 +1,8 @@
 """The report of a study, from its committed records alone: ``python sweep.py report results/<study>``.
 
 Writes into ``results/<study>/``: ``summary.md`` (tables and figures), ``summary.csv`` (one row per run) and PNG
-figures under ``figures/``. Nothing else is read: no run folder, no event file.
+figures under ``figures/``. Nothing else is read (no run folder, no event file), except other studies' records for
+one table where :data:`BESIDE` names them.
 
 Terms used throughout:
 
@@ -56,6 +57,7 @@ SETTING_DEFAULTS = {"policy_lag": 0, "lag_mode": "fixed", "behavior_temperature"
 DIAGNOSTICS = {
     "behavior_kl": "train/behavior_kl",
     "ratio_p99": "train/ratio_p99",
+    "ratio_max": "train/ratio_max",
     "would_bound": "train/dual_clip_would_bound",
     "bound_active": "train/pg_clipfrac_lower",
     "clip_fraction": "train/clip_fraction",
@@ -76,6 +78,9 @@ KL_BURST = 0.3
 #: bootstrap resamples per interval (``sweep.py report --reps``)
 BOOTSTRAP_REPS = 2000
 #: line styles and markers that tell settings apart where colours tell variants apart
+#: studies whose report sets the dual-clip bound's activity beside that of other studies (under the same results
+#: folder): the real-ALE diagnostics (issue 25, item 4) ask how often the bound acts there against MinAtar and MuJoCo
+BESIDE = {"atari_diagnostics": ("minatar_study", "mujoco_study")}
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D")
 ALGO_ORDER = ("ppo", "dualclip", "decoupled")
@@ -466,6 +471,28 @@ def decoupled_variant_settings(groups: Dict[Tuple[Any, str], List[Dict[str, Any]
     """The settings that hold more than one decoupled variant (the decoupled-stability grid), in order."""
     settings = sorted({s for s, v in groups if v.startswith("decoupled")}, key=setting_order)
     return [s for s in settings if sum(v.startswith("decoupled") for t, v in groups if t == s) > 1]
+
+
+def bound_activity_table(studies: Dict[str, List[Dict[str, Any]]], reps: int) -> List[str]:
+    """The dual-clip bound's activity per task and lag across studies: every cell of the first study (the one
+    reported), and the other studies' dualclip cells at c = 3 with fixed lag and tau = 1. Per cell: the mean over
+    seeds of each run's diagnostics (as in the cell table), and the largest ratio any update of any run saw."""
+    head = ("| study | task | setting | variant | seeds | behavior_kl | ratio p99 | ratio max, mean per update | "
+            "ratio max, largest | would bound (c) | bound active |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for i, (study, rows) in enumerate(studies.items()):
+        if i > 0:
+            rows = [r for r in rows if r["variant"] == "dualclip" and r.get("lag_mode", "fixed") == "fixed"
+                    and r.get("behavior_temperature", 1.0) == 1.0]
+        for (setting, variant), group in sorted(cells(rows).items(), key=lambda item: (item[0][0][0][1],)
+                                                + _cell_order(item)):
+            avg = partial(group_mean, group)
+            largest = max((max(full_lag_values(r["record"], DIAGNOSTICS["ratio_max"]), default=math.nan)
+                           for r in group), default=math.nan)
+            lines.append(f"| {study} | {setting[0][1]} | {setting_label(setting)} | {variant} | {len(group)} | "
+                         f"{fmt(avg('behavior_kl'), 3)} | {fmt(avg('ratio_p99'), 3)} | {fmt(avg('ratio_max'), 3)} | "
+                         f"{fmt(largest, 3)} | {pct(avg('would_bound'))} | {pct(avg('bound_active'))} |")
+    return lines
 
 
 def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
@@ -1079,8 +1106,10 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
     hours = sum((r["wall_time_s"] or 0) / len(r["record"]["meta"].get("batch_seeds") or [0]) for r in rows) / 3600
     lines = [f"# Study `{study}`", "",
              f"Written by `python sweep.py report results/{study}` from the {len(rows)} committed records in "
-             f"`results/{study}/runs/` (nothing else is read). Each record holds its run's command, config, code "
-             "version, library versions and machine.", "",
+             f"`results/{study}/runs/` (nothing else is read"
+             + ("; for one table also " + " and ".join(f"`results/{n}/runs/`" for n in BESIDE[study])
+                if study in BESIDE else "")
+             + "). Each record holds its run's command, config, code version, library versions and machine.", "",
              f"- code versions of the runs: {', '.join(f'`{c}`' for c in codes)}",
              f"- CPU models: {', '.join(cpus)}; {hours:.1f} h of training in all (one torch thread per run)",
              "- library versions: " + "; ".join(", ".join(f"{k} {v}" for k, v in vs) for vs in versions),
@@ -1111,6 +1140,15 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
              "update), `would bound` (share of samples with A<0 and π/μ>c, c=3 unless set, for every arm), "
              "`bound active` (share where the c·A bound is active in the loss, dual-clip arms), `clip fraction` "
              "(SB3's), `ppo_kl`, `ESS`, `truncated`, `filtered` (decoupled arm's importance weights).", ""]
+    beside = {name: run_rows(read_records(results_dir.parent / name))[0] for name in BESIDE.get(study, ())
+              if (results_dir.parent / name / "runs").is_dir()}
+    if beside:
+        lines += ["## The dual-clip bound's activity beside " + " and ".join(f"`{n}`" for n in beside), "",
+                  "This study's cells, and from " + " and ".join(f"`results/{n}/runs/`" for n in beside)
+                  + " (read for this table only) the dualclip cells at c = 3, fixed lag and τ = 1, per task and "
+                  "lag. Means over the updates with the full lag, then over seeds; `ratio max, largest` is the "
+                  "largest π/μ that any update of any seed saw.", ""]
+        lines += bound_activity_table({study: rows, **beside}, reps) + [""]
     final_evals = read_final_evals(results_dir, records)
     tasks = task_rows(rows)
     if len(tasks) > 1:
