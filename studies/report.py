@@ -206,6 +206,16 @@ def score(record: Dict[str, Any], step: Optional[int], budget: int) -> Dict[str,
     return {"final_eval": eval_at(record, step), "late_eval": late_eval(record, step, budget), "score_step": step}
 
 
+def late_entropy(record: Dict[str, Any]) -> Optional[float]:
+    """The learner's policy entropy (``-train/entropy_loss``, SB3's mean over each update's minibatches) averaged over
+    the last LATE_FRACTION of the run's updates (at least one): how sharp the trained policy ended, which a greedy
+    evaluation does not show. None for a run that logged no entropy."""
+    values = [-v for v in record["updates"].get("train/entropy_loss") or [] if v is not None]
+    if not values:
+        return None
+    return float(np.mean(values[-max(1, round(LATE_FRACTION * len(values))):]))
+
+
 def run_rows(records: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
     """One row per record (axis values, setting, variant, metrics) and the setting keys of the study."""
     axis_keys = sorted({k for r in records for k in r["meta"]["axes"]} - {"seed"} - set(ARM_KEYS))
@@ -226,6 +236,7 @@ def run_rows(records: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[
         row["variant"] = variant_label(row)
         ep = rec["updates"].get("rollout/ep_rew_mean") or [None]
         row["final_train"] = ep[-1]
+        row["entropy_late"] = late_entropy(rec)
         for column, tag in DIAGNOSTICS.items():
             row[column] = full_lag_mean(rec, tag)
         row.update(steps=meta["steps"], wall_time_s=meta["wall_time_s"], code=meta["code"], path=meta["path"],
@@ -364,7 +375,7 @@ def group_mean(group: List[Dict[str, Any]], column: str) -> Optional[float]:
 
 def cell_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
     head = ("| setting | variant | seeds | late eval return, mean [95 % CI] | late, IQM [95 % CI] | final eval "
-            "return, mean [95 % CI] | final training return (μ's), mean ± sd | behavior_kl | ratio p99 | "
+            "return, mean [95 % CI] | final training return (μ's), mean ± sd | entropy, late | behavior_kl | ratio p99 | "
             "would bound (c) | bound active | clip fraction | ppo_kl | ESS | truncated | filtered |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (setting, variant), group in sorted(groups.items(), key=_cell_order):
@@ -377,7 +388,8 @@ def cell_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -
         lines.append(
             f"| {setting_label(setting)} | {variant} | {len(group)} | {column('late_eval')} | "
             f"{fmt_ci(*q) if lates else ''} | {column('final_eval')} | "
-            f"{fmt(float(np.mean(train))) if train else ''}{sd} | {fmt(avg('behavior_kl'), 3)} | "
+            f"{fmt(float(np.mean(train))) if train else ''}{sd} | {fmt(avg('entropy_late'), 3)} | "
+            f"{fmt(avg('behavior_kl'), 3)} | "
             f"{fmt(avg('ratio_p99'), 3)} | {pct(avg('would_bound'))} | {pct(avg('bound_active'))} | "
             f"{pct(avg('clip_fraction'))} | {fmt(avg('ppo_kl'), 3)} | {fmt(avg('is_ess'), 3)} | "
             f"{pct(avg('is_truncated'))} | {pct(avg('is_filtered'))} |")
@@ -617,12 +629,36 @@ def task_rows(rows: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
     return out
 
 
-def normalisation(tasks: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Tuple[float, float]]:
-    """Per env, the (zero, one) of its normalised score: zero is the mean evaluation return of the untrained policy
-    (every run's evaluation at step 0: the initial, near-random learner), one the mean late return of ppo at lag 0.
-    A normalised score of 1 is ppo's lag-0 result; 0 is no learning."""
+def other_version(env: str, envs: Sequence[str]) -> Optional[str]:
+    """The newest other version of the same game among ``envs`` when it is newer than ``env`` (``MinAtar/Breakout-v1``
+    for ``MinAtar/Breakout-v0``: the same game with its minimal action set), else None. An aggregate over games
+    counts each game once, in its newest version; the other versions are ablations of it."""
+    game, _, version = env.rpartition("-v")
+    newer = [e for e in envs if e != env and e.rpartition("-v")[0] == game and version.isdigit()
+             and e.rpartition("-v")[2].isdigit() and int(e.rpartition("-v")[2]) > int(version)]
+    return max(newer, key=lambda e: int(e.rpartition("-v")[2])) if newer else None
+
+
+def aggregate_exclusions(tasks: Dict[str, List[Dict[str, Any]]]) -> Dict[str, str]:
+    """Per env left out of the aggregate over tasks, why."""
     out = {}
+    for env in tasks:
+        newer = other_version(env, list(tasks))
+        if newer is not None:
+            out[env] = f"another version of {newer}'s game, counted once as {newer}"
+    return out
+
+
+def normalisation(tasks: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Tuple[float, float]]:
+    """Per env in the aggregate, the (zero, one) of its normalised score: zero is the mean evaluation return of the
+    untrained policy (every run's evaluation at step 0: the initial, near-random learner), one the mean late return
+    of ppo at lag 0. A normalised score of 1 is ppo's lag-0 result; 0 is no learning. Envs that
+    :func:`aggregate_exclusions` names, and envs where ppo at lag 0 is not above its untrained policy, have none."""
+    out = {}
+    excluded = aggregate_exclusions(tasks)
     for env, rows in tasks.items():
+        if env in excluded:
+            continue
         starts = [eval_at(r["record"], 0) for r in rows if 0 in r["record"]["eval"]["steps"]]
         one = float(np.mean([r["late_eval"] for r in rows if r["algo"] == "ppo" and r["policy_lag"] == 0]))
         if starts and one > float(np.mean(starts)):
@@ -1090,7 +1126,7 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
     for old in figures.glob("*.png"):
         old.unlink()  # every figure is remade from the records: none is left from an earlier report
     columns = (["name", "env"] + setting_keys[1:] + ["variant", "algo", "seed", "late_eval", "final_eval",
-                                               "score_step", "final_train"]
+                                               "score_step", "final_train", "entropy_late"]
                + list(DIAGNOSTICS) + ["steps", "wall_time_s", "code", "path", "cpu"])
     with open(results_dir / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -1139,7 +1175,10 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
              "`behavior_kl` (KL(μ‖π) before each update), `ratio p99` (99th percentile of π/μ before each "
              "update), `would bound` (share of samples with A<0 and π/μ>c, c=3 unless set, for every arm), "
              "`bound active` (share where the c·A bound is active in the loss, dual-clip arms), `clip fraction` "
-             "(SB3's), `ppo_kl`, `ESS`, `truncated`, `filtered` (decoupled arm's importance weights).", ""]
+             "(SB3's), `ppo_kl`, `ESS`, `truncated`, `filtered` (decoupled arm's importance weights). "
+             "`entropy, late` is the learner's policy entropy (SB3's `-entropy_loss`) over the last 10 % of the "
+             "updates, then the mean over seeds: how sharp the trained policy ended (nats; differential entropy "
+             "for continuous actions).", ""]
     beside = {name: run_rows(read_records(results_dir.parent / name))[0] for name in BESIDE.get(study, ())
               if (results_dir.parent / name / "runs").is_dir()}
     if beside:
@@ -1160,7 +1199,8 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
                   "Across tasks: late returns normalised per task as (return − zero) / (one − zero), zero the mean "
                   "evaluation of the untrained policy (every run's evaluation at step 0), one ppo's mean late return "
                   "at lag 0 (" + "; ".join(f"{env}: zero {z:.4g}, one {o:.4g}" for env, (z, o) in scale.items())
-                  + "".join(f"; {env}: left out of the aggregate, ppo at lag 0 is not above its untrained policy"
+                  + "".join(f"; {env}: left out of the aggregate, "
+                            + aggregate_exclusions(tasks).get(env, "ppo at lag 0 is not above its untrained policy")
                             for env in tasks if env not in scale)
                   + "); rliable's IQM over runs × tasks and its probability of improvement over ppo (per task, "
                   "averaged), over the tasks that have the cell, each with the same number of seeds.", ""]

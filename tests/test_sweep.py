@@ -536,6 +536,37 @@ def test_bound_activity_table_by_hand() -> None:
     assert lines[3].startswith("| other | M-v0 | lag 1 | dualclip | 1 | ") and "| 2 | 2 | " in lines[3]
 
 
+def test_late_entropy_is_the_last_tenth_of_the_updates() -> None:
+    """The late entropy averages -entropy_loss over the last 10 % of the updates (at least one), skipping updates
+    without a value; a run without entropy has none."""
+    from studies.report import late_entropy
+
+    rec = fake_record("ppo", 1, 500, {500: 1.0})
+    rec["updates"]["train/entropy_loss"] = [None] + [-1.0] * 17 + [-0.5, -0.25]  # 19 values: the last 2
+    assert late_entropy(rec) == 0.375
+    rec["updates"]["train/entropy_loss"] = [-2.0, None]
+    assert late_entropy(rec) == 2.0
+    assert late_entropy(fake_record("ppo", 1, 500, {500: 1.0})) is None
+
+
+def test_an_older_version_of_a_game_stays_out_of_the_aggregate() -> None:
+    """Breakout-v0 (the full action set) beside Breakout-v1 is an ablation of one game: shown per task, left out of
+    the aggregate over games, which counts Breakout once."""
+    from studies.report import aggregate_exclusions, normalisation, other_version
+
+    envs = ["MinAtar/Breakout-v0", "MinAtar/Breakout-v1", "MinAtar/SpaceInvaders-v1", "ALE/Breakout-v5", "Odd"]
+    assert other_version("MinAtar/Breakout-v0", envs) == "MinAtar/Breakout-v1"
+    assert [other_version(e, envs) for e in envs[1:]] == [None] * 4  # ALE's game is another game
+    tasks = {}
+    for env in envs[:3]:
+        recs = [fake_record("ppo", seed, 500, {0: 0.0, 500: 10.0}) for seed in (1, 2)]
+        for r in recs:
+            r["meta"]["env"] = r["meta"]["axes"]["env"] = env
+        tasks[env] = [{"record": r, "algo": "ppo", "policy_lag": 0, "late_eval": 10.0} for r in recs]
+    assert list(aggregate_exclusions(tasks)) == ["MinAtar/Breakout-v0"]
+    assert normalisation(tasks) == {"MinAtar/Breakout-v1": (0.0, 10.0), "MinAtar/SpaceInvaders-v1": (0.0, 10.0)}
+
+
 def test_final_vs_lag_puts_every_variant_at_its_own_lags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A variant run at fewer lags than the others (lags 4 and 16 beside 0, 4 and 16) is drawn at the positions of
     its own lags, under the right tick labels, each variant slightly offset, with its exact number of seeds."""
