@@ -9,8 +9,8 @@ checkpoint intact. It holds:
   PPO-EWMA's average of the learner (``model.prox_ewma``, agents/ewma.py), the RNG states (torch, numpy,
   random), the VecNormalize statistics with its running returns;
 - the logger values recorded by the last update but not yet written (so TensorBoard misses no step);
-- the environments themselves **when their state pickles faithfully** (gymnasium's classic control: pure Python
-  and numpy). Then a resumed run ends with exactly the parameters of an uninterrupted one.
+- the environments themselves **when their state pickles faithfully** (gymnasium's classic control and MinAtar:
+  pure Python and numpy). Then a resumed run ends with exactly the parameters of an uninterrupted one.
 
 Simulators such as MuJoCo (``MjData``) and the ALE emulator do not serialise through gymnasium's API (MuJoCo envs
 pickle, but come back re-initialised), so for them a resumed run starts fresh episodes (reset with a seed derived
@@ -34,8 +34,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, 
 
 from agents.files import atomic_write
 
-#: entry-point prefixes of environments whose whole state round-trips through pickle
-FAITHFUL_PICKLE = ("gymnasium.envs.classic_control",)
+#: entry-point prefixes of environments whose whole state round-trips through pickle: gymnasium's classic control
+#: and MinAtar (envs/minatar.py: pure Python and numpy, its RandomState included; tests/test_minatar.py)
+FAITHFUL_PICKLE = ("gymnasium.envs.classic_control", "envs.minatar:")
 
 
 class NonFiniteError(RuntimeError):
@@ -48,7 +49,7 @@ def _inner_venv(env: VecEnv) -> VecEnv:
 
 
 def env_pickles_faithfully(env: VecEnv) -> bool:
-    """True for a DummyVecEnv (possibly under VecNormalize) of classic-control environments."""
+    """True for a DummyVecEnv (possibly under VecNormalize) of environments named in FAITHFUL_PICKLE."""
     inner = _inner_venv(env)
     if not isinstance(inner, DummyVecEnv):
         return False

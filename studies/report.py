@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import sys
 import warnings
 from functools import partial
@@ -580,16 +581,28 @@ def final_eval_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], evals:
             head, "|" + "---|" * (head.count("|") - 1)] + rows
 
 
+def resumed_at(record: Dict[str, Any]) -> List[int]:
+    """The steps at which the record's run was resumed (``command.txt`` notes each resume, and the record keeps its
+    lines): a resumed run whose environments were not checkpointed (MuJoCo, ALE, and MinAtar in runs made before
+    agents/checkpoint.py saved its environments) starts fresh episodes there, so two runs that were one
+    computation part at a resume of one of them."""
+    command = record["meta"].get("command") or []
+    lines = [command] if isinstance(command, str) else command
+    return [int(m) for line in lines for m in re.findall(r"resumed at step (\d+)", line)]
+
+
 def same_computations(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> List[str]:
     """Lines naming the runs of two variants of one setting that are the same computation: the same seed with
     evaluations identical, return for return, beyond the initial one (e.g. ppo and decoupled at lag 0, where the
     proximal policy is μ and every weight is 1). Such pairs are not independent replicates: their difference is 0
-    by construction, not a measured noise floor."""
+    by construction, not a measured noise floor. Where a pair parts right after one of them was resumed, the line
+    says so (:func:`resumed_at`)."""
     out = []
     for setting in sorted({s for s, _ in groups}, key=setting_order):
         variants = variant_order([v for s, v in groups if s == setting])
         for i, a in enumerate(variants):
             runs_a = {r["seed"]: r["record"]["eval"] for r in groups[(setting, a)]}
+            runs_rec = {r["seed"]: r["record"] for r in groups[(setting, a)]}
             for b in variants[i + 1:]:
                 spans = []
                 for r in sorted(groups[(setting, b)], key=lambda r: r["seed"]):
@@ -605,6 +618,11 @@ def same_computations(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> Li
                         whole = same == len(ea["steps"]) == len(eb["steps"])
                         spans.append(f"seed {r['seed']} " + ("to the end" if whole else
                                                              f"to step {eb['steps'][same - 1]:,}"))
+                        if not whole:  # a resume before the first evaluation that differs
+                            nxt = min(eb["steps"][same:] or [math.inf])
+                            spans[-1] += "".join(f" ({v} resumed at step {step:,})"
+                                                 for v, rec in ((a, runs_rec[r["seed"]]), (b, r["record"]))
+                                                 for step in resumed_at(rec) if step < nxt)
                 if spans:
                     out.append(f"- {setting_label(setting)}: {a} and {b} evaluate identically, {'; '.join(spans)}")
     return out

@@ -567,6 +567,20 @@ def test_an_older_version_of_a_game_stays_out_of_the_aggregate() -> None:
     assert normalisation(tasks) == {"MinAtar/Breakout-v1": (0.0, 10.0), "MinAtar/SpaceInvaders-v1": (0.0, 10.0)}
 
 
+def test_replicates_that_part_at_a_resume_say_so() -> None:
+    """Two arms identical until one was resumed: the not-replicates line names a resume before the first evaluation
+    that differs (identical evaluations may outlast it), and no resume after it."""
+    from studies.report import cells, resumed_at, run_rows, same_computations
+
+    ppo = fake_record("ppo", 1, 500, {0: 0.0, 250: 5.0, 500: 9.0})
+    dual = fake_record("dualclip", 1, 500, {0: 0.0, 250: 5.0, 500: 7.0})
+    dual["meta"]["command"] = ["python train.py ...", "python train.py --resume RUN  # resumed at step 384"]
+    ppo["meta"]["command"] = ["python train.py ...", "python train.py --resume RUN  # resumed at step 512"]
+    assert resumed_at(dual) == [384] and resumed_at(fake_record("ppo", 2, 500, {500: 1.0})) == []
+    (line,) = same_computations(cells(run_rows([ppo, dual])[0]))
+    assert line == "- lag 0: ppo and dualclip evaluate identically, seed 1 to step 250 (dualclip resumed at step 384)"
+
+
 def test_final_vs_lag_puts_every_variant_at_its_own_lags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A variant run at fewer lags than the others (lags 4 and 16 beside 0, 4 and 16) is drawn at the positions of
     its own lags, under the right tick labels, each variant slightly offset, with its exact number of seeds."""
