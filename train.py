@@ -752,7 +752,7 @@ def write_lag_history(run: Run, history: Any) -> None:
     it always reaches at least as far as the checkpoint (a resume cuts it back there), and when the run ends."""
     import json
 
-    from agents.checkpoint import atomic_write
+    from agents.files import atomic_write
     from cli.common import ASYNC_SUMMARY
 
     summary = {"n_actors": int(run.args.actors), "max_staleness": run.args.max_staleness,

@@ -9,8 +9,8 @@ checkpoint intact. It holds:
   PPO-EWMA's average of the learner (``model.prox_ewma``, agents/ewma.py), the RNG states (torch, numpy,
   random), the VecNormalize statistics with its running returns;
 - the logger values recorded by the last update but not yet written (so TensorBoard misses no step);
-- the environments themselves **when their state pickles faithfully** (gymnasium's classic control: pure Python
-  and numpy). Then a resumed run ends with exactly the parameters of an uninterrupted one.
+- the environments themselves **when their state pickles faithfully** (gymnasium's classic control and MinAtar:
+  pure Python and numpy). Then a resumed run ends with exactly the parameters of an uninterrupted one.
 
 Simulators such as MuJoCo (``MjData``) and the ALE emulator do not serialise through gymnasium's API (MuJoCo envs
 pickle, but come back re-initialised), so for them a resumed run starts fresh episodes (reset with a seed derived
@@ -22,9 +22,7 @@ Loading unpickles: only resume runs you trust.
 from __future__ import annotations
 
 import io
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -34,8 +32,11 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, unwrap_vec_normalize
 
-#: entry-point prefixes of environments whose whole state round-trips through pickle
-FAITHFUL_PICKLE = ("gymnasium.envs.classic_control",)
+from agents.files import atomic_write
+
+#: entry-point prefixes of environments whose whole state round-trips through pickle: gymnasium's classic control
+#: and MinAtar (envs/minatar.py: pure Python and numpy, its RandomState included; tests/test_minatar.py)
+FAITHFUL_PICKLE = ("gymnasium.envs.classic_control", "envs.minatar:")
 
 
 class NonFiniteError(RuntimeError):
@@ -48,43 +49,11 @@ def _inner_venv(env: VecEnv) -> VecEnv:
 
 
 def env_pickles_faithfully(env: VecEnv) -> bool:
-    """True for a DummyVecEnv (possibly under VecNormalize) of classic-control environments."""
+    """True for a DummyVecEnv (possibly under VecNormalize) of environments named in FAITHFUL_PICKLE."""
     inner = _inner_venv(env)
     if not isinstance(inner, DummyVecEnv):
         return False
     return all(str(e.unwrapped.spec.entry_point).startswith(FAITHFUL_PICKLE) for e in inner.envs if e.unwrapped.spec)
-
-
-def _umask() -> int:
-    """The process's umask, read from /proc where Linux shows it (setting it to read it back is not thread-safe)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        mask = os.umask(0o022)
-        os.umask(mask)
-        return mask
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    ``mkstemp`` creates its file with mode 0600; the file gets the mode ``path`` already has, or for a new file the
-    one ``open`` would give it (0666 less the umask: 0644 usually), so a rewrite never narrows who may read it.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask()
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(model: Any, path: Path) -> None:

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from agents.checkpoint import atomic_write
+from agents.files import atomic_write
 
 
 def truncate_logs(folder: Path, step: int) -> int:

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from studies.records import commit_record, read_records, write_atomic
+from agents.files import atomic_write
+from studies.records import commit_record, read_records
 
 #: the evaluation seed of a run is this plus its training seed (far from the grids' training seeds 1-5)
 EVAL_SEED_OFFSET = 1000
@@ -91,7 +92,7 @@ def run_final_evals(results_dir: Path, runs_root: Path, episodes: int, argv: Seq
                   **{mode: {key: res[key] for key in ("returns", "lengths", "mean", "eval_seconds")}
                      for mode, res in results.items()}}
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        atomic_write(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
         written += 1
         print(f"{meta['name']}: deterministic {results['deterministic']['mean']:.3g}, stochastic "
               f"{results['stochastic']['mean']:.3g} ({episodes} episodes each)", flush=True)

@@ -27,6 +27,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from agents.files import atomic_write
+
 #: the repository (git commands run here)
 REPO = Path(__file__).resolve().parents[1]
 #: record format version (bump when a field changes meaning)
@@ -153,16 +155,8 @@ def write_record(results_dir: Path, record: Dict[str, Any]) -> Path:
     lines += [f"  {json.dumps(k)}: {json.dumps(v)}" + ("," if i < len(cols) - 1 else "")
               for i, (k, v) in enumerate(cols)]
     lines += ["},", f'"eval": {json.dumps(record["eval"])}', "}"]
-    write_atomic(path, "\n".join(lines) + "\n")
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
     return path
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed over it: a reader sees the old file or the new
-    one, never half of one."""
-    tmp = Path(path).with_suffix(".json.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def read_record(path: Path) -> Dict[str, Any]:

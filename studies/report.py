@@ -1,7 +1,8 @@
 """The report of a study, from its committed records alone: ``python sweep.py report results/<study>``.
 
 Writes into ``results/<study>/``: ``summary.md`` (tables and figures), ``summary.csv`` (one row per run) and PNG
-figures under ``figures/``. Nothing else is read: no run folder, no event file.
+figures under ``figures/``. Nothing else is read (no run folder, no event file), except other studies' records for
+one table where :data:`BESIDE` names them.
 
 Terms used throughout:
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import sys
 import warnings
 from functools import partial
@@ -56,6 +58,7 @@ SETTING_DEFAULTS = {"policy_lag": 0, "lag_mode": "fixed", "behavior_temperature"
 DIAGNOSTICS = {
     "behavior_kl": "train/behavior_kl",
     "ratio_p99": "train/ratio_p99",
+    "ratio_max": "train/ratio_max",
     "would_bound": "train/dual_clip_would_bound",
     "bound_active": "train/pg_clipfrac_lower",
     "clip_fraction": "train/clip_fraction",
@@ -76,6 +79,9 @@ KL_BURST = 0.3
 #: bootstrap resamples per interval (``sweep.py report --reps``)
 BOOTSTRAP_REPS = 2000
 #: line styles and markers that tell settings apart where colours tell variants apart
+#: studies whose report sets the dual-clip bound's activity beside that of other studies (under the same results
+#: folder): the real-ALE diagnostics (issue 25, item 4) ask how often the bound acts there against MinAtar and MuJoCo
+BESIDE = {"atari_diagnostics": ("minatar_study", "mujoco_study")}
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D")
 ALGO_ORDER = ("ppo", "dualclip", "decoupled")
@@ -201,6 +207,16 @@ def score(record: Dict[str, Any], step: Optional[int], budget: int) -> Dict[str,
     return {"final_eval": eval_at(record, step), "late_eval": late_eval(record, step, budget), "score_step": step}
 
 
+def late_entropy(record: Dict[str, Any]) -> Optional[float]:
+    """The learner's policy entropy (``-train/entropy_loss``, SB3's mean over each update's minibatches) averaged over
+    the last LATE_FRACTION of the run's updates (at least one): how sharp the trained policy ended, which a greedy
+    evaluation does not show. None for a run that logged no entropy."""
+    values = [-v for v in record["updates"].get("train/entropy_loss") or [] if v is not None]
+    if not values:
+        return None
+    return float(np.mean(values[-max(1, round(LATE_FRACTION * len(values))):]))
+
+
 def run_rows(records: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
     """One row per record (axis values, setting, variant, metrics) and the setting keys of the study."""
     axis_keys = sorted({k for r in records for k in r["meta"]["axes"]} - {"seed"} - set(ARM_KEYS))
@@ -221,6 +237,7 @@ def run_rows(records: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[
         row["variant"] = variant_label(row)
         ep = rec["updates"].get("rollout/ep_rew_mean") or [None]
         row["final_train"] = ep[-1]
+        row["entropy_late"] = late_entropy(rec)
         for column, tag in DIAGNOSTICS.items():
             row[column] = full_lag_mean(rec, tag)
         row.update(steps=meta["steps"], wall_time_s=meta["wall_time_s"], code=meta["code"], path=meta["path"],
@@ -359,7 +376,7 @@ def group_mean(group: List[Dict[str, Any]], column: str) -> Optional[float]:
 
 def cell_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
     head = ("| setting | variant | seeds | late eval return, mean [95 % CI] | late, IQM [95 % CI] | final eval "
-            "return, mean [95 % CI] | final training return (μ's), mean ± sd | behavior_kl | ratio p99 | "
+            "return, mean [95 % CI] | final training return (μ's), mean ± sd | entropy, late | behavior_kl | ratio p99 | "
             "would bound (c) | bound active | clip fraction | ppo_kl | ESS | truncated | filtered |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (setting, variant), group in sorted(groups.items(), key=_cell_order):
@@ -372,7 +389,8 @@ def cell_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -
         lines.append(
             f"| {setting_label(setting)} | {variant} | {len(group)} | {column('late_eval')} | "
             f"{fmt_ci(*q) if lates else ''} | {column('final_eval')} | "
-            f"{fmt(float(np.mean(train))) if train else ''}{sd} | {fmt(avg('behavior_kl'), 3)} | "
+            f"{fmt(float(np.mean(train))) if train else ''}{sd} | {fmt(avg('entropy_late'), 3)} | "
+            f"{fmt(avg('behavior_kl'), 3)} | "
             f"{fmt(avg('ratio_p99'), 3)} | {pct(avg('would_bound'))} | {pct(avg('bound_active'))} | "
             f"{pct(avg('clip_fraction'))} | {fmt(avg('ppo_kl'), 3)} | {fmt(avg('is_ess'), 3)} | "
             f"{pct(avg('is_truncated'))} | {pct(avg('is_filtered'))} |")
@@ -468,6 +486,28 @@ def decoupled_variant_settings(groups: Dict[Tuple[Any, str], List[Dict[str, Any]
     return [s for s in settings if sum(v.startswith("decoupled") for t, v in groups if t == s) > 1]
 
 
+def bound_activity_table(studies: Dict[str, List[Dict[str, Any]]], reps: int) -> List[str]:
+    """The dual-clip bound's activity per task and lag across studies: every cell of the first study (the one
+    reported), and the other studies' dualclip cells at c = 3 with fixed lag and tau = 1. Per cell: the mean over
+    seeds of each run's diagnostics (as in the cell table), and the largest ratio any update of any run saw."""
+    head = ("| study | task | setting | variant | seeds | behavior_kl | ratio p99 | ratio max, mean per update | "
+            "ratio max, largest | would bound (c) | bound active |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for i, (study, rows) in enumerate(studies.items()):
+        if i > 0:
+            rows = [r for r in rows if r["variant"] == "dualclip" and r.get("lag_mode", "fixed") == "fixed"
+                    and r.get("behavior_temperature", 1.0) == 1.0]
+        for (setting, variant), group in sorted(cells(rows).items(), key=lambda item: (item[0][0][0][1],)
+                                                + _cell_order(item)):
+            avg = partial(group_mean, group)
+            largest = max((max(full_lag_values(r["record"], DIAGNOSTICS["ratio_max"]), default=math.nan)
+                           for r in group), default=math.nan)
+            lines.append(f"| {study} | {setting[0][1]} | {setting_label(setting)} | {variant} | {len(group)} | "
+                         f"{fmt(avg('behavior_kl'), 3)} | {fmt(avg('ratio_p99'), 3)} | {fmt(avg('ratio_max'), 3)} | "
+                         f"{fmt(largest, 3)} | {pct(avg('would_bound'))} | {pct(avg('bound_active'))} |")
+    return lines
+
+
 def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
     """Per setting with several decoupled variants: each variant's late return against the default variant
     (``decoupled``, truncate at 100) with exact and paired tests, its final evaluation, each seed's best and final
@@ -541,16 +581,28 @@ def final_eval_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], evals:
             head, "|" + "---|" * (head.count("|") - 1)] + rows
 
 
+def resumed_at(record: Dict[str, Any]) -> List[int]:
+    """The steps at which the record's run was resumed (``command.txt`` notes each resume, and the record keeps its
+    lines): a resumed run whose environments were not checkpointed (MuJoCo, ALE, and MinAtar in runs made before
+    agents/checkpoint.py saved its environments) starts fresh episodes there, so two runs that were one
+    computation part at a resume of one of them."""
+    command = record["meta"].get("command") or []
+    lines = [command] if isinstance(command, str) else command
+    return [int(m) for line in lines for m in re.findall(r"resumed at step (\d+)", line)]
+
+
 def same_computations(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> List[str]:
     """Lines naming the runs of two variants of one setting that are the same computation: the same seed with
     evaluations identical, return for return, beyond the initial one (e.g. ppo and decoupled at lag 0, where the
     proximal policy is μ and every weight is 1). Such pairs are not independent replicates: their difference is 0
-    by construction, not a measured noise floor."""
+    by construction, not a measured noise floor. Where a pair parts right after one of them was resumed, the line
+    says so (:func:`resumed_at`)."""
     out = []
     for setting in sorted({s for s, _ in groups}, key=setting_order):
         variants = variant_order([v for s, v in groups if s == setting])
         for i, a in enumerate(variants):
             runs_a = {r["seed"]: r["record"]["eval"] for r in groups[(setting, a)]}
+            runs_rec = {r["seed"]: r["record"] for r in groups[(setting, a)]}
             for b in variants[i + 1:]:
                 spans = []
                 for r in sorted(groups[(setting, b)], key=lambda r: r["seed"]):
@@ -566,6 +618,11 @@ def same_computations(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> Li
                         whole = same == len(ea["steps"]) == len(eb["steps"])
                         spans.append(f"seed {r['seed']} " + ("to the end" if whole else
                                                              f"to step {eb['steps'][same - 1]:,}"))
+                        if not whole:  # a resume before the first evaluation that differs
+                            nxt = min(eb["steps"][same:] or [math.inf])
+                            spans[-1] += "".join(f" ({v} resumed at step {step:,})"
+                                                 for v, rec in ((a, runs_rec[r["seed"]]), (b, r["record"]))
+                                                 for step in resumed_at(rec) if step < nxt)
                 if spans:
                     out.append(f"- {setting_label(setting)}: {a} and {b} evaluate identically, {'; '.join(spans)}")
     return out
@@ -590,12 +647,36 @@ def task_rows(rows: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
     return out
 
 
-def normalisation(tasks: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Tuple[float, float]]:
-    """Per env, the (zero, one) of its normalised score: zero is the mean evaluation return of the untrained policy
-    (every run's evaluation at step 0: the initial, near-random learner), one the mean late return of ppo at lag 0.
-    A normalised score of 1 is ppo's lag-0 result; 0 is no learning."""
+def other_version(env: str, envs: Sequence[str]) -> Optional[str]:
+    """The newest other version of the same game among ``envs`` when it is newer than ``env`` (``MinAtar/Breakout-v1``
+    for ``MinAtar/Breakout-v0``: the same game with its minimal action set), else None. An aggregate over games
+    counts each game once, in its newest version; the other versions are ablations of it."""
+    game, _, version = env.rpartition("-v")
+    newer = [e for e in envs if e != env and e.rpartition("-v")[0] == game and version.isdigit()
+             and e.rpartition("-v")[2].isdigit() and int(e.rpartition("-v")[2]) > int(version)]
+    return max(newer, key=lambda e: int(e.rpartition("-v")[2])) if newer else None
+
+
+def aggregate_exclusions(tasks: Dict[str, List[Dict[str, Any]]]) -> Dict[str, str]:
+    """Per env left out of the aggregate over tasks, why."""
     out = {}
+    for env in tasks:
+        newer = other_version(env, list(tasks))
+        if newer is not None:
+            out[env] = f"another version of {newer}'s game, counted once as {newer}"
+    return out
+
+
+def normalisation(tasks: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Tuple[float, float]]:
+    """Per env in the aggregate, the (zero, one) of its normalised score: zero is the mean evaluation return of the
+    untrained policy (every run's evaluation at step 0: the initial, near-random learner), one the mean late return
+    of ppo at lag 0. A normalised score of 1 is ppo's lag-0 result; 0 is no learning. Envs that
+    :func:`aggregate_exclusions` names, and envs where ppo at lag 0 is not above its untrained policy, have none."""
+    out = {}
+    excluded = aggregate_exclusions(tasks)
     for env, rows in tasks.items():
+        if env in excluded:
+            continue
         starts = [eval_at(r["record"], 0) for r in rows if 0 in r["record"]["eval"]["steps"]]
         one = float(np.mean([r["late_eval"] for r in rows if r["algo"] == "ppo" and r["policy_lag"] == 0]))
         if starts and one > float(np.mean(starts)):
@@ -1063,7 +1144,7 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
     for old in figures.glob("*.png"):
         old.unlink()  # every figure is remade from the records: none is left from an earlier report
     columns = (["name", "env"] + setting_keys[1:] + ["variant", "algo", "seed", "late_eval", "final_eval",
-                                               "score_step", "final_train"]
+                                               "score_step", "final_train", "entropy_late"]
                + list(DIAGNOSTICS) + ["steps", "wall_time_s", "code", "path", "cpu"])
     with open(results_dir / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -1079,8 +1160,10 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
     hours = sum((r["wall_time_s"] or 0) / len(r["record"]["meta"].get("batch_seeds") or [0]) for r in rows) / 3600
     lines = [f"# Study `{study}`", "",
              f"Written by `python sweep.py report results/{study}` from the {len(rows)} committed records in "
-             f"`results/{study}/runs/` (nothing else is read). Each record holds its run's command, config, code "
-             "version, library versions and machine.", "",
+             f"`results/{study}/runs/` (nothing else is read"
+             + ("; for one table also " + " and ".join(f"`results/{n}/runs/`" for n in BESIDE[study])
+                if study in BESIDE else "")
+             + "). Each record holds its run's command, config, code version, library versions and machine.", "",
              f"- code versions of the runs: {', '.join(f'`{c}`' for c in codes)}",
              f"- CPU models: {', '.join(cpus)}; {hours:.1f} h of training in all (one torch thread per run)",
              "- library versions: " + "; ".join(", ".join(f"{k} {v}" for k, v in vs) for vs in versions),
@@ -1110,7 +1193,19 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
              "`behavior_kl` (KL(μ‖π) before each update), `ratio p99` (99th percentile of π/μ before each "
              "update), `would bound` (share of samples with A<0 and π/μ>c, c=3 unless set, for every arm), "
              "`bound active` (share where the c·A bound is active in the loss, dual-clip arms), `clip fraction` "
-             "(SB3's), `ppo_kl`, `ESS`, `truncated`, `filtered` (decoupled arm's importance weights).", ""]
+             "(SB3's), `ppo_kl`, `ESS`, `truncated`, `filtered` (decoupled arm's importance weights). "
+             "`entropy, late` is the learner's policy entropy (SB3's `-entropy_loss`) over the last 10 % of the "
+             "updates, then the mean over seeds: how sharp the trained policy ended (nats; differential entropy "
+             "for continuous actions).", ""]
+    beside = {name: run_rows(read_records(results_dir.parent / name))[0] for name in BESIDE.get(study, ())
+              if (results_dir.parent / name / "runs").is_dir()}
+    if beside:
+        lines += ["## The dual-clip bound's activity beside " + " and ".join(f"`{n}`" for n in beside), "",
+                  "This study's cells, and from " + " and ".join(f"`results/{n}/runs/`" for n in beside)
+                  + " (read for this table only) the dualclip cells at c = 3, fixed lag and τ = 1, per task and "
+                  "lag. Means over the updates with the full lag, then over seeds; `ratio max, largest` is the "
+                  "largest π/μ that any update of any seed saw.", ""]
+        lines += bound_activity_table({study: rows, **beside}, reps) + [""]
     final_evals = read_final_evals(results_dir, records)
     tasks = task_rows(rows)
     if len(tasks) > 1:
@@ -1122,7 +1217,8 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
                   "Across tasks: late returns normalised per task as (return − zero) / (one − zero), zero the mean "
                   "evaluation of the untrained policy (every run's evaluation at step 0), one ppo's mean late return "
                   "at lag 0 (" + "; ".join(f"{env}: zero {z:.4g}, one {o:.4g}" for env, (z, o) in scale.items())
-                  + "".join(f"; {env}: left out of the aggregate, ppo at lag 0 is not above its untrained policy"
+                  + "".join(f"; {env}: left out of the aggregate, "
+                            + aggregate_exclusions(tasks).get(env, "ppo at lag 0 is not above its untrained policy")
                             for env in tasks if env not in scale)
                   + "); rliable's IQM over runs × tasks and its probability of improvement over ppo (per task, "
                   "averaged), over the tasks that have the cell, each with the same number of seeds.", ""]

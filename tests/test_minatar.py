@@ -198,6 +198,24 @@ def test_each_seed_updates_as_the_single_run_code():
         assert np.isclose(b.logger.name_to_value["train/loss"], single.logger.name_to_value["train/loss"], rtol=1e-4)
 
 
+def test_a_checkpoint_resumes_exactly(tmp_path: Path):
+    """MinAtar's games are pure Python and numpy (their RandomState included), so the environments go into the
+    checkpoint (agents/checkpoint.py FAITHFUL_PICKLE) and a resumed run ends with exactly the parameters of an
+    unbroken one, mid-episode, under lag and with exploring actors. Without them it would start fresh episodes."""
+    from agents.checkpoint import read_checkpoint, restore_env, restore_model, save_checkpoint
+
+    model = tiny(ALGOS["dualclip"], "MinAtar/SpaceInvaders-v1", seed=4, policy_lag=1, behavior_temperature=1.5)
+    model.learn(128)
+    save_checkpoint(model, tmp_path / "checkpoint.pkl")
+    model.learn(192, reset_num_timesteps=False)
+    state = read_checkpoint(tmp_path / "checkpoint.pkl")
+    assert state["env"] is not None
+    again = restore_model(ALGOS["dualclip"], state, restore_env(state, None), "cpu")
+    again.learn(192, reset_num_timesteps=False)
+    assert again.num_timesteps == model.num_timesteps == 320
+    assert th.equal(flat_params(again), flat_params(model))
+
+
 def test_train_seeds_then_evaluate(tmp_path: Path):
     """train.py with the ``minatar`` entry (a tiny budget) on the seed-batched path, then evaluate.py on a run
     folder: whole games, integer scores (in this process: a subprocess pays ~10 s of imports)."""

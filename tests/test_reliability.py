@@ -17,7 +17,8 @@ from stable_baselines3.common.logger import configure
 from tbparse import SummaryReader
 
 from agents import ALGOS, DualClipPPO
-from agents.checkpoint import CheckpointCallback, NonFiniteError, atomic_write, divergence_message, read_checkpoint
+from agents.checkpoint import CheckpointCallback, NonFiniteError, divergence_message, read_checkpoint
+from agents.files import atomic_write
 from tests.helpers import ROOT, ctrl_c_twice, flat_params, run_script, tiny_model
 
 TINY = ["-params", "n_steps:32", "n_epochs:4", "normalize:true", "policy_kwargs:{net_arch: [16]}"]

@@ -511,6 +511,76 @@ def test_weight_share_curve_sums_truncated_and_filtered() -> None:
     assert _update_curves([{"record": old}], ["train/ppo_kl"], 1) == (None, None)
 
 
+def test_bound_activity_table_by_hand() -> None:
+    """The real-ALE diagnostics table: every cell of the reported study, and only the other studies' dualclip cells
+    at c = 3, fixed lag and tau = 1; diagnostics from the updates with the full lag, the largest ratio over runs."""
+    from studies.report import bound_activity_table, run_rows
+
+    def rec(algo: str, seed: int, lag: int, ratio_max: list, env: str, **axes) -> dict:
+        r = fake_record(algo, seed, 500, {500: 1.0}, policy_lag=lag, **axes)
+        r["meta"]["env"] = r["meta"]["axes"]["env"] = env
+        r["updates"] = {"step": [100 * (i + 1) for i in range(len(ratio_max))], "rollout/ep_rew_mean": [0.0] * 4,
+                        "train/ratio_max": ratio_max, "train/pg_clipfrac_lower": [0.5, 0.01, 0.02, 0.03]}
+        return r
+
+    ale = [rec("dualclip", seed, 1, [50.0, 9.0, 2.0, 3.0 * seed], "ALE/X-v5") for seed in (1, 2)]
+    other = [rec("dualclip", 1, 1, [1.0, 2.0, 2.0, 2.0], "M-v0"),
+             rec("dualclip", 1, 1, [1.0, 7.0, 7.0, 7.0], "M-v0", dual_clip=1.5),  # another c: left out
+             rec("dualclip", 1, 1, [1.0, 8.0, 8.0, 8.0], "M-v0", behavior_temperature=1.5),  # exploring: left out
+             rec("ppo", 1, 1, [1.0, 6.0, 6.0, 6.0], "M-v0")]  # not the dual-clip arm: left out
+    lines = bound_activity_table({"diag": run_rows(ale)[0], "other": run_rows(other)[0]}, reps=200)
+    assert len(lines) == 2 + 2
+    # lag 1: the first update (ratio max 50) is left out; seeds' means (9+2+3)/3 and (9+2+6)/3, largest 9
+    assert lines[2].startswith("| diag | ALE/X-v5 | lag 1 | dualclip | 2 | ") and "| 5.17 | 9 | " in lines[2]
+    assert lines[2].endswith("| 2 % |")  # bound active: mean of 0.01, 0.02, 0.03
+    assert lines[3].startswith("| other | M-v0 | lag 1 | dualclip | 1 | ") and "| 2 | 2 | " in lines[3]
+
+
+def test_late_entropy_is_the_last_tenth_of_the_updates() -> None:
+    """The late entropy averages -entropy_loss over the last 10 % of the updates (at least one), skipping updates
+    without a value; a run without entropy has none."""
+    from studies.report import late_entropy
+
+    rec = fake_record("ppo", 1, 500, {500: 1.0})
+    rec["updates"]["train/entropy_loss"] = [None] + [-1.0] * 17 + [-0.5, -0.25]  # 19 values: the last 2
+    assert late_entropy(rec) == 0.375
+    rec["updates"]["train/entropy_loss"] = [-2.0, None]
+    assert late_entropy(rec) == 2.0
+    assert late_entropy(fake_record("ppo", 1, 500, {500: 1.0})) is None
+
+
+def test_an_older_version_of_a_game_stays_out_of_the_aggregate() -> None:
+    """Breakout-v0 (the full action set) beside Breakout-v1 is an ablation of one game: shown per task, left out of
+    the aggregate over games, which counts Breakout once."""
+    from studies.report import aggregate_exclusions, normalisation, other_version
+
+    envs = ["MinAtar/Breakout-v0", "MinAtar/Breakout-v1", "MinAtar/SpaceInvaders-v1", "ALE/Breakout-v5", "Odd"]
+    assert other_version("MinAtar/Breakout-v0", envs) == "MinAtar/Breakout-v1"
+    assert [other_version(e, envs) for e in envs[1:]] == [None] * 4  # ALE's game is another game
+    tasks = {}
+    for env in envs[:3]:
+        recs = [fake_record("ppo", seed, 500, {0: 0.0, 500: 10.0}) for seed in (1, 2)]
+        for r in recs:
+            r["meta"]["env"] = r["meta"]["axes"]["env"] = env
+        tasks[env] = [{"record": r, "algo": "ppo", "policy_lag": 0, "late_eval": 10.0} for r in recs]
+    assert list(aggregate_exclusions(tasks)) == ["MinAtar/Breakout-v0"]
+    assert normalisation(tasks) == {"MinAtar/Breakout-v1": (0.0, 10.0), "MinAtar/SpaceInvaders-v1": (0.0, 10.0)}
+
+
+def test_replicates_that_part_at_a_resume_say_so() -> None:
+    """Two arms identical until one was resumed: the not-replicates line names a resume before the first evaluation
+    that differs (identical evaluations may outlast it), and no resume after it."""
+    from studies.report import cells, resumed_at, run_rows, same_computations
+
+    ppo = fake_record("ppo", 1, 500, {0: 0.0, 250: 5.0, 500: 9.0})
+    dual = fake_record("dualclip", 1, 500, {0: 0.0, 250: 5.0, 500: 7.0})
+    dual["meta"]["command"] = ["python train.py ...", "python train.py --resume RUN  # resumed at step 384"]
+    ppo["meta"]["command"] = ["python train.py ...", "python train.py --resume RUN  # resumed at step 512"]
+    assert resumed_at(dual) == [384] and resumed_at(fake_record("ppo", 2, 500, {500: 1.0})) == []
+    (line,) = same_computations(cells(run_rows([ppo, dual])[0]))
+    assert line == "- lag 0: ppo and dualclip evaluate identically, seed 1 to step 250 (dualclip resumed at step 384)"
+
+
 def test_final_vs_lag_puts_every_variant_at_its_own_lags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A variant run at fewer lags than the others (lags 4 and 16 beside 0, 4 and 16) is drawn at the positions of
     its own lags, under the right tick labels, each variant slightly offset, with its exact number of seeds."""
