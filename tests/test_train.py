@@ -180,13 +180,27 @@ def test_decoupled_weight_flags_win_over_the_yaml(tmp_path) -> None:
     assert "train/is_weight_filtered" in set(SummaryReader(str(run)).scalars["tag"])
 
 
+def train_in_process(argv: list, capsys) -> tuple:
+    """``train.main(argv)`` in this process, as the console script calls it: (exit code, stderr). The refusals run
+    here: a subprocess each would spend seconds importing torch; test_existing_run_name_is_refused checks the same
+    contract through a real process."""
+    import train
+
+    try:
+        code = train.main(argv)
+    except SystemExit as exc:  # argparse's refusals
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, named", BAD_INPUT, ids=[" ".join(a[2:]) for a, _ in BAD_INPUT])
-def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, argv: list, named: str) -> None:
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys, argv: list, named: str) -> None:
     (tmp_path / "broken.yml").write_text("default: [\n")
-    res = run_script("train.py", [*argv, "-f", str(tmp_path / "logs")], cwd=tmp_path)
-    assert res.returncode == 2
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    monkeypatch.chdir(tmp_path)
+    code, err = train_in_process([*argv, "-f", str(tmp_path / "logs")], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
     assert named in lines[0]
     assert not (tmp_path / "logs").exists()
 
@@ -258,15 +272,18 @@ def _unfinished_run(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("extra, named", [(["--policy-lag", "4"], "--policy-lag"), (["-n", "256"], "-n"),
                                           (["--seed", "2", "--verbose", "0"], "--seed"),
                                           (["--algo", "dualclip"], "--algo")])
-def test_resume_refuses_a_flag_that_would_change_the_run(tmp_path, extra: list, named: str) -> None:
+def test_resume_refuses_a_flag_that_would_change_the_run(tmp_path, unfinished_runs, capsys, extra: list,
+                                                         named: str) -> None:
     """--resume RUN --policy-lag 4 used to continue at the run's own lag and record the flag in command.txt: now any
     flag but --progress, --verbose and --save-freq is refused, in one line naming it, and nothing is written."""
-    run = _unfinished_run(tmp_path)
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
-    res = run_script("train.py", ["--resume", str(run), *extra])
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert res.stderr.startswith(f"train.py: error: {named} with --resume")
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    import shutil
+
+    run = shutil.copytree(unfinished_runs[0], tmp_path / "run")
+    before = _folder_state(run)
+    code, err = train_in_process(["--resume", str(run), *extra], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"train.py: error: {named} with --resume")
+    assert _folder_state(run) == before
 
 
 def _folder_state(folder: Path) -> dict:
@@ -305,7 +322,7 @@ REFUSED_RESUMES = {
 
 
 @pytest.mark.parametrize("case", list(REFUSED_RESUMES))
-def test_a_refused_resume_leaves_the_run_folders_untouched(tmp_path, unfinished_runs, case: str) -> None:
+def test_a_refused_resume_leaves_the_run_folders_untouched(tmp_path, unfinished_runs, capsys, case: str) -> None:
     """Refusals that need the runs read back (their configurations compared, an asynchronous run's lag history read)
     used to come after the logs were cut at the checkpoint and command.txt was appended to: now every refusal comes
     first, and the folders stay byte for byte as they were."""
@@ -318,9 +335,9 @@ def test_a_refused_resume_leaves_the_run_folders_untouched(tmp_path, unfinished_
     if async_json is not None:
         _mark_asynchronous(runs[0], async_json)
     before = _folder_state(tmp_path)
-    res = run_script("train.py", ["--resume", *map(str, runs)])
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert res.stderr.startswith("train.py: error:") and named in res.stderr, res.stderr
+    code, err = train_in_process(["--resume", *map(str, runs)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("train.py: error:") and named in err, err
     assert _folder_state(tmp_path) == before
 
 
