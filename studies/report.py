@@ -78,10 +78,10 @@ LATE_MIN_EVALS = 3
 KL_BURST = 0.3
 #: bootstrap resamples per interval (``sweep.py report --reps``)
 BOOTSTRAP_REPS = 2000
-#: line styles and markers that tell settings apart where colours tell variants apart
 #: studies whose report sets the dual-clip bound's activity beside that of other studies (under the same results
 #: folder): the real-ALE diagnostics (issue 25, item 4) ask how often the bound acts there against MinAtar and MuJoCo
 BESIDE = {"atari_diagnostics": ("minatar_study", "mujoco_study")}
+#: line styles and markers that tell settings apart where colours tell variants apart
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D")
 ALGO_ORDER = ("ppo", "dualclip", "decoupled")
@@ -376,8 +376,8 @@ def group_mean(group: List[Dict[str, Any]], column: str) -> Optional[float]:
 
 def cell_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
     head = ("| setting | variant | seeds | late eval return, mean [95 % CI] | late, IQM [95 % CI] | final eval "
-            "return, mean [95 % CI] | final training return (μ's), mean ± sd | entropy, late | behavior_kl | ratio p99 | "
-            "would bound (c) | bound active | clip fraction | ppo_kl | ESS | truncated | filtered |")
+            "return, mean [95 % CI] | final training return (μ's), mean ± sd | entropy, late | behavior_kl | "
+            "ratio p99 | would bound (c) | bound active | clip fraction | ppo_kl | ESS | truncated | filtered |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (setting, variant), group in sorted(groups.items(), key=_cell_order):
         lates = [r["late_eval"] for r in group if r["late_eval"] is not None]
@@ -486,7 +486,7 @@ def decoupled_variant_settings(groups: Dict[Tuple[Any, str], List[Dict[str, Any]
     return [s for s in settings if sum(v.startswith("decoupled") for t, v in groups if t == s) > 1]
 
 
-def bound_activity_table(studies: Dict[str, List[Dict[str, Any]]], reps: int) -> List[str]:
+def bound_activity_table(studies: Dict[str, List[Dict[str, Any]]]) -> List[str]:
     """The dual-clip bound's activity per task and lag across studies: every cell of the first study (the one
     reported), and the other studies' dualclip cells at c = 3 with fixed lag and tau = 1. Per cell: the mean over
     seeds of each run's diagnostics (as in the cell table), and the largest ratio any update of any run saw."""
@@ -595,8 +595,8 @@ def same_computations(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> Li
     """Lines naming the runs of two variants of one setting that are the same computation: the same seed with
     evaluations identical, return for return, beyond the initial one (e.g. ppo and decoupled at lag 0, where the
     proximal policy is μ and every weight is 1). Such pairs are not independent replicates: their difference is 0
-    by construction, not a measured noise floor. Where a pair parts right after one of them was resumed, the line
-    says so (:func:`resumed_at`)."""
+    by construction, not a measured noise floor. Where one of a pair that parts was resumed before their first
+    differing evaluation, the line says so (:func:`resumed_at`)."""
     out = []
     for setting in sorted({s for s, _ in groups}, key=setting_order):
         variants = variant_order([v for s, v in groups if s == setting])
@@ -1205,7 +1205,7 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
                   + " (read for this table only) the dualclip cells at c = 3, fixed lag and τ = 1, per task and "
                   "lag. Means over the updates with the full lag, then over seeds; `ratio max, largest` is the "
                   "largest π/μ that any update of any seed saw.", ""]
-        lines += bound_activity_table({study: rows, **beside}, reps) + [""]
+        lines += bound_activity_table({study: rows, **beside}) + [""]
     final_evals = read_final_evals(results_dir, records)
     tasks = task_rows(rows)
     if len(tasks) > 1:

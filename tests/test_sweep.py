@@ -528,7 +528,7 @@ def test_bound_activity_table_by_hand() -> None:
              rec("dualclip", 1, 1, [1.0, 7.0, 7.0, 7.0], "M-v0", dual_clip=1.5),  # another c: left out
              rec("dualclip", 1, 1, [1.0, 8.0, 8.0, 8.0], "M-v0", behavior_temperature=1.5),  # exploring: left out
              rec("ppo", 1, 1, [1.0, 6.0, 6.0, 6.0], "M-v0")]  # not the dual-clip arm: left out
-    lines = bound_activity_table({"diag": run_rows(ale)[0], "other": run_rows(other)[0]}, reps=200)
+    lines = bound_activity_table({"diag": run_rows(ale)[0], "other": run_rows(other)[0]})
     assert len(lines) == 2 + 2
     # lag 1: the first update (ratio max 50) is left out; seeds' means (9+2+3)/3 and (9+2+6)/3, largest 9
     assert lines[2].startswith("| diag | ALE/X-v5 | lag 1 | dualclip | 2 | ") and "| 5.17 | 9 | " in lines[2]
