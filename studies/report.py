@@ -497,12 +497,12 @@ def bound_activity_table(studies: Dict[str, List[Dict[str, Any]]]) -> List[str]:
         if i > 0:
             rows = [r for r in rows if r["variant"] == "dualclip" and r.get("lag_mode", "fixed") == "fixed"
                     and r.get("behavior_temperature", 1.0) == 1.0]
-        for (setting, variant), group in sorted(cells(rows).items(), key=lambda item: (item[0][0][0][1],)
-                                                + _cell_order(item)):
+        by_task = sorted(cells(rows).items(), key=lambda item: (dict(item[0][0])["env"],) + _cell_order(item))
+        for (setting, variant), group in by_task:
             avg = partial(group_mean, group)
             largest = max((max(full_lag_values(r["record"], DIAGNOSTICS["ratio_max"]), default=math.nan)
                            for r in group), default=math.nan)
-            lines.append(f"| {study} | {setting[0][1]} | {setting_label(setting)} | {variant} | {len(group)} | "
+            lines.append(f"| {study} | {dict(setting)['env']} | {setting_label(setting)} | {variant} | {len(group)} | "
                          f"{fmt(avg('behavior_kl'), 3)} | {fmt(avg('ratio_p99'), 3)} | {fmt(avg('ratio_max'), 3)} | "
                          f"{fmt(largest, 3)} | {pct(avg('would_bound'))} | {pct(avg('bound_active'))} |")
     return lines
