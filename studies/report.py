@@ -601,14 +601,13 @@ def same_computations(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> Li
     for setting in sorted({s for s, _ in groups}, key=setting_order):
         variants = variant_order([v for s, v in groups if s == setting])
         for i, a in enumerate(variants):
-            runs_a = {r["seed"]: r["record"]["eval"] for r in groups[(setting, a)]}
-            runs_rec = {r["seed"]: r["record"] for r in groups[(setting, a)]}
+            runs_a = {r["seed"]: r["record"] for r in groups[(setting, a)]}
             for b in variants[i + 1:]:
                 spans = []
                 for r in sorted(groups[(setting, b)], key=lambda r: r["seed"]):
-                    ea, eb = runs_a.get(r["seed"]), r["record"]["eval"]
-                    if ea is None:
+                    if r["seed"] not in runs_a:
                         continue
+                    ea, eb = runs_a[r["seed"]]["eval"], r["record"]["eval"]
                     same = 0
                     for sa, ra, sb, rb in zip(ea["steps"], ea["returns"], eb["steps"], eb["returns"]):
                         if sa != sb or ra != rb:
@@ -621,7 +620,7 @@ def same_computations(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]]) -> Li
                         if not whole:  # a resume before the first evaluation that differs
                             nxt = min(eb["steps"][same:] or [math.inf])
                             spans[-1] += "".join(f" ({v} resumed at step {step:,})"
-                                                 for v, rec in ((a, runs_rec[r["seed"]]), (b, r["record"]))
+                                                 for v, rec in ((a, runs_a[r["seed"]]), (b, r["record"]))
                                                  for step in resumed_at(rec) if step < nxt)
                 if spans:
                     out.append(f"- {setting_label(setting)}: {a} and {b} evaluate identically, {'; '.join(spans)}")
@@ -647,14 +646,21 @@ def task_rows(rows: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
     return out
 
 
+def _game_version(env: str) -> Tuple[str, Optional[int]]:
+    """``("MinAtar/Breakout", 1)`` for ``MinAtar/Breakout-v1``; the version is None for an id without one."""
+    game, _, version = env.rpartition("-v")
+    return (game, int(version)) if game and version.isdigit() else (env, None)
+
+
 def other_version(env: str, envs: Sequence[str]) -> Optional[str]:
     """The newest other version of the same game among ``envs`` when it is newer than ``env`` (``MinAtar/Breakout-v1``
     for ``MinAtar/Breakout-v0``: the same game with its minimal action set), else None. An aggregate over games
     counts each game once, in its newest version; the other versions are ablations of it."""
-    game, _, version = env.rpartition("-v")
-    newer = [e for e in envs if e != env and e.rpartition("-v")[0] == game and version.isdigit()
-             and e.rpartition("-v")[2].isdigit() and int(e.rpartition("-v")[2]) > int(version)]
-    return max(newer, key=lambda e: int(e.rpartition("-v")[2])) if newer else None
+    game, version = _game_version(env)
+    if version is None:
+        return None
+    newer = [(v, e) for e in envs for g, v in [_game_version(e)] if g == game and v is not None and v > version]
+    return max(newer)[1] if newer else None
 
 
 def aggregate_exclusions(tasks: Dict[str, List[Dict[str, Any]]]) -> Dict[str, str]:
@@ -1210,7 +1216,7 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
     tasks = task_rows(rows)
     if len(tasks) > 1:
         print("report: across tasks", file=sys.stderr, flush=True)
-        scale = normalisation(tasks)
+        scale, excluded = normalisation(tasks), aggregate_exclusions(tasks)
         lines += ["## Across tasks", "",
                   "The three arms at their defaults (fixed lag, τ = 1), each task at its longest budget with ppo at "
                   "lag 0. Per task: the late return, with P(X > ppo) at the same lag and its exact p (exploratory). "
@@ -1218,7 +1224,7 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
                   "evaluation of the untrained policy (every run's evaluation at step 0), one ppo's mean late return "
                   "at lag 0 (" + "; ".join(f"{env}: zero {z:.4g}, one {o:.4g}" for env, (z, o) in scale.items())
                   + "".join(f"; {env}: left out of the aggregate, "
-                            + aggregate_exclusions(tasks).get(env, "ppo at lag 0 is not above its untrained policy")
+                            + excluded.get(env, "ppo at lag 0 is not above its untrained policy")
                             for env in tasks if env not in scale)
                   + "); rliable's IQM over runs × tasks and its probability of improvement over ppo (per task, "
                   "averaged), over the tasks that have the cell, each with the same number of seeds.", ""]
