@@ -154,6 +154,10 @@ class RolloutActor:
         self._last_obs = self.env.reset()
         self._last_episode_starts = np.ones(self.env.num_envs, dtype=bool)
 
+    def ready(self) -> int:
+        """Nothing: a call that returns once the actor is built (its process started, its environments made)."""
+        return self.index
+
     def set_weights(self, weights: Weights) -> None:
         """Load ``weights`` (parameters and observation statistics) unless they are not newer than those held."""
         if weights.version <= self.version:
@@ -311,6 +315,11 @@ class AsyncRollouts:
             # max_restarts=0: an actor that dies is an error of the run, not silently replaced
             self._actors.append(remote.options(max_restarts=0).remote(
                 j, self._env_factory, seed, policy, model.n_steps, temperatures, normalizer, self._delays[j]))
+        # Wait until every actor is up before the first rollout. Starting a Ray worker process (importing torch, SB3,
+        # the simulator) takes 10-20 s on a loaded 2-core machine; without the wait the learner trains on the first
+        # actors' rollouts meanwhile, and the last actor's first rollout arrives 20-26 versions old (CartPole, 4
+        # actors: docs/async.md), a start-up artefact and not the steady lag the system produces.
+        ray.get([actor.ready.remote() for actor in self._actors])
         self._idle = list(range(self.n_actors))
         model.behavior = MeasuredLag(0, "fixed", temperatures, model.behavior.rng, model.device)
         self.attach()

@@ -9,10 +9,30 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-#: what a cluster's workers do not need of this checkout (as the sweep's Ray backend, studies/execute.py)
+#: what a cluster's workers do not need of this checkout (here and in the sweep's Ray backend, studies/execute.py)
 EXCLUDES = ["logs/", "results/", ".venv/", ".git/", "*.pkl"]
 #: the one line a missing Ray gets
 MISSING = "needs Ray: pip install -e '.[cluster]'"
+#: The priority of a local instance's worker processes. Ray starts its workers at nice 15 (its ``worker_niceness``
+#: setting, which the raylet reads from this variable) so that they never slow Ray's own daemons. On a machine with
+#: other work (a sweep beside the run) workers at nice 15 get a few per cent of a core: here one actor's 2048
+#: HalfCheetah steps took 26-46 s instead of 2.6-3.1 s at nice 0, with two training processes on the two cores
+#: (docs/async.md). That would make the measured lag and speed an artefact of the scheduler, so a local instance runs
+#: its workers at the priority of the run that starts it, unless the variable is already set. A cluster's workers
+#: keep its own setting (``RAY_worker_niceness=0 ray start ...`` sets it there).
+WORKER_NICENESS = ("RAY_worker_niceness", "0")
+
+
+def init_ray(address: Optional[str], **kwargs: Any) -> None:
+    """``ray.init(**kwargs)``: a new local instance (``address`` None; its workers at :data:`WORKER_NICENESS`) or
+    the cluster at ``address``."""
+    import ray
+
+    if address is None:
+        os.environ.setdefault(*WORKER_NICENESS)
+    else:
+        kwargs["address"] = address
+    ray.init(**kwargs)
 
 
 def ray_available() -> bool:
@@ -43,8 +63,8 @@ def ray_session(address: Optional[str], num_cpus: int) -> Iterator[None]:
             kwargs.update(num_cpus=max(num_cpus, os.cpu_count() or 1), include_dashboard=False,
                           runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
         else:
-            kwargs.update(address=address, runtime_env={"working_dir": str(ROOT), "excludes": EXCLUDES})
-        ray.init(**kwargs)
+            kwargs.update(runtime_env={"working_dir": str(ROOT), "excludes": EXCLUDES})
+        init_ray(address, **kwargs)
     try:
         yield
     finally:

@@ -274,13 +274,13 @@ def run_ray(units: List[List[RunSpec]], runs_dir: Path, save_freq: int, address:
         raise RuntimeError("--backend ray needs Ray: pip install -e '.[cluster]'") from exc
     started = not ray.is_initialized()
     if started:
-        runtime_env = {"working_dir": str(ROOT), "excludes": ["logs/", "results/", ".venv/", ".git/", "*.pkl"]}
-        kwargs: Dict[str, Any] = {"runtime_env": runtime_env, "log_to_driver": False}
+        from cli.ray_session import EXCLUDES, init_ray
+
+        kwargs: Dict[str, Any] = {"runtime_env": {"working_dir": str(ROOT), "excludes": EXCLUDES},
+                                  "log_to_driver": False}
         if address is None:
             kwargs["num_cpus"] = num_cpus
-        else:
-            kwargs["address"] = address
-        ray.init(**kwargs)
+        init_ray(address, **kwargs)
     remote = ray.remote(num_cpus=1, max_retries=0)(execute)
     try:
         pending = {remote.remote(unit, str(runs_dir), save_freq, batch): unit for unit in units}

@@ -406,24 +406,27 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing_behind(tmp_path, marks
 
 @pytest.mark.slow
 def test_a_rollout_returned_through_ray_carries_the_acting_log_mu() -> None:
-    """Two actors on a local Ray instance: each returns its rollout with the version it was sent, and log mu is
-    the acting weights' log-prob of the stored actions."""
+    """Two actors on train.py's local Ray instance: each returns its rollout with the version it was sent, and log
+    mu is the acting weights' log-prob of the stored actions. The instance's workers run at the caller's priority,
+    not Ray's default nice 15 (cli/ray_session.py WORKER_NICENESS: at nice 15 actors starve beside other work)."""
     import ray
 
     from agents.asynchronous import AsyncRollouts
+    from cli.ray_session import ray_session
 
     learner = tiny_model(LaggedPPO, n_envs=2)
     rollouts = AsyncRollouts(learner, partial(make_env, "CartPole-v1", n_envs=2), 2, seed=0)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    try:
+    def niceness() -> int:
+        return os.nice(0)
+
+    with ray_session(None, 2):
+        worker_niceness = ray.get(ray.remote(num_cpus=0)(niceness).remote())
         rollouts.start()
         try:
             first = rollouts.next_rollout()
         finally:
             rollouts.close()
-    finally:
-        ray.shutdown()
+    assert worker_niceness == os.nice(0)
     assert first.version == 0 and first.actor in (0, 1)
     with th.no_grad():
         obs = th.as_tensor(first.observations.reshape(-1, 4))
