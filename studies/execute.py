@@ -124,7 +124,11 @@ def _batchable(run: RunSpec) -> bool:
         import train
         from agents.seed_batch import check_batchable
 
-        model, env = train.make_model(*_args_and_config(run))
+        args, config = _args_and_config(run)
+        if args.actors:  # asynchronous actors (train.py --actors N): each run has its own actors, one seed each
+            _BATCHABLE[run.cell] = False
+            return False
+        model, env = train.make_model(args, config)
         try:
             check_batchable(model)
             _BATCHABLE[run.cell] = True

@@ -64,6 +64,17 @@ def test_any_axis_names_and_flags(tmp_path: Path) -> None:
     assert argv[argv.index("--eval-freq") + 1] == "128" and argv[argv.index("--n-timesteps") + 1] == "256"
 
 
+def test_asynchronous_runs_are_never_seed_batched(tmp_path: Path) -> None:
+    """A cell with asynchronous actors (--actors N) plans as one unit per seed (train.py refuses --actors with
+    --seeds); the same cell without actors is one seed batch."""
+    from studies.execute import plan
+
+    for actors, units in ((2, [1, 1]), (None, [2])):
+        axes = {"algo": ["ppo"], "seed": [1, 2]} | ({"actors": [actors]} if actors else {})
+        _, runs = load_grid(grid_file(tmp_path, axes, name=f"a{actors}"))
+        assert [len(u) for u in plan(runs, tmp_path / "runs", batch=True)] == units
+
+
 def test_a_measured_lag_distribution_in_a_grid(tmp_path: Path) -> None:
     """lag_weights is a grid axis or setting (a list per value, the weights of lags 0..K): passed as --lag-weights,
     the run name says K (which the weights imply) and, for an axis, the weights; lag_weights_from names K from the
