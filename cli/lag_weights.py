@@ -7,9 +7,10 @@ Both give the weights of lags 0, 1, ..., K as a list (counts or probabilities; t
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 from cli.common import ASYNC_SUMMARY
 
@@ -78,3 +79,27 @@ def read_lag_counts(path: Path) -> List[float]:
     if min(by_lag) < 0:
         raise ValueError(f"{file}: lag_counts {counts} has a negative lag: pass {expected}")
     return [by_lag.get(lag, 0.0) for lag in range(max(by_lag) + 1)]
+
+
+def pool_lag_counts(counts: Sequence[Sequence[float]]) -> List[float]:
+    """Counts of lags 0..K of several runs summed lag by lag (K the largest of any run): their pooled distribution."""
+    width = max(len(c) for c in counts)
+    return [float(sum(c[lag] for c in counts if lag < len(c))) for lag in range(width)]
+
+
+def read_pooled_lag_counts(source: str) -> List[float]:
+    """:func:`read_lag_counts` of ``source``, or, when it is a glob pattern (``runs/X_actors2_s*.json``), of every
+    file it matches, pooled (:func:`pool_lag_counts`): the distribution of a cell of asynchronous runs. Raises
+    ValueError (one line; the caller puts the pattern in front)."""
+    if not glob.has_magic(source):
+        return read_lag_counts(Path(source))
+    paths = sorted(glob.glob(source))
+    if not paths:
+        raise ValueError("matches no file: run the asynchronous runs first, or fix the pattern")
+    counts = []
+    for path in paths:
+        try:
+            counts.append(read_lag_counts(Path(path)))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+    return pool_lag_counts(counts)

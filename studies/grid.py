@@ -21,8 +21,8 @@ passed as that flag; any other key is a hyperparameter, passed as ``-params key:
 be axes. The run name encodes the env, the algorithm, the lag and every other axis of the run's part of the grid,
 then the seed: ``HalfCheetah-v4_dualclip_lag4_c1.5_s2``. A measured lag distribution replayed (``lag_mode:
 empirical`` with ``lag_weights: [12, 30, 8]``, the weights of lags 0..K, or ``lag_weights_from: PATH``, read when
-the grid is loaded and passed as ``--lag-weights``) names K from the weights, and an axis of weights is named by
-them: ``..._lag2-empirical_w12-30-8_s1``.
+the grid is loaded and passed as ``--lag-weights``; PATH may be a glob pattern, whose runs' lag counts are pooled)
+names K from the weights, and an axis of weights, given or read, is named by them: ``..._lag2-empirical_w12-30-8_s1``.
 
 Nothing here trains or writes: :func:`load_grid` returns :class:`RunSpec` objects, each with the exact
 ``train.py`` arguments of its run.
@@ -122,13 +122,13 @@ def _policy_lag(axes: Dict[str, Any]) -> Any:
     implies it (the weights unreadable: 0, and the grid's check names the problem)."""
     if "policy_lag" in axes or axes.get("lag_mode") != "empirical":
         return axes.get("policy_lag", 0)
-    from cli.lag_weights import parse_lag_weights, read_lag_counts
+    from cli.lag_weights import parse_lag_weights, read_pooled_lag_counts
 
     try:
         if axes.get("lag_weights") is not None:
             return len(parse_lag_weights(_fmt(axes["lag_weights"]))) - 1
         if axes.get("lag_weights_from") is not None:
-            return len(read_lag_counts(Path(axes["lag_weights_from"]))) - 1
+            return len(read_pooled_lag_counts(str(axes["lag_weights_from"]))) - 1
     except ValueError:
         pass
     return 0
@@ -141,11 +141,11 @@ def _resolve_lag_weights_from(merged: Dict[str, Any], where: str) -> Dict[str, A
     results/, needs no file."""
     if merged.get("lag_weights_from") is None:
         return merged
-    from cli.lag_weights import read_lag_counts
+    from cli.lag_weights import read_pooled_lag_counts
 
     source = merged.pop("lag_weights_from")
     try:
-        merged["lag_weights"] = [int(c) if float(c).is_integer() else c for c in read_lag_counts(Path(source))]
+        merged["lag_weights"] = [int(c) if float(c).is_integer() else c for c in read_pooled_lag_counts(str(source))]
     except ValueError as exc:
         raise GridError(f"{where}: lag_weights_from {source}: {exc}") from exc
     return merged
@@ -157,7 +157,9 @@ def run_name(env: str, axes: Dict[str, Any], axis_keys: List[str]) -> str:
     parts = [env.replace("/", "-"), str(axes["algo"]), f"lag{_policy_lag(axes)}"
              + ("" if mode == "fixed" else f"-{mode}")]
     for key in axis_keys:
-        if key not in ("algo", "policy_lag", "lag_mode", "seed", "env"):
+        if key == "lag_weights_from":  # named by the weights it gave, not by the path it read them from
+            parts.append(_label("lag_weights", axes["lag_weights"]))
+        elif key not in ("algo", "policy_lag", "lag_mode", "seed", "env"):
             parts.append(_label(key, axes[key]))
     return "_".join(parts + [f"s{axes['seed']}"])
 

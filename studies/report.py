@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from studies import stats
+from studies.async_report import async_section
 from studies.final_eval import MODES, read_final_evals
 from studies.records import read_records
 
@@ -127,11 +128,13 @@ def variant_label(row: Dict[str, Any]) -> str:
 
 
 def setting_label(setting: Tuple[Tuple[str, Any], ...]) -> str:
-    names = {"policy_lag": "lag", "behavior_temperature": "τ", "lag_mode": "mode", "n_timesteps": "steps"}
+    names = {"policy_lag": "lag", "behavior_temperature": "τ", "lag_mode": "mode", "n_timesteps": "steps",
+             "lag_weights": "weights"}
     shown = [(k, v) for k, v in setting if k != "env" and not (k in SETTING_DEFAULTS and k != "policy_lag"
                                                                and v == SETTING_DEFAULTS[k])]
-    return ", ".join(f"{names.get(k, k)} {v:g}" if isinstance(v, float) else f"{names.get(k, k)} {v}"
-                     for k, v in shown) or "default"
+    return ", ".join(f"{names.get(k, k)} {v:g}" if isinstance(v, float)
+                     else f"{names.get(k, k)} {'-'.join(f'{w:.2g}' for w in v)}" if isinstance(v, tuple)
+                     else f"{names.get(k, k)} {v}" for k, v in shown) or "default"
 
 
 def full_lag_values(record: Dict[str, Any], tag: str, until: Optional[int] = None) -> List[float]:
@@ -1212,6 +1215,7 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
                   "lag. Means over the updates with the full lag, then over seeds; `ratio max, largest` is the "
                   "largest π/μ that any update of any seed saw.", ""]
         lines += bound_activity_table({study: rows, **beside}) + [""]
+    lines += async_section(rows, reps, figures)
     final_evals = read_final_evals(results_dir, records)
     tasks = task_rows(rows)
     if len(tasks) > 1:

@@ -432,3 +432,47 @@ def test_a_rollout_returned_through_ray_carries_the_acting_log_mu() -> None:
         obs = th.as_tensor(first.observations.reshape(-1, 4))
         log_mu = learner.policy.get_distribution(obs).log_prob(th.as_tensor(first.actions.reshape(-1))).numpy()
     np.testing.assert_allclose(first.log_probs.reshape(-1), log_mu, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_real_runs_and_their_simulated_twins_side_by_side_in_the_report(tmp_path) -> None:
+    """A tiny async_validation: two asynchronous CartPole runs (2 actors) through the sweep, their twins replaying
+    the pooled measured lags (the grid reads them from the records), and the report's side-by-side section: the
+    twin is matched to its real cell, both rows, the comparison and the lag figure are there."""
+    import yaml
+
+    from tests.helpers import run_script
+
+    tiny = {"n_envs": 2, "n_steps": 64, "batch_size": 64, "n_epochs": 2, "policy_kwargs": {"net_arch": [16]},
+            "eval_freq": 256, "eval_episodes": 2}
+    roots = ["--runs-root", str(tmp_path / "runs"), "--results-root", str(tmp_path / "results")]
+    real = tmp_path / "real.yml"
+    real.write_text(yaml.safe_dump({"study": "av", "settings": tiny, "envs": {"CartPole-v1": {"n_timesteps": 768}},
+                                    "grid": {"algo": ["ppo"], "actors": [2], "seed": [1, 2]}}))
+    res = run_script("sweep.py", [str(real), "--no-report", *roots], timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    records = tmp_path / "results" / "av" / "runs"
+    assert sorted(p.name for p in records.glob("*.json")) == ["CartPole-v1_ppo_lag0_actors2_s1.json",
+                                                             "CartPole-v1_ppo_lag0_actors2_s2.json"]
+    pooled = np.zeros(0)
+    for path in records.glob("*.json"):
+        counts = {int(k): v for k, v in json.loads(path.read_text())["meta"]["async"]["lag_counts"].items()}
+        run = np.array([counts.get(lag, 0) for lag in range(max(counts) + 1)], dtype=float)
+        pooled = np.pad(pooled, (0, max(0, len(run) - len(pooled)))) + np.pad(run, (0, max(0, len(pooled) - len(run))))
+    twin = tmp_path / "twin.yml"
+    twin.write_text(yaml.safe_dump({"study": "av", "settings": {**tiny, "lag_mode": "empirical"},
+                                    "envs": {"CartPole-v1": {"n_timesteps": 768}},
+                                    "grid": {"algo": ["ppo"], "seed": [1, 2], "lag_weights_from": [
+                                        str(records / "CartPole-v1_ppo_lag0_actors2_s*.json")]}}))
+    res = run_script("sweep.py", [str(twin), "--no-batch", *roots], timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    twins = sorted(p.name for p in records.glob("*empirical*.json"))
+    assert len(twins) == 2
+    config = json.loads((records / twins[0]).read_text())["meta"]["config"]
+    np.testing.assert_allclose(config["lag_weights"], pooled / pooled.sum())
+    summary = (tmp_path / "results" / "av" / "summary.md").read_text()
+    section = summary.split("## Real asynchronous actors against their simulated twins")[1].split("\n## ")[0]
+    assert "| CartPole-v1 | ppo | 2 | real | 1, 2 |" in section
+    assert "| CartPole-v1 | ppo | 2 | simulated | 1, 2 |" in section and "not run yet" not in section
+    assert "| CartPole-v1 | ppo | 2 | 2 / 2 |" in section and "match no real cell" not in section
+    assert (tmp_path / "results" / "av" / "figures" / "async_lag_distributions.png").is_file()

@@ -104,6 +104,20 @@ def test_a_measured_lag_distribution_in_a_grid(tmp_path: Path) -> None:
     with pytest.raises(GridError, match="lag_weights_from .*nowhere: not found"):
         load_grid(grid_file(tmp_path, {"algo": ["ppo"], "seed": [1]}, name="gone",
                             settings={"lag_mode": "empirical", "lag_weights_from": str(tmp_path / "nowhere")}))
+    # a glob pools the runs it matches, lag by lag; as an axis it is named by the pooled weights, not the path
+    for seed, counts in ((1, {"0": 1, "2": 5}), (2, {"0": 1, "1": 1, "2": 4, "4": 1})):
+        (tmp_path / f"X_actors2_s{seed}.json").write_text(json.dumps({"meta": {"async": {"lag_counts": counts}}}))
+    (tmp_path / "X_actors4_s1.json").write_text(json.dumps({"meta": {"async": {"lag_counts": {"0": 3}}}}))
+    _, runs = load_grid(grid_file(tmp_path, {"algo": ["ppo"], "seed": [1], "lag_weights_from": [
+        str(tmp_path / "X_actors2_s*.json"), str(tmp_path / "X_actors4_s*.json")]}, name="pooled",
+        settings={"lag_mode": "empirical"}))
+    assert [r.name for r in runs] == ["CartPole-v1_ppo_lag4-empirical_w2-1-9-0-1_s1",
+                                      "CartPole-v1_ppo_lag0-empirical_w3_s1"]
+    argv = list(runs[0].argv)
+    assert argv[argv.index("--lag-weights") + 1] == "[2, 1, 9, 0, 1]"
+    with pytest.raises(GridError, match=r"lag_weights_from .*\*\.json: matches no file"):
+        load_grid(grid_file(tmp_path, {"algo": ["ppo"], "seed": [1]}, name="none",
+                            settings={"lag_mode": "empirical", "lag_weights_from": str(tmp_path / "Y_*.json")}))
     record = {"meta": {"axes": {"lag_weights": [12, 30, 8]}, "algo": "ppo", "config": {}}}
     assert effective(record, "lag_weights") == (12, 30, 8)  # hashable: settings group and sort
 
