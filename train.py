@@ -780,8 +780,8 @@ def train_async(run: Run, rollouts: Any, open_folder: Callable[[], Any]) -> int:
                   "head node) or drop --address for a local instance", file=sys.stderr)
             return 2
         open_folder()
-        rollouts.start()
         try:  # a second Ctrl-C stops Ray's processes; the lag history goes with every checkpoint
+            rollouts.start()  # waits until every actor is up: an actor that fails to build raises here
             return train([run], on_hard_stop=kill_local_ray,
                          on_checkpoint=lambda checkpointed: write_lag_history(checkpointed, rollouts.history))
         finally:

@@ -155,7 +155,7 @@ class RolloutActor:
         self._last_episode_starts = np.ones(self.env.num_envs, dtype=bool)
 
     def ready(self) -> int:
-        """Nothing: a call that returns once the actor is built (its process started, its environments made)."""
+        """The actor's number, returned once it is built (its process started, its environments made)."""
         return self.index
 
     def set_weights(self, weights: Weights) -> None:

@@ -73,11 +73,20 @@ def read_lag_counts(path: Path) -> List[float]:
     if not isinstance(counts, dict) or not counts:
         raise ValueError(f"{file} holds no lag_counts (no rollout trained yet?): pass {expected}")
     try:
+        return counts_by_lag(counts)
+    except ValueError as exc:
+        raise ValueError(f"{file}: {exc}: pass {expected}") from exc
+
+
+def counts_by_lag(counts: Dict[str, Any]) -> List[float]:
+    """``lag_counts`` as ``async.json`` writes them (``{"0": 1, "2": 98}``) as the counts of lags 0..K (a lag not
+    measured counts 0). Raises ValueError naming what is wrong."""
+    try:
         by_lag = {int(lag): float(count) for lag, count in counts.items()}
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{file}: lag_counts {counts} is not a mapping of lag to count: pass {expected}") from exc
-    if min(by_lag) < 0:
-        raise ValueError(f"{file}: lag_counts {counts} has a negative lag: pass {expected}")
+        raise ValueError(f"lag_counts {counts} is not a mapping of lag to count") from exc
+    if not by_lag or min(by_lag) < 0:
+        raise ValueError(f"lag_counts {counts} is empty or has a negative lag")
     return [by_lag.get(lag, 0.0) for lag in range(max(by_lag) + 1)]
 
 

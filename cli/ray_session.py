@@ -14,7 +14,8 @@ EXCLUDES = ["logs/", "results/", ".venv/", ".git/", "*.pkl"]
 #: the one line a missing Ray gets
 MISSING = "needs Ray: pip install -e '.[cluster]'"
 #: The priority of a local instance's worker processes. Ray starts its workers at nice 15 (its ``worker_niceness``
-#: setting, which the raylet reads from this variable) so that they never slow Ray's own daemons. On a machine with
+#: setting, which the instance's processes inherit from this variable; each worker renices itself) so that they never
+#: slow Ray's own daemons. On a machine with
 #: other work (a sweep beside the run) workers at nice 15 get a few per cent of a core: here one actor's 2048
 #: HalfCheetah steps took 26-46 s instead of 2.6-3.1 s at nice 0, with two training processes on the two cores
 #: (docs/async.md). That would make the measured lag and speed an artefact of the scheduler, so a local instance runs
@@ -25,14 +26,14 @@ WORKER_NICENESS = ("RAY_worker_niceness", "0")
 
 def init_ray(address: Optional[str], **kwargs: Any) -> None:
     """``ray.init(**kwargs)``: a new local instance (``address`` None; its workers at :data:`WORKER_NICENESS`) or
-    the cluster at ``address``."""
+    the cluster at ``address``. ``"local"`` makes Ray start a new instance even where ``RAY_ADDRESS`` is set or a
+    ``ray start`` instance runs on this machine (which ``--address auto`` joins). The variable stays set in this
+    process (instances started later from it get it too)."""
     import ray
 
     if address is None:
         os.environ.setdefault(*WORKER_NICENESS)
-    else:
-        kwargs["address"] = address
-    ray.init(**kwargs)
+    ray.init(address=address or "local", **kwargs)
 
 
 def ray_available() -> bool:

@@ -1,12 +1,12 @@
 """The asynchronous validation in a study's report (issue 28, results/async_validation/): is simulated lag a good model
 of the lag a real asynchronous system produces?
 
-A **real cell** is the runs of one env and variant with N asynchronous actors (``train.py --actors N``; their records
-hold ``meta.async``, the measured lag of every trained rollout). Its **twin** is the synchronous runs of the same env
-and variant that replay the real cell's measured lags pooled over its runs (``--lag-mode empirical`` with those
-counts as weights; ablations/async_validation_simulated.yml writes them from the records). A twin is recognised by
-its weights: they equal the real cell's pooled counts, normalised. Twins of an older pool (written before every real
-run had landed) match no cell and are named, not compared.
+A **real cell** is the runs of one variant in one setting (env, N asynchronous actors, ...; ``train.py --actors N``:
+their records hold ``meta.async``, the measured lag of every trained rollout). Its **twin** is the synchronous runs of
+the same env and variant that replay the real cell's measured lags pooled over its runs (``--lag-mode empirical``
+with those counts as weights; ablations/async_validation_simulated.yml writes them from the records). A twin is
+recognised by its weights: they equal the real cell's pooled counts, normalised. Twins of an older pool (written
+before every real run had landed) match no cell and are named, not compared.
 
 Everything here reads the rows of :func:`studies.report.run_rows`; nothing trains.
 """
@@ -18,35 +18,37 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cli.lag_weights import pool_lag_counts
+from cli.lag_weights import counts_by_lag, pool_lag_counts
 
-#: the key of a real cell: (env, variant, number of actors)
-CellKey = Tuple[str, str, int]
+#: the key of a real cell: (env, variant, N actors, its whole setting: the table shows the first three)
+CellKey = Tuple[str, str, int, Tuple]
+
+
+def _measured(row: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """A real run's ``meta.async`` (n_actors, lags, lag_counts, ...); None for a synchronous run."""
+    return row["record"]["meta"].get("async")
 
 
 def real_cells(rows: Sequence[Dict[str, Any]]) -> Dict[CellKey, List[Dict[str, Any]]]:
-    """The rows of asynchronous runs, by (env, variant, N actors)."""
+    """The rows of asynchronous runs, by variant and setting."""
     cells: Dict[CellKey, List[Dict[str, Any]]] = {}
     for row in rows:
-        summary = row["record"]["meta"].get("async")
+        summary = _measured(row)
         if summary is not None:
-            cells.setdefault((row["env"], row["variant"], int(summary["n_actors"])), []).append(row)
-    return dict(sorted(cells.items()))
+            key = (row["env"], row["variant"], int(summary["n_actors"]), row["setting"])
+            cells.setdefault(key, []).append(row)
+    return dict(sorted(cells.items(), key=lambda item: item[0][:3]))
 
 
 def pooled_counts(cell: Sequence[Dict[str, Any]]) -> List[float]:
     """The measured lag counts (lags 0..K) of a real cell's runs, summed."""
-    per_run = []
-    for row in cell:
-        counts = {int(lag): float(n) for lag, n in row["record"]["meta"]["async"]["lag_counts"].items()}
-        per_run.append([counts.get(lag, 0.0) for lag in range(max(counts) + 1)])
-    return pool_lag_counts(per_run)
+    return pool_lag_counts([counts_by_lag(_measured(row)["lag_counts"]) for row in cell])
 
 
 def _replayed(row: Dict[str, Any]) -> Optional[np.ndarray]:
     """The normalised weights a synchronous run replayed (``lag_mode: empirical``), else None."""
     config = row["record"]["meta"]["config"]
-    if "async" in row["record"]["meta"] or config.get("lag_mode") != "empirical" or not config.get("lag_weights"):
+    if _measured(row) is not None or config.get("lag_mode") != "empirical" or not config.get("lag_weights"):
         return None
     weights = np.asarray(config["lag_weights"], dtype=float)
     return weights / weights.sum()
@@ -56,7 +58,8 @@ def twins(rows: Sequence[Dict[str, Any]]) -> Tuple[List[Tuple[CellKey, List[Dict
                                                     List[str]]:
     """Each real cell with its twin's rows (empty: not run yet), and the names of replaying runs that match no cell."""
     cells = real_cells(rows)
-    targets = {key: np.asarray(pooled_counts(cell)) / sum(pooled_counts(cell)) for key, cell in cells.items()}
+    targets = {key: np.asarray(pooled_counts(cell)) for key, cell in cells.items()}
+    targets = {key: counts / counts.sum() for key, counts in targets.items()}
     matched: Dict[CellKey, List[Dict[str, Any]]] = {key: [] for key in cells}
     unmatched = []
     for row in rows:
@@ -75,21 +78,22 @@ def twins(rows: Sequence[Dict[str, Any]]) -> Tuple[List[Tuple[CellKey, List[Dict
 def lags_of(row: Dict[str, Any]) -> List[int]:
     """The lag of every trained rollout: measured (a real run's ``meta.async.lags``) or drawn (a twin's
     ``rollout/policy_lag`` per update; one environment per rollout, or one lag for all of a rollout's)."""
-    summary = row["record"]["meta"].get("async")
+    summary = _measured(row)
     if summary is not None:
         return [int(v) for v in summary["lags"]]
     return [int(round(v)) for v in row["record"]["updates"].get("rollout/policy_lag", []) if v is not None]
 
 
 def speed(row: Dict[str, Any]) -> Optional[float]:
-    """Environment steps per second of wall time (training and its evaluations, as the run's record measured it)."""
+    """Environment steps per second of wall time (training and its evaluations, as the run's record measured it);
+    None for a seed-batched run, whose wall time is its batch's."""
     wall = row.get("wall_time_s")
-    return row["steps"] / wall if wall else None
+    return row["steps"] / wall if wall and row["path"] != "seed-batch" else None
 
 
 def async_section(rows: Sequence[Dict[str, Any]], reps: int, figures: Path) -> List[str]:
     """The report's lines for the asynchronous validation (none without asynchronous runs)."""
-    from studies.report import COMPARE_HEAD, compare, compare_cells, fmt, fmt_ci, mean_ci, pct
+    from studies.report import COMPARE_HEAD, compare, compare_cells, fmt, fmt_ci, group_mean, mean_ci, pct
 
     pairs, unmatched = twins(rows)
     if not pairs:
@@ -104,7 +108,7 @@ def async_section(rows: Sequence[Dict[str, Any]], reps: int, figures: Path) -> L
              "final eval return, mean [95 % CI] | behavior_kl | would bound (c) | bound active | env-steps/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     comparisons = []
-    for (env, variant, n), real, sim in pairs:
+    for (env, variant, n, _), real, sim in pairs:
         for label, group in (("real", real), ("simulated", sim)):
             if not group:
                 lines.append(f"| {env} | {variant} | {n} | {label} | 0 | | | not run yet | | | | | |")
@@ -115,15 +119,12 @@ def async_section(rows: Sequence[Dict[str, Any]], reps: int, figures: Path) -> L
                 values = [r[column] for r in group if r[column] is not None]
                 return fmt_ci(*mean_ci(values, reps)) if values else ""
 
-            def mean(column: str) -> Optional[float]:
-                values = [r[column] for r in group if r[column] is not None]
-                return float(np.mean(values)) if values else None
 
             speeds = [s for s in map(speed, group) if s is not None]
             lines.append(f"| {env} | {variant} | {n} | {label} | {', '.join(str(r['seed']) for r in group)} | "
                          f"{fmt(float(np.mean(lags)) if lags else None, 3)} | {max(lags) if lags else ''} | "
-                         f"{ci('late_eval')} | {ci('final_eval')} | {fmt(mean('behavior_kl'))} | "
-                         f"{pct(mean('would_bound'))} | {pct(mean('bound_active'))} | "
+                         f"{ci('late_eval')} | {ci('final_eval')} | {fmt(group_mean(group, 'behavior_kl'))} | "
+                         f"{pct(group_mean(group, 'would_bound'))} | {pct(group_mean(group, 'bound_active'))} | "
                          f"{fmt(float(np.mean(speeds)) if speeds else None, 3)} |")
         if real and sim:
             result = compare(real, sim, "late_eval", reps)
@@ -150,7 +151,7 @@ def fig_lag_distributions(pairs: Sequence[Tuple[CellKey, List[Dict[str, Any]], L
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.2), squeeze=False)
-    for ax, ((env, variant, n), real, sim) in zip(axes[0], pairs):
+    for ax, ((env, variant, n, _), real, sim) in zip(axes[0], pairs):
         for offset, label, group, color in ((-0.2, "real", real, "tab:blue"), (0.2, "simulated", sim, "tab:orange")):
             lags = [lag for row in group for lag in lags_of(row)]
             if not lags:

@@ -157,9 +157,7 @@ def run_name(env: str, axes: Dict[str, Any], axis_keys: List[str]) -> str:
     parts = [env.replace("/", "-"), str(axes["algo"]), f"lag{_policy_lag(axes)}"
              + ("" if mode == "fixed" else f"-{mode}")]
     for key in axis_keys:
-        if key == "lag_weights_from":  # named by the weights it gave, not by the path it read them from
-            parts.append(_label("lag_weights", axes["lag_weights"]))
-        elif key not in ("algo", "policy_lag", "lag_mode", "seed", "env"):
+        if key not in ("algo", "policy_lag", "lag_mode", "seed", "env"):
             parts.append(_label(key, axes[key]))
     return "_".join(parts + [f"s{axes['seed']}"])
 
@@ -239,7 +237,10 @@ def load_grid(path: Path, study: Optional[str] = None) -> Tuple[str, List[RunSpe
                 seed = axes["seed"]
                 if isinstance(seed, bool) or not isinstance(seed, int):
                     raise GridError(f"{where}: seed {seed!r} must be an integer")
-                runs.append(RunSpec(study, run_name(env, {**merged, **axes}, keys), env, seed,
+                # an axis lag_weights_from is the weights it read (in the run's name and record), not the path
+                axes = {"lag_weights" if k == "lag_weights_from" else k:
+                        merged["lag_weights"] if k == "lag_weights_from" else v for k, v in axes.items()}
+                runs.append(RunSpec(study, run_name(env, {**merged, **axes}, list(axes)), env, seed,
                                     {"env": env, **axes}, tuple(argv), int(float(merged["n_timesteps"]))))
     names: Dict[str, RunSpec] = {}
     for run in runs:

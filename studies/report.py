@@ -132,9 +132,12 @@ def setting_label(setting: Tuple[Tuple[str, Any], ...]) -> str:
              "lag_weights": "weights"}
     shown = [(k, v) for k, v in setting if k != "env" and not (k in SETTING_DEFAULTS and k != "policy_lag"
                                                                and v == SETTING_DEFAULTS[k])]
-    return ", ".join(f"{names.get(k, k)} {v:g}" if isinstance(v, float)
-                     else f"{names.get(k, k)} {'-'.join(f'{w:.2g}' for w in v)}" if isinstance(v, tuple)
-                     else f"{names.get(k, k)} {v}" for k, v in shown) or "default"
+    def value(v: Any) -> str:  # numbers short; lag weights as 5-5-1210
+        if isinstance(v, tuple):
+            return "-".join(value(w) for w in v)
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{names.get(k, k)} {value(v)}" for k, v in shown) or "default"
 
 
 def full_lag_values(record: Dict[str, Any], tag: str, until: Optional[int] = None) -> List[float]:

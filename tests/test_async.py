@@ -405,7 +405,7 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing_behind(tmp_path, marks
 
 
 @pytest.mark.slow
-def test_a_rollout_returned_through_ray_carries_the_acting_log_mu() -> None:
+def test_a_rollout_returned_through_ray_carries_the_acting_log_mu(monkeypatch) -> None:
     """Two actors on train.py's local Ray instance: each returns its rollout with the version it was sent, and log
     mu is the acting weights' log-prob of the stored actions. The instance's workers run at the caller's priority,
     not Ray's default nice 15 (cli/ray_session.py WORKER_NICENESS: at nice 15 actors starve beside other work)."""
@@ -414,8 +414,12 @@ def test_a_rollout_returned_through_ray_carries_the_acting_log_mu() -> None:
     from agents.asynchronous import AsyncRollouts
     from cli.ray_session import ray_session
 
+    # absent while the session starts (ray_session sets it, as for train.py); monkeypatch restores it afterwards
+    monkeypatch.setenv("RAY_worker_niceness", "15")
+    monkeypatch.delenv("RAY_worker_niceness")
     learner = tiny_model(LaggedPPO, n_envs=2)
     rollouts = AsyncRollouts(learner, partial(make_env, "CartPole-v1", n_envs=2), 2, seed=0)
+
     def niceness() -> int:
         return os.nice(0)
 

@@ -75,6 +75,35 @@ def test_asynchronous_runs_are_never_seed_batched(tmp_path: Path) -> None:
         assert [len(u) for u in plan(runs, tmp_path / "runs", batch=True)] == units
 
 
+def test_real_asynchronous_cells_find_their_twins_by_the_pooled_weights() -> None:
+    """studies/async_report.py: a real cell (runs with meta.async, by variant and setting) is paired with the
+    replaying runs whose weights equal its pooled lag counts, normalised; a twin of an older pool (or of another
+    variant) matches no cell and is named; a cell without twins has none."""
+    from studies.async_report import lags_of, pooled_counts, twins
+
+    def row(name, variant, setting, meta):
+        return {"name": name, "env": "E", "variant": variant, "setting": setting,
+                "record": {"meta": meta, "updates": {"rollout/policy_lag": [0.0, 1.0, 2.0]}}}
+
+    two, four = (("env", "E"), ("actors", 2)), (("env", "E"), ("actors", 4))
+    real = [row("r2a", "ppo", two, {"async": {"n_actors": 2, "lag_counts": {"0": 1, "2": 8}, "lags": [0, 2]},
+                                    "config": {}}),
+            row("r2b", "ppo", two, {"async": {"n_actors": 2, "lag_counts": {"0": 1, "1": 1, "2": 9}, "lags": [2]},
+                                    "config": {}}),
+            row("r4", "ppo", four, {"async": {"n_actors": 4, "lag_counts": {"4": 3}, "lags": [4]}, "config": {}})]
+    assert pooled_counts(real[:2]) == [2.0, 1.0, 17.0]
+    replay = {"lag_mode": "empirical"}
+    sims = [row("twin", "ppo", (), {"config": {**replay, "lag_weights": [0.1, 0.05, 0.85]}}),
+            row("old", "ppo", (), {"config": {**replay, "lag_weights": [0.1, 0.0, 0.9]}}),
+            row("other arm", "decoupled", (), {"config": {**replay, "lag_weights": [0.1, 0.05, 0.85]}}),
+            row("fixed lag", "ppo", (), {"config": {"policy_lag": 2}})]
+    pairs, unmatched = twins(real + sims)
+    assert [(key[2], [r["name"] for r in r_], [r["name"] for r in s_]) for key, r_, s_ in pairs] == [
+        (2, ["r2a", "r2b"], ["twin"]), (4, ["r4"], [])]
+    assert unmatched == ["old", "other arm"]
+    assert lags_of(real[0]) == [0, 2] and lags_of(sims[0]) == [0, 1, 2]
+
+
 def test_a_measured_lag_distribution_in_a_grid(tmp_path: Path) -> None:
     """lag_weights is a grid axis or setting (a list per value, the weights of lags 0..K): passed as --lag-weights,
     the run name says K (which the weights imply) and, for an axis, the weights; lag_weights_from names K from the
