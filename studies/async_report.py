@@ -104,14 +104,14 @@ def async_section(rows: Sequence[Dict[str, Any]], reps: int, figures: Path) -> L
              "runs (`--lag-mode empirical`). `lag` is the lag of the trained rollouts, pooled over runs (the twin's "
              "as drawn). env-steps/s: steps over wall time, evaluations included, one run per process; the sweeps "
              "beside them are not controlled, so read it as rough. Diagnostics as in the tables below.", "",
-             "| env | variant | actors | runs | seeds | lag mean | lag max | late eval return, mean [95 % CI] | "
+             "| env | variant | actors | kind | seeds | lag mean | lag max | late eval return, mean [95 % CI] | "
              "final eval return, mean [95 % CI] | behavior_kl | would bound (c) | bound active | env-steps/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     comparisons = []
     for (env, variant, n, _), real, sim in pairs:
         for label, group in (("real", real), ("simulated", sim)):
             if not group:
-                lines.append(f"| {env} | {variant} | {n} | {label} | 0 | | | not run yet | | | | | |")
+                lines.append(f"| {env} | {variant} | {n} | {label} | – | | | not run yet | | | | | |")
                 continue
             lags = [lag for row in group for lag in lags_of(row)]
 
@@ -160,6 +160,7 @@ def fig_lag_distributions(pairs: Sequence[Tuple[CellKey, List[Dict[str, Any]], L
             ax.bar(values + offset, counts / counts.sum(), width=0.4, color=color,
                    label=f"{label} ({len(group)} runs, {len(lags)} rollouts)")
         ax.set_yscale("log")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # lags are whole versions
         ax.set_xlabel("lag of a trained rollout (versions)")
         ax.set_title(f"{env} {variant}, {n} actors", fontsize=9)
         ax.legend(fontsize=7)
