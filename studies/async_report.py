@@ -93,7 +93,7 @@ def speed(row: Dict[str, Any]) -> Optional[float]:
 
 def async_section(rows: Sequence[Dict[str, Any]], reps: int, figures: Path) -> List[str]:
     """The report's lines for the asynchronous validation (none without asynchronous runs)."""
-    from studies.report import COMPARE_HEAD, compare, compare_cells, fmt, fmt_ci, group_mean, mean_ci, pct
+    from studies.report import COMPARE_HEAD, _column_ci, compare, compare_cells, fmt, group_mean, pct
 
     pairs, unmatched = twins(rows)
     if not pairs:
@@ -114,16 +114,11 @@ def async_section(rows: Sequence[Dict[str, Any]], reps: int, figures: Path) -> L
                 lines.append(f"| {env} | {variant} | {n} | {label} | – | | | not run yet | | | | | |")
                 continue
             lags = [lag for row in group for lag in lags_of(row)]
-
-            def ci(column: str) -> str:
-                values = [r[column] for r in group if r[column] is not None]
-                return fmt_ci(*mean_ci(values, reps)) if values else ""
-
-
             speeds = [s for s in map(speed, group) if s is not None]
             lines.append(f"| {env} | {variant} | {n} | {label} | {', '.join(str(r['seed']) for r in group)} | "
                          f"{fmt(float(np.mean(lags)) if lags else None, 3)} | {max(lags) if lags else ''} | "
-                         f"{ci('late_eval')} | {ci('final_eval')} | {fmt(group_mean(group, 'behavior_kl'))} | "
+                         f"{_column_ci(group, 'late_eval', reps)} | {_column_ci(group, 'final_eval', reps)} | "
+                         f"{fmt(group_mean(group, 'behavior_kl'))} | "
                          f"{pct(group_mean(group, 'would_bound'))} | {pct(group_mean(group, 'bound_active'))} | "
                          f"{fmt(float(np.mean(speeds)) if speeds else None, 3)} |")
         if real and sim:
