@@ -118,17 +118,16 @@ def _label(key: str, value: Any) -> str:
 
 
 def _policy_lag(axes: Dict[str, Any]) -> Any:
-    """The run's K: ``policy_lag``, else with ``lag_mode: empirical`` the largest lag of its weights, as train.py
-    implies it (the weights unreadable: 0, and the grid's check names the problem)."""
+    """The run's K: ``policy_lag``, else with ``lag_mode: empirical`` the largest lag of its weights (``lag_weights``,
+    given or read from ``lag_weights_from`` by :func:`_resolve_lag_weights_from`), as train.py implies it (the weights
+    unreadable: 0, and the grid's check names the problem)."""
     if "policy_lag" in axes or axes.get("lag_mode") != "empirical":
         return axes.get("policy_lag", 0)
-    from cli.lag_weights import parse_lag_weights, read_pooled_lag_counts
+    from cli.lag_weights import parse_lag_weights
 
     try:
         if axes.get("lag_weights") is not None:
             return len(parse_lag_weights(_fmt(axes["lag_weights"]))) - 1
-        if axes.get("lag_weights_from") is not None:
-            return len(read_pooled_lag_counts(str(axes["lag_weights_from"]))) - 1
     except ValueError:
         pass
     return 0
