@@ -84,6 +84,11 @@ def lags_of(row: Dict[str, Any]) -> List[int]:
     return [int(round(v)) for v in row["record"]["updates"].get("rollout/policy_lag", []) if v is not None]
 
 
+def pooled_lags(group: Sequence[Dict[str, Any]]) -> List[int]:
+    """The lags of every trained rollout of a group of runs, pooled (the table's mean and max, the figure's bars)."""
+    return [lag for row in group for lag in lags_of(row)]
+
+
 def speed(row: Dict[str, Any]) -> Optional[float]:
     """Environment steps per second of wall time (training and its evaluations, as the run's record measured it);
     None for a seed-batched run, whose wall time is its batch's."""
@@ -113,7 +118,7 @@ def async_section(rows: Sequence[Dict[str, Any]], reps: int, figures: Path) -> L
             if not group:
                 lines.append(f"| {env} | {variant} | {n} | {label} | – | | | not run yet | | | | | |")
                 continue
-            lags = [lag for row in group for lag in lags_of(row)]
+            lags = pooled_lags(group)
             speeds = [s for s in map(speed, group) if s is not None]
             lines.append(f"| {env} | {variant} | {n} | {label} | {', '.join(str(r['seed']) for r in group)} | "
                          f"{fmt(float(np.mean(lags)) if lags else None, 3)} | {max(lags) if lags else ''} | "
@@ -148,7 +153,7 @@ def fig_lag_distributions(pairs: Sequence[Tuple[CellKey, List[Dict[str, Any]], L
     fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.2), squeeze=False)
     for ax, ((env, variant, n, _), real, sim) in zip(axes[0], pairs):
         for offset, label, group, color in ((-0.2, "real", real, "tab:blue"), (0.2, "simulated", sim, "tab:orange")):
-            lags = [lag for row in group for lag in lags_of(row)]
+            lags = pooled_lags(group)
             if not lags:
                 continue
             values, counts = np.unique(lags, return_counts=True)
