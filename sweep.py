@@ -5,6 +5,7 @@
     python sweep.py ablations/mujoco_lag.yml --backend ray --address auto     # each run as a task on a Ray cluster
     python sweep.py report results/mujoco_study                  # summary.md, summary.csv, figures from the records
     python sweep.py final-eval results/minatar_study             # final policies, greedy and sampled (studies/final_eval.py)
+    python sweep.py ablations/minatar_study.yml --final-eval 20  # ... or each run's as it is recorded
 
 A grid file names the study, its settings, envs and axes (see studies/grid.py). Each run trains in its own folder
 ``<runs-root>/<study>/<run>`` (default runs-root: logs/sweeps, not committed; a run cut off mid-way continues from
@@ -51,6 +52,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                    help="record under results/NAME instead of the grid's study name (one grid file; e.g. the same "
                         "grid on the single-run and the seed-batched path)")
     p.add_argument("--save-freq", type=int, default=50_000, help="checkpoint every N steps (the resume unit)")
+    p.add_argument("--final-eval", type=int, default=0, metavar="EPISODES",
+                   help="as each run is recorded, evaluate its final model greedy and sampled, EPISODES whole "
+                        "episodes each, into results/<study>/final_eval/ (what `sweep.py final-eval` does after "
+                        "the fact; run folders are not committed, so this keeps the evaluation if they are lost)")
     p.add_argument("--runs-root", default="logs/sweeps", help="parent of the run folders (default logs/sweeps)")
     p.add_argument("--results-root", default=str(HERE / "results"), help="parent of the study folders")
     args = p.parse_args(argv)
@@ -58,6 +63,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         p.error(f"--jobs {args.jobs}: use 1 or more parallel runs")
     if args.max_runs is not None and args.max_runs < 0:
         p.error(f"--max-runs {args.max_runs}: use 0 or more")
+    if args.final_eval < 0:
+        p.error(f"--final-eval {args.final_eval}: give the episodes per mode (e.g. 20), or 0 for none")
     if args.study is not None and len(args.grids) != 1:
         p.error(f"--study {args.study}: give exactly one grid file with it")
     if args.address is not None and args.backend != "ray":
@@ -168,6 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
     from studies.execute import plan, run_local, run_ray, run_state
+    from studies.final_eval import describe, write_final_eval
     from studies.records import commit_record, write_record
 
     failed = 0
@@ -216,9 +224,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not res["ok"]:
                 failed += 1
             elif res["record"] is not None:  # (None: another sweep process is running it)
-                path = write_record(results_dir, res["record"])
+                paths = [write_record(results_dir, res["record"])]
+                if args.final_eval:
+                    final, problem = final_eval_of(res["record"], runs_dir / res["name"], args.final_eval, argv)
+                    if final is not None:
+                        paths.append(write_final_eval(results_dir, final))
+                        line += f"; final evaluation: {describe(final)}"
+                    else:
+                        line += f"; final evaluation left out ({problem}: run `sweep.py final-eval` later)"
                 if args.commit:
-                    error = commit_record(path, f"results/{study}: record {res['name']}")
+                    error = commit_record(*paths, message=f"results/{study}: record {res['name']}")
                     line += ", committed" if error is None else f", NOT committed ({error})"
             print(line, flush=True)
         if not args.no_report and (results_dir / "runs").is_dir():
@@ -226,6 +241,20 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             print(f"report: {write_report(results_dir)}", flush=True)
     return 1 if failed else 0
+
+
+def final_eval_of(record: Dict, run_dir: Path, episodes: int, argv: List[str]) -> tuple:
+    """The final-evaluation record of a run just recorded, and None; or None and why it could not be made (with the
+    Ray backend on a cluster the run folder may be on another machine)."""
+    from evaluate import EvalError
+    from studies.final_eval import final_eval_record
+
+    if not (run_dir / "model.zip").is_file():
+        return None, f"no {run_dir / 'model.zip'} here"
+    try:
+        return final_eval_record(record, run_dir, episodes, "python sweep.py " + " ".join(argv)), None
+    except EvalError as exc:
+        return None, str(exc)
 
 
 if __name__ == "__main__":

@@ -673,6 +673,30 @@ def test_every_variant_of_a_study_gets_its_own_colour() -> None:
     assert _colors(variants[:3])["ppo"] == colours["ppo"]  # ppo first, so the same colour in every figure
 
 
+def test_sweep_final_eval_evaluates_each_run_as_it_is_recorded(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """``--final-eval N`` writes each run's final-evaluation record beside its training record as the run lands (run
+    folders are not committed: evaluated later, a lost folder loses the evaluation); `final-eval` then has nothing
+    left to do."""
+    path = grid_file(tmp_path, {"algo": ["ppo"], "policy_lag": [1], "seed": [3]})
+    res = sweep(tmp_path, str(path), "--no-report", "--final-eval", "2")
+    assert res.returncode == 0, res.stderr
+    assert "CartPole-v1_ppo_lag1_s3: ok" in res.stdout and "; final evaluation: deterministic " in res.stdout
+    study = tmp_path / "results" / "tiny"
+    final = json.loads((study / "final_eval" / "CartPole-v1_ppo_lag1_s3.json").read_text())
+    record = read_record(study / "runs" / "CartPole-v1_ppo_lag1_s3.json")
+    assert final["of_record"] == {"recorded": record["meta"]["recorded"], "steps": 256}
+    assert final["seed"] == 1003 and final["study"] == "tiny" and final["command"].startswith("python sweep.py ")
+    assert len(final["deterministic"]["returns"]) == 2 and len(final["stochastic"]["returns"]) == 2
+    import sweep as sweep_module
+
+    assert sweep_module.main(["final-eval", str(study), "--runs-root", str(tmp_path / "runs"), "--episodes", "2"]) == 0
+    assert "0 written, 0 left out" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        sweep_main(tmp_path, str(path), "--final-eval", "-1")
+    assert exc.value.code == 2 and "--final-eval -1" in capsys.readouterr().err
+
+
 def test_reused_records_from_another_cpu_capability_are_named_in_one_line(tmp_path: Path) -> None:
     """A record names torch's CPU capability (which decides bit-for-bit repeats); the sweep says, in one line per
     study, how many of the records it reuses came from another capability or name none (older records)."""
