@@ -90,10 +90,13 @@ def pooled_lags(group: Sequence[Dict[str, Any]]) -> List[int]:
 
 
 def speed(row: Dict[str, Any]) -> Optional[float]:
-    """Environment steps per second of wall time (training and its evaluations, as the run's record measured it);
-    None for a seed-batched run, whose wall time is its batch's."""
+    """Environment steps per second of wall time (training and its evaluations, as the run's record measured it). A
+    seed-batched run's wall time is its batch's, so its speed is the batch's: all its seeds' steps over that time."""
     wall = row.get("wall_time_s")
-    return row["steps"] / wall if wall and row["path"] != "seed-batch" else None
+    if not wall:
+        return None
+    seeds = row["record"]["meta"].get("batch_seeds") if row["path"] == "seed-batch" else None
+    return row["steps"] * (len(seeds) if seeds else 1) / wall
 
 
 def async_section(rows: Sequence[Dict[str, Any]], reps: int, figures: Path) -> List[str]:
@@ -107,8 +110,9 @@ def async_section(rows: Sequence[Dict[str, Any]], reps: int, figures: Path) -> L
              "Each cell of real asynchronous runs (`--actors N`: the lag is measured) beside its twin, synchronous "
              "runs of the same arm that draw each rollout's lag from the real cell's measured lags pooled over its "
              "runs (`--lag-mode empirical`). `lag` is the lag of the trained rollouts, pooled over runs (the twin's "
-             "as drawn). env-steps/s: steps over wall time, evaluations included, one run per process; the sweeps "
-             "beside them are not controlled, so read it as rough. Diagnostics as in the tables below.", "",
+             "as drawn). env-steps/s: steps over wall time, evaluations included, the mean over runs; for a seed batch "
+             "(marked) the batch's, all its seeds' steps over its wall time. Other processes on the machine are "
+             "not controlled, so read it as rough. Diagnostics as in the tables below.", "",
              "| env | variant | actors | kind | seeds | lag mean | lag max | late eval return, mean [95 % CI] | "
              "final eval return, mean [95 % CI] | behavior_kl | would bound (c) | bound active | env-steps/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -125,7 +129,8 @@ def async_section(rows: Sequence[Dict[str, Any]], reps: int, figures: Path) -> L
                          f"{_column_ci(group, 'late_eval', reps)} | {_column_ci(group, 'final_eval', reps)} | "
                          f"{fmt(group_mean(group, 'behavior_kl'))} | "
                          f"{pct(group_mean(group, 'would_bound'))} | {pct(group_mean(group, 'bound_active'))} | "
-                         f"{fmt(float(np.mean(speeds)) if speeds else None, 3)} |")
+                         f"{fmt(float(np.mean(speeds)) if speeds else None, 3)}"
+                         f"{' (seed batch)' if any(r['path'] == 'seed-batch' for r in group) else ''} |")
         if real and sim:
             result = compare(real, sim, "late_eval", reps)
             comparisons.append(f"| {env} | {variant} | {n} | {result['n']} | {compare_cells(result)} |")

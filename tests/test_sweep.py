@@ -104,6 +104,20 @@ def test_real_asynchronous_cells_find_their_twins_by_the_pooled_weights() -> Non
     assert lags_of(real[0]) == [0, 2] and lags_of(sims[0]) == [0, 1, 2]
 
 
+def test_async_report_speed_of_a_run_and_of_a_seed_batch() -> None:
+    """env-steps/s of a single run is its steps over its wall time; a seed batch's record holds the batch's wall time,
+    so its speed is the batch's (every seed's steps over that time); no wall time, no speed."""
+    from studies.async_report import speed
+
+    def row(path, wall, seeds=None):
+        return {"steps": 1000, "wall_time_s": wall, "path": path, "record": {"meta": {"batch_seeds": seeds}}}
+
+    assert speed(row("single-run", 4.0)) == 250.0
+    assert speed(row("async", 2.0)) == 500.0
+    assert speed(row("seed-batch", 10.0, [1, 2, 3, 4, 5])) == 500.0
+    assert speed(row("single-run", None)) is None
+
+
 def test_a_measured_lag_distribution_in_a_grid(tmp_path: Path) -> None:
     """lag_weights is a grid axis or setting (a list per value, the weights of lags 0..K): passed as --lag-weights,
     the run name says K (which the weights imply) and, for an axis, the weights; lag_weights_from names K from the
