@@ -175,7 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
     from studies.execute import plan, run_local, run_ray, run_state
-    from studies.final_eval import describe, write_final_eval
+    from studies.final_eval import describe, try_final_eval, write_final_eval
     from studies.records import commit_record, write_record
 
     failed = 0
@@ -226,7 +226,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             elif res["record"] is not None:  # (None: another sweep process is running it)
                 paths = [write_record(results_dir, res["record"])]
                 if args.final_eval:
-                    final, problem = final_eval_of(res["record"], runs_dir / res["name"], args.final_eval, argv)
+                    final, problem = try_final_eval(res["record"], runs_dir / res["name"], args.final_eval,
+                                                    "python sweep.py " + " ".join(argv))
                     if final is not None:
                         paths.append(write_final_eval(results_dir, final))
                         line += f"; final evaluation: {describe(final)}"
@@ -241,20 +242,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             print(f"report: {write_report(results_dir)}", flush=True)
     return 1 if failed else 0
-
-
-def final_eval_of(record: Dict, run_dir: Path, episodes: int, argv: List[str]) -> tuple:
-    """The final-evaluation record of a run just recorded, and None; or None and why it could not be made (with the
-    Ray backend on a cluster the run folder may be on another machine)."""
-    from evaluate import EvalError
-    from studies.final_eval import final_eval_record
-
-    if not (run_dir / "model.zip").is_file():
-        return None, f"no {run_dir / 'model.zip'} here"
-    try:
-        return final_eval_record(record, run_dir, episodes, "python sweep.py " + " ".join(argv)), None
-    except EvalError as exc:
-        return None, str(exc)
 
 
 if __name__ == "__main__":

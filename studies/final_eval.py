@@ -28,7 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from agents.files import atomic_write
 from studies.records import commit_record, read_records
@@ -79,6 +79,20 @@ def final_eval_record(rec: Dict[str, Any], run_dir: Path, episodes: int, command
                for mode, res in results.items()}}
 
 
+def try_final_eval(rec: Dict[str, Any], run_dir: Path, episodes: int,
+                   command: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """:func:`final_eval_record` and None, or None and why the run could not be evaluated (no model here: run
+    folders are not committed, and with the sweep's Ray backend on a cluster a folder may be on another machine)."""
+    from evaluate import EvalError
+
+    if not (Path(run_dir) / "model.zip").is_file():
+        return None, f"no {Path(run_dir) / 'model.zip'} here"
+    try:
+        return final_eval_record(rec, Path(run_dir), episodes, command), None
+    except EvalError as exc:
+        return None, str(exc)
+
+
 def write_final_eval(results_dir: Path, final: Dict[str, Any]) -> Path:
     """Write a final-evaluation record beside the study's training records; its path."""
     path = final_eval_path(results_dir, final["name"])
@@ -96,8 +110,6 @@ def describe(final: Dict[str, Any]) -> str:
 def run_final_evals(results_dir: Path, runs_root: Path, episodes: int, argv: Sequence[str]) -> Tuple[int, List[str]]:
     """Evaluate every recorded run of the study that has a folder under ``runs_root/<study>`` and no final-evaluation
     record belonging to its training record; return how many were written and the lines naming runs left out."""
-    from evaluate import EvalError
-
     results_dir, study = Path(results_dir), Path(results_dir).name
     written, left_out = 0, []
     for rec in read_records(results_dir):
@@ -105,14 +117,10 @@ def run_final_evals(results_dir: Path, runs_root: Path, episodes: int, argv: Seq
         path = final_eval_path(results_dir, meta["name"])
         if path.is_file() and belongs_to(json.loads(path.read_text()), rec):
             continue
-        run_dir = Path(runs_root) / study / meta["name"]
-        if not (run_dir / "model.zip").is_file():
-            left_out.append(f"{meta['name']}: no {run_dir / 'model.zip'} here")
-            continue
-        try:
-            final = final_eval_record(rec, run_dir, episodes, "python sweep.py final-eval " + " ".join(argv))
-        except EvalError as exc:
-            left_out.append(f"{meta['name']}: {exc}")
+        final, problem = try_final_eval(rec, Path(runs_root) / study / meta["name"], episodes,
+                                        "python sweep.py final-eval " + " ".join(argv))
+        if final is None:
+            left_out.append(f"{meta['name']}: {problem}")
             continue
         write_final_eval(results_dir, final)
         written += 1
