@@ -39,7 +39,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                    help="local: a pool of processes (default); ray: one Ray task (1 CPU) per run")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto, or ray://HOST:10001); "
                                                     "default: start a local Ray instance with --jobs CPUs")
-    p.add_argument("--max-runs", type=int, default=None, help="run at most N of the missing runs, then stop")
+    p.add_argument("--max-runs", type=int, default=None,
+                   help="run at most N of the missing runs, then stop (a grid cell's seeds are taken together)")
     p.add_argument("--commit", action="store_true", help="git-commit each record as soon as it is written")
     p.add_argument("--record-only", action="store_true",
                    help="train nothing: write the records of finished run folders that have none (e.g. folders "
@@ -70,6 +71,16 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     if args.address is not None and args.backend != "ray":
         p.error(f"--address {args.address} needs --backend ray")
     return args
+
+
+def first_runs(todo: List[RunSpec], n: int) -> List[RunSpec]:
+    """``--max-runs``: the first ``n`` runs to do, each grid cell's seeds together, cells in the order of their first
+    run. The grid's own order is seed-major (a study cut short has every cell for its first seeds); cutting that
+    order would split the seeds of a cell, and so a seed batch, new or checkpointed, into runs of their own."""
+    by_cell: Dict[tuple, List[RunSpec]] = {}
+    for run in todo:
+        by_cell.setdefault(run.cell, []).append(run)
+    return [run for runs in by_cell.values() for run in runs][:n]
 
 
 def recorded_argv(results_dir: Path, run: RunSpec) -> Optional[List[str]]:
@@ -209,7 +220,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 and not states[r.name].startswith("running")]
         if args.record_only:
             todo = [r for r in todo if states[r.name] == "finished, not recorded"]
-        todo = todo[: args.max_runs] if args.max_runs is not None else todo
+        todo = first_runs(todo, args.max_runs) if args.max_runs is not None else todo
         print(f"{study}: {len(todo)} runs to do ({sum(s == 'recorded' for s in states.values())} recorded)",
               flush=True)
         units = plan(todo, runs_dir, batch=not args.no_batch)

@@ -205,6 +205,18 @@ def test_unknown_env_and_file_keys(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "unknown key 'seeds'" in capsys.readouterr().err
 
 
+def test_max_runs_takes_a_cells_seeds_together(tmp_path: Path) -> None:
+    """The grid's order is seed-major; --max-runs cuts cell by cell, so that it never splits a seed batch."""
+    from sweep import first_runs
+
+    _, runs = load_grid(grid_file(tmp_path, {"algo": ["ppo", "dualclip"], "policy_lag": [0, 2], "seed": [1, 2, 3]}))
+    assert [r.name for r in runs[:2]] == ["CartPole-v1_ppo_lag0_s1", "CartPole-v1_ppo_lag2_s1"]
+    assert [r.name for r in first_runs(runs, 5)] == [
+        "CartPole-v1_ppo_lag0_s1", "CartPole-v1_ppo_lag0_s2", "CartPole-v1_ppo_lag0_s3",
+        "CartPole-v1_ppo_lag2_s1", "CartPole-v1_ppo_lag2_s2"]
+    assert first_runs(runs, 0) == [] and len(first_runs(runs, 100)) == 12
+
+
 def test_records_resume_from_records_alone_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = grid_file(tmp_path, {"algo": ["ppo", "dualclip"], "policy_lag": [0, 2], "seed": [1, 2]})
     # a sweep stopped after 3 of its 8 runs
