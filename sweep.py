@@ -5,6 +5,7 @@
     python sweep.py ablations/mujoco_lag.yml --backend ray --address auto     # each run as a task on a Ray cluster
     python sweep.py report results/mujoco_study                  # summary.md, summary.csv, figures from the records
     python sweep.py final-eval results/minatar_study             # final policies, greedy and sampled (studies/final_eval.py)
+    python sweep.py ablations/minatar_study.yml --final-eval 20  # ... or each run's as it is recorded
 
 A grid file names the study, its settings, envs and axes (see studies/grid.py). Each run trains in its own folder
 ``<runs-root>/<study>/<run>`` (default runs-root: logs/sweeps, not committed; a run cut off mid-way continues from
@@ -38,7 +39,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                    help="local: a pool of processes (default); ray: one Ray task (1 CPU) per run")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto, or ray://HOST:10001); "
                                                     "default: start a local Ray instance with --jobs CPUs")
-    p.add_argument("--max-runs", type=int, default=None, help="run at most N of the missing runs, then stop")
+    p.add_argument("--max-runs", type=int, default=None,
+                   help="run at most N of the missing runs, then stop (a grid cell's seeds are taken together)")
     p.add_argument("--commit", action="store_true", help="git-commit each record as soon as it is written")
     p.add_argument("--record-only", action="store_true",
                    help="train nothing: write the records of finished run folders that have none (e.g. folders "
@@ -51,6 +53,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                    help="record under results/NAME instead of the grid's study name (one grid file; e.g. the same "
                         "grid on the single-run and the seed-batched path)")
     p.add_argument("--save-freq", type=int, default=50_000, help="checkpoint every N steps (the resume unit)")
+    p.add_argument("--final-eval", type=int, default=0, metavar="EPISODES",
+                   help="as each run is recorded, evaluate its final model greedy and sampled, EPISODES whole "
+                        "episodes each, into results/<study>/final_eval/ (what `sweep.py final-eval` does after "
+                        "the fact; run folders are not committed, so this keeps the evaluation if they are lost)")
     p.add_argument("--runs-root", default="logs/sweeps", help="parent of the run folders (default logs/sweeps)")
     p.add_argument("--results-root", default=str(HERE / "results"), help="parent of the study folders")
     args = p.parse_args(argv)
@@ -58,11 +64,23 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         p.error(f"--jobs {args.jobs}: use 1 or more parallel runs")
     if args.max_runs is not None and args.max_runs < 0:
         p.error(f"--max-runs {args.max_runs}: use 0 or more")
+    if args.final_eval < 0:
+        p.error(f"--final-eval {args.final_eval}: give the episodes per mode (e.g. 20), or 0 for none")
     if args.study is not None and len(args.grids) != 1:
         p.error(f"--study {args.study}: give exactly one grid file with it")
     if args.address is not None and args.backend != "ray":
         p.error(f"--address {args.address} needs --backend ray")
     return args
+
+
+def first_runs(todo: List[RunSpec], n: int) -> List[RunSpec]:
+    """``--max-runs``: the first ``n`` runs to do, each grid cell's seeds together, cells in the order of their first
+    run. The grid's own order is seed-major (a study cut short has every cell for its first seeds); cutting that
+    order would split the seeds of a cell, and so a seed batch, new or checkpointed, into runs of their own."""
+    by_cell: Dict[tuple, List[RunSpec]] = {}
+    for run in todo:
+        by_cell.setdefault(run.cell, []).append(run)
+    return [run for runs in by_cell.values() for run in runs][:n]
 
 
 def recorded_argv(results_dir: Path, run: RunSpec) -> Optional[List[str]]:
@@ -168,6 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
     from studies.execute import plan, run_local, run_ray, run_state
+    from studies.final_eval import describe, try_final_eval, write_final_eval
     from studies.records import commit_record, write_record
 
     failed = 0
@@ -201,7 +220,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 and not states[r.name].startswith("running")]
         if args.record_only:
             todo = [r for r in todo if states[r.name] == "finished, not recorded"]
-        todo = todo[: args.max_runs] if args.max_runs is not None else todo
+        todo = first_runs(todo, args.max_runs) if args.max_runs is not None else todo
         print(f"{study}: {len(todo)} runs to do ({sum(s == 'recorded' for s in states.values())} recorded)",
               flush=True)
         units = plan(todo, runs_dir, batch=not args.no_batch)
@@ -216,9 +235,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not res["ok"]:
                 failed += 1
             elif res["record"] is not None:  # (None: another sweep process is running it)
-                path = write_record(results_dir, res["record"])
+                paths = [write_record(results_dir, res["record"])]
+                if args.final_eval:
+                    final, problem = try_final_eval(res["record"], runs_dir / res["name"], args.final_eval,
+                                                    "python sweep.py " + " ".join(argv))
+                    if final is not None:
+                        paths.append(write_final_eval(results_dir, final))
+                        line += f"; final evaluation: {describe(final)}"
+                    else:
+                        line += f"; final evaluation left out ({problem}: run `sweep.py final-eval` later)"
                 if args.commit:
-                    error = commit_record(path, f"results/{study}: record {res['name']}")
+                    error = commit_record(*paths, message=f"results/{study}: record {res['name']}")
                     line += ", committed" if error is None else f", NOT committed ({error})"
             print(line, flush=True)
         if not args.no_report and (results_dir / "runs").is_dir():

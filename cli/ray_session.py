@@ -17,9 +17,10 @@ MISSING = "needs Ray: pip install -e '.[cluster]'"
 #: setting, which the instance's processes inherit from this variable; each worker renices itself) so that they never
 #: slow Ray's own daemons. On a machine with other work (a sweep beside the run) workers at nice 15 get a few per
 #: cent of a core: here one actor's 2048 HalfCheetah steps took 26-46 s instead of 2.6-3.1 s at nice 0, with two
-#: training processes on the two cores (docs/async.md). That would make the measured lag and speed an artefact of the scheduler, so a local instance runs
-#: its workers at the priority of the run that starts it, unless the variable is already set. A cluster's workers
-#: keep its own setting (``RAY_worker_niceness=0 ray start ...`` sets it there).
+#: training processes on the two cores (docs/async.md). That would make the measured lag and speed an artefact of
+#: the scheduler, so a local instance runs its workers at the priority of the run that starts it, unless the
+#: variable is already set. A cluster's workers keep its own setting (``RAY_worker_niceness=0 ray start ...`` sets
+#: it there).
 WORKER_NICENESS = ("RAY_worker_niceness", "0")
 
 

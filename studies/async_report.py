@@ -84,11 +84,19 @@ def lags_of(row: Dict[str, Any]) -> List[int]:
     return [int(round(v)) for v in row["record"]["updates"].get("rollout/policy_lag", []) if v is not None]
 
 
+def pooled_lags(group: Sequence[Dict[str, Any]]) -> List[int]:
+    """The lags of every trained rollout of a group of runs, pooled (the table's mean and max, the figure's bars)."""
+    return [lag for row in group for lag in lags_of(row)]
+
+
 def speed(row: Dict[str, Any]) -> Optional[float]:
-    """Environment steps per second of wall time (training and its evaluations, as the run's record measured it);
-    None for a seed-batched run, whose wall time is its batch's."""
+    """Environment steps per second of wall time (training and its evaluations, as the run's record measured it). A
+    seed-batched run's wall time is its batch's, so its speed is the batch's: all its seeds' steps over that time."""
     wall = row.get("wall_time_s")
-    return row["steps"] / wall if wall and row["path"] != "seed-batch" else None
+    if not wall:
+        return None
+    seeds = row["record"]["meta"].get("batch_seeds") if row["path"] == "seed-batch" else None
+    return row["steps"] * (len(seeds) if seeds else 1) / wall
 
 
 def async_section(rows: Sequence[Dict[str, Any]], reps: int, figures: Path) -> List[str]:
@@ -102,8 +110,9 @@ def async_section(rows: Sequence[Dict[str, Any]], reps: int, figures: Path) -> L
              "Each cell of real asynchronous runs (`--actors N`: the lag is measured) beside its twin, synchronous "
              "runs of the same arm that draw each rollout's lag from the real cell's measured lags pooled over its "
              "runs (`--lag-mode empirical`). `lag` is the lag of the trained rollouts, pooled over runs (the twin's "
-             "as drawn). env-steps/s: steps over wall time, evaluations included, one run per process; the sweeps "
-             "beside them are not controlled, so read it as rough. Diagnostics as in the tables below.", "",
+             "as drawn). env-steps/s: steps over wall time, evaluations included, the mean over runs; for a seed batch "
+             "(marked) the batch's, all its seeds' steps over its wall time. Other processes on the machine are "
+             "not controlled, so read it as rough. Diagnostics as in the tables below.", "",
              "| env | variant | actors | kind | seeds | lag mean | lag max | late eval return, mean [95 % CI] | "
              "final eval return, mean [95 % CI] | behavior_kl | would bound (c) | bound active | env-steps/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -113,14 +122,15 @@ def async_section(rows: Sequence[Dict[str, Any]], reps: int, figures: Path) -> L
             if not group:
                 lines.append(f"| {env} | {variant} | {n} | {label} | – | | | not run yet | | | | | |")
                 continue
-            lags = [lag for row in group for lag in lags_of(row)]
+            lags = pooled_lags(group)
             speeds = [s for s in map(speed, group) if s is not None]
             lines.append(f"| {env} | {variant} | {n} | {label} | {', '.join(str(r['seed']) for r in group)} | "
                          f"{fmt(float(np.mean(lags)) if lags else None, 3)} | {max(lags) if lags else ''} | "
                          f"{_column_ci(group, 'late_eval', reps)} | {_column_ci(group, 'final_eval', reps)} | "
                          f"{fmt(group_mean(group, 'behavior_kl'))} | "
                          f"{pct(group_mean(group, 'would_bound'))} | {pct(group_mean(group, 'bound_active'))} | "
-                         f"{fmt(float(np.mean(speeds)) if speeds else None, 3)} |")
+                         f"{fmt(float(np.mean(speeds)) if speeds else None, 3)}"
+                         f"{' (seed batch)' if any(r['path'] == 'seed-batch' for r in group) else ''} |")
         if real and sim:
             result = compare(real, sim, "late_eval", reps)
             comparisons.append(f"| {env} | {variant} | {n} | {result['n']} | {compare_cells(result)} |")
@@ -148,7 +158,7 @@ def fig_lag_distributions(pairs: Sequence[Tuple[CellKey, List[Dict[str, Any]], L
     fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.2), squeeze=False)
     for ax, ((env, variant, n, _), real, sim) in zip(axes[0], pairs):
         for offset, label, group, color in ((-0.2, "real", real, "tab:blue"), (0.2, "simulated", sim, "tab:orange")):
-            lags = [lag for row in group for lag in lags_of(row)]
+            lags = pooled_lags(group)
             if not lags:
                 continue
             values, counts = np.unique(lags, return_counts=True)

@@ -28,7 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from agents.files import atomic_write
 from studies.records import commit_record, read_records
@@ -58,11 +58,58 @@ def evaluate_mode(run_dir: Path, episodes: int, seed: int, mode: str) -> Dict[st
     return evaluate(parse_args([str(run_dir), "--episodes", str(episodes), "--seed", str(seed), flag]))
 
 
+def final_eval_record(rec: Dict[str, Any], run_dir: Path, episodes: int, command: str) -> Dict[str, Any]:
+    """Evaluate the final model in ``run_dir`` of the training record ``rec`` both ways; the final-evaluation record
+    (not written). Raises evaluate.EvalError when the model cannot be evaluated or is not the recorded one."""
+    from evaluate import EvalError
+
+    meta = rec["meta"]
+    seed = EVAL_SEED_OFFSET + int(meta["seed"])
+    results: Dict[str, Any] = {}
+    for mode in MODES:
+        results[mode] = evaluate_mode(run_dir, episodes, seed, mode)
+        if results[mode]["model_timesteps"] != meta["steps"]:  # checked before the second mode plays
+            raise EvalError(f"{run_dir}/model.zip is at step {results[mode]['model_timesteps']:,}, the "
+                            f"record at {meta['steps']:,}: not the recorded model")
+    return {"name": meta["name"], "study": meta["study"], "episodes": episodes, "seed": seed,
+            "of_record": {"recorded": meta["recorded"], "steps": meta["steps"]},
+            "model_timesteps": meta["steps"], "command": command,
+            "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": results[MODES[0]]["versions"],
+            **{mode: {key: res[key] for key in ("returns", "lengths", "mean", "eval_seconds")}
+               for mode, res in results.items()}}
+
+
+def try_final_eval(rec: Dict[str, Any], run_dir: Path, episodes: int,
+                   command: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """:func:`final_eval_record` and None, or None and why the run could not be evaluated (no model here: run
+    folders are not committed, and with the sweep's Ray backend on a cluster a folder may be on another machine)."""
+    from evaluate import EvalError
+
+    if not (Path(run_dir) / "model.zip").is_file():
+        return None, f"no {Path(run_dir) / 'model.zip'} here"
+    try:
+        return final_eval_record(rec, Path(run_dir), episodes, command), None
+    except EvalError as exc:
+        return None, str(exc)
+
+
+def write_final_eval(results_dir: Path, final: Dict[str, Any]) -> Path:
+    """Write a final-evaluation record beside the study's training records; its path."""
+    path = final_eval_path(results_dir, final["name"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, (json.dumps(final, indent=1, sort_keys=True) + "\n").encode())
+    return path
+
+
+def describe(final: Dict[str, Any]) -> str:
+    """One line: the run's mean score each way."""
+    return (f"deterministic {final['deterministic']['mean']:.3g}, stochastic {final['stochastic']['mean']:.3g} "
+            f"({final['episodes']} episodes each)")
+
+
 def run_final_evals(results_dir: Path, runs_root: Path, episodes: int, argv: Sequence[str]) -> Tuple[int, List[str]]:
     """Evaluate every recorded run of the study that has a folder under ``runs_root/<study>`` and no final-evaluation
     record belonging to its training record; return how many were written and the lines naming runs left out."""
-    from evaluate import EvalError
-
     results_dir, study = Path(results_dir), Path(results_dir).name
     written, left_out = 0, []
     for rec in read_records(results_dir):
@@ -70,32 +117,14 @@ def run_final_evals(results_dir: Path, runs_root: Path, episodes: int, argv: Seq
         path = final_eval_path(results_dir, meta["name"])
         if path.is_file() and belongs_to(json.loads(path.read_text()), rec):
             continue
-        run_dir = Path(runs_root) / study / meta["name"]
-        if not (run_dir / "model.zip").is_file():
-            left_out.append(f"{meta['name']}: no {run_dir / 'model.zip'} here")
+        final, problem = try_final_eval(rec, Path(runs_root) / study / meta["name"], episodes,
+                                        "python sweep.py final-eval " + " ".join(argv))
+        if final is None:
+            left_out.append(f"{meta['name']}: {problem}")
             continue
-        seed = EVAL_SEED_OFFSET + int(meta["seed"])
-        results: Dict[str, Any] = {}
-        try:
-            for mode in MODES:
-                results[mode] = evaluate_mode(run_dir, episodes, seed, mode)
-                if results[mode]["model_timesteps"] != meta["steps"]:  # checked before the second mode plays
-                    raise EvalError(f"{run_dir}/model.zip is at step {results[mode]['model_timesteps']:,}, the "
-                                    f"record at {meta['steps']:,}: not the recorded model")
-        except EvalError as exc:
-            left_out.append(f"{meta['name']}: {exc}")
-            continue
-        record = {"name": meta["name"], "study": study, "episodes": episodes, "seed": seed,
-                  "of_record": {"recorded": meta["recorded"], "steps": meta["steps"]},
-                  "model_timesteps": meta["steps"], "command": "python sweep.py final-eval " + " ".join(argv),
-                  "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": results[MODES[0]]["versions"],
-                  **{mode: {key: res[key] for key in ("returns", "lengths", "mean", "eval_seconds")}
-                     for mode, res in results.items()}}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+        write_final_eval(results_dir, final)
         written += 1
-        print(f"{meta['name']}: deterministic {results['deterministic']['mean']:.3g}, stochastic "
-              f"{results['stochastic']['mean']:.3g} ({episodes} episodes each)", flush=True)
+        print(f"{meta['name']}: {describe(final)}", flush=True)
     return written, left_out
 
 
@@ -131,7 +160,8 @@ def main(argv: List[str]) -> int:
         print(f"left out: {line}")
     print(f"final-eval: {written} written, {len(left_out)} left out")
     if args.commit and written:
-        error = commit_record(Path(args.study) / "final_eval", f"{args.study}: final evaluations of {written} runs")
+        error = commit_record(Path(args.study) / "final_eval",
+                              message=f"{args.study}: final evaluations of {written} runs")
         print("committed" if error is None else f"NOT committed ({error})")
     return 0
 

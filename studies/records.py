@@ -174,13 +174,14 @@ def read_records(results_dir: Path) -> List[Dict[str, Any]]:
     return [read_record(p) for p in sorted((Path(results_dir) / "runs").glob("*.json"))]
 
 
-def commit_record(path: Path, message: str) -> Optional[str]:
-    """``git commit`` of this one file or folder (other staged or changed files are left alone); an error line or
+def commit_record(*files: Path, message: str) -> Optional[str]:
+    """``git commit`` of these files or folders (other staged or changed files are left alone); an error line or
     None."""
+    paths = [str(p) for p in files]
     for attempt in range(5):  # another git process may hold the index lock for a moment
-        add = subprocess.run(["git", "add", "--", str(path)], cwd=REPO, capture_output=True, text=True)
+        add = subprocess.run(["git", "add", "--", *paths], cwd=REPO, capture_output=True, text=True)
         res = add if add.returncode else subprocess.run(
-            ["git", "commit", "--quiet", "-m", message, "--", str(path)], cwd=REPO, capture_output=True, text=True)
+            ["git", "commit", "--quiet", "-m", message, "--", *paths], cwd=REPO, capture_output=True, text=True)
         if res.returncode == 0:
             return None
         if "index.lock" not in res.stderr:

@@ -104,6 +104,20 @@ def test_real_asynchronous_cells_find_their_twins_by_the_pooled_weights() -> Non
     assert lags_of(real[0]) == [0, 2] and lags_of(sims[0]) == [0, 1, 2]
 
 
+def test_async_report_speed_of_a_run_and_of_a_seed_batch() -> None:
+    """env-steps/s of a single run is its steps over its wall time; a seed batch's record holds the batch's wall time,
+    so its speed is the batch's (every seed's steps over that time); no wall time, no speed."""
+    from studies.async_report import speed
+
+    def row(path, wall, seeds=None):
+        return {"steps": 1000, "wall_time_s": wall, "path": path, "record": {"meta": {"batch_seeds": seeds}}}
+
+    assert speed(row("single-run", 4.0)) == 250.0
+    assert speed(row("async", 2.0)) == 500.0
+    assert speed(row("seed-batch", 10.0, [1, 2, 3, 4, 5])) == 500.0
+    assert speed(row("single-run", None)) is None
+
+
 def test_a_measured_lag_distribution_in_a_grid(tmp_path: Path) -> None:
     """lag_weights is a grid axis or setting (a list per value, the weights of lags 0..K): passed as --lag-weights,
     the run name says K (which the weights imply) and, for an axis, the weights; lag_weights_from names K from the
@@ -189,6 +203,18 @@ def test_unknown_env_and_file_keys(tmp_path: Path, capsys: pytest.CaptureFixture
     path.write_text(yaml.safe_dump({**table, "seeds": [1]}))
     assert sweep_main(tmp_path, str(path)) == 2
     assert "unknown key 'seeds'" in capsys.readouterr().err
+
+
+def test_max_runs_takes_a_cells_seeds_together(tmp_path: Path) -> None:
+    """The grid's order is seed-major; --max-runs cuts cell by cell, so that it never splits a seed batch."""
+    from sweep import first_runs
+
+    _, runs = load_grid(grid_file(tmp_path, {"algo": ["ppo", "dualclip"], "policy_lag": [0, 2], "seed": [1, 2, 3]}))
+    assert [r.name for r in runs[:2]] == ["CartPole-v1_ppo_lag0_s1", "CartPole-v1_ppo_lag2_s1"]
+    assert [r.name for r in first_runs(runs, 5)] == [
+        "CartPole-v1_ppo_lag0_s1", "CartPole-v1_ppo_lag0_s2", "CartPole-v1_ppo_lag0_s3",
+        "CartPole-v1_ppo_lag2_s1", "CartPole-v1_ppo_lag2_s2"]
+    assert first_runs(runs, 0) == [] and len(first_runs(runs, 100)) == 12
 
 
 def test_records_resume_from_records_alone_and_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -671,6 +697,30 @@ def test_every_variant_of_a_study_gets_its_own_colour() -> None:
     colours = _colors(variants)
     assert len(set(colours.values())) == len(variants) == 12
     assert _colors(variants[:3])["ppo"] == colours["ppo"]  # ppo first, so the same colour in every figure
+
+
+def test_sweep_final_eval_evaluates_each_run_as_it_is_recorded(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """``--final-eval N`` writes each run's final-evaluation record beside its training record as the run lands (run
+    folders are not committed: evaluated later, a lost folder loses the evaluation); `final-eval` then has nothing
+    left to do."""
+    path = grid_file(tmp_path, {"algo": ["ppo"], "policy_lag": [1], "seed": [3]})
+    res = sweep(tmp_path, str(path), "--no-report", "--final-eval", "2")
+    assert res.returncode == 0, res.stderr
+    assert "CartPole-v1_ppo_lag1_s3: ok" in res.stdout and "; final evaluation: deterministic " in res.stdout
+    study = tmp_path / "results" / "tiny"
+    final = json.loads((study / "final_eval" / "CartPole-v1_ppo_lag1_s3.json").read_text())
+    record = read_record(study / "runs" / "CartPole-v1_ppo_lag1_s3.json")
+    assert final["of_record"] == {"recorded": record["meta"]["recorded"], "steps": 256}
+    assert final["seed"] == 1003 and final["study"] == "tiny" and final["command"].startswith("python sweep.py ")
+    assert len(final["deterministic"]["returns"]) == 2 and len(final["stochastic"]["returns"]) == 2
+    import sweep as sweep_module
+
+    assert sweep_module.main(["final-eval", str(study), "--runs-root", str(tmp_path / "runs"), "--episodes", "2"]) == 0
+    assert "0 written, 0 left out" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        sweep_main(tmp_path, str(path), "--final-eval", "-1")
+    assert exc.value.code == 2 and "--final-eval -1" in capsys.readouterr().err
 
 
 def test_reused_records_from_another_cpu_capability_are_named_in_one_line(tmp_path: Path) -> None:
