@@ -130,8 +130,10 @@ def variant_label(row: Dict[str, Any]) -> str:
 def setting_label(setting: Tuple[Tuple[str, Any], ...]) -> str:
     names = {"policy_lag": "lag", "behavior_temperature": "τ", "lag_mode": "mode", "n_timesteps": "steps",
              "lag_weights": "weights"}
-    shown = [(k, v) for k, v in setting if k != "env" and not (k in SETTING_DEFAULTS and k != "policy_lag"
-                                                               and v == SETTING_DEFAULTS[k])]
+    asynchronous = dict(setting).get("actors") is not None  # its lag is measured, not set: "lag 0" would mislead
+    shown = [(k, v) for k, v in setting if k != "env" and v is not None
+             and not (k in SETTING_DEFAULTS and k != "policy_lag" and v == SETTING_DEFAULTS[k])
+             and not (asynchronous and k == "policy_lag")]
     def value(v: Any) -> str:  # numbers short; lag weights as 5-5-1210
         if isinstance(v, tuple):
             return "-".join(value(w) for w in v)

@@ -118,6 +118,17 @@ def test_async_report_speed_of_a_run_and_of_a_seed_batch() -> None:
     assert speed(row("single-run", None)) is None
 
 
+def test_setting_label_of_asynchronous_and_replaying_runs() -> None:
+    """An asynchronous run's lag is measured, so its setting shows the actors and not the lag it was launched with;
+    a setting that does not apply (None) is left out; a replaying run shows its lag and weights."""
+    from studies.report import setting_label
+
+    assert setting_label((("env", "E"), ("policy_lag", 0), ("actors", 2), ("lag_weights", None))) == "actors 2"
+    assert setting_label((("env", "E"), ("policy_lag", 2), ("actors", None), ("lag_weights", (5, 5, 1215)))) == \
+        "lag 2, weights 5-5-1215"
+    assert setting_label((("env", "E"), ("policy_lag", 0))) == "lag 0"
+
+
 def test_a_measured_lag_distribution_in_a_grid(tmp_path: Path) -> None:
     """lag_weights is a grid axis or setting (a list per value, the weights of lags 0..K): passed as --lag-weights,
     the run name says K (which the weights imply) and, for an axis, the weights; lag_weights_from names K from the
