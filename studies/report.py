@@ -654,6 +654,19 @@ def task_rows(rows: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
     return out
 
 
+def at_common_budget(tasks: Dict[str, List[Dict[str, Any]]]) -> Tuple[Optional[int], Dict[str, List[Dict[str, Any]]]]:
+    """The cross-task rows scored again at the shortest budget of the tasks, when their budgets differ: each run's
+    late and final evaluation as if its budget had been that one (a run without an evaluation there is left out).
+    Lag costs a learner time, so a task given twice the budget can look as if lag cost it less; this puts the tasks
+    on the same number of environment steps. (None, {}) when every task has the same budget."""
+    budgets = {env: rs[0]["record"]["meta"]["n_timesteps"] for env, rs in tasks.items() if rs}
+    if len(set(budgets.values())) < 2:
+        return None, {}
+    step = min(budgets.values())
+    return step, {env: [{**r, **score(r["record"], step, step)} for r in rs if step in r["record"]["eval"]["steps"]]
+                  for env, rs in tasks.items()}
+
+
 def _game_version(env: str) -> Tuple[str, Optional[int]]:
     """``("MinAtar/Breakout", 1)`` for ``MinAtar/Breakout-v1``; the version is None for an id without one."""
     game, _, version = env.rpartition("-v")
@@ -1240,6 +1253,14 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
         lines += task_table(tasks, reps) + [""]
         path = fig_tasks_vs_lag(tasks, figures, reps)
         lines += [f"![{path.stem}](figures/{path.name})", ""]
+        step, common = at_common_budget(tasks)
+        if common:
+            scale = normalisation(common)
+            lines += [f"The same runs scored at {step:,} environment steps, the shortest budget of the tasks (late "
+                      f"window the last {LATE_FRACTION:.0%} of it), so that every task has had the same number of "
+                      "steps; normalised with ppo's lag-0 late return at that step ("
+                      + "; ".join(f"{env}: zero {z:.4g}, one {o:.4g}" for env, (z, o) in scale.items()) + "):", ""]
+            lines += task_table(common, reps) + [""]
     for env in sorted({r["env"] for r in rows}):
         print(f"report: {study}: {env}: tables ...", file=sys.stderr, flush=True)
         env_rows = [r for r in rows if r["env"] == env]

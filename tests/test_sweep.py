@@ -475,6 +475,28 @@ def test_task_table_normalises_per_task() -> None:
     assert dual[6].startswith("1 [1, 1] (degenerate)")
 
 
+def test_tasks_of_different_budgets_are_also_scored_at_the_shortest() -> None:
+    """Across tasks with different budgets, every run is scored again at the shortest one: its late return over
+    the last evaluations up to that step (at least three), its final evaluation there; equal budgets add nothing."""
+    from studies.report import at_common_budget, run_rows, task_rows
+
+    records = []
+    for env, budget, evals in (("E-v0", 500, {0: 0.0, 300: 1.0, 400: 1.0, 500: 1.0}),
+                               ("F-v0", 1000, {0: 0.0, 400: 1.0, 450: 2.0, 500: 3.0, 900: 10.0, 950: 10.0,
+                                               1000: 10.0})):
+        rec = fake_record("ppo", 1, budget, evals)
+        rec["meta"]["env"] = rec["meta"]["axes"]["env"] = env
+        rec["meta"]["name"] += env
+        records.append(rec)
+    tasks = task_rows(run_rows(records)[0])
+    assert tasks["F-v0"][0]["late_eval"] == 10.0
+    step, common = at_common_budget(tasks)
+    assert step == 500
+    assert (common["F-v0"][0]["late_eval"], common["F-v0"][0]["final_eval"]) == (2.0, 3.0)
+    assert common["E-v0"][0]["late_eval"] == 1.0
+    assert at_common_budget({"E-v0": tasks["E-v0"]}) == (None, {})
+
+
 def test_same_computations_are_named() -> None:
     """Two arms whose runs of one seed evaluate identically beyond step 0 are named as one computation."""
     from studies.report import cells, run_rows, same_computations
