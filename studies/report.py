@@ -516,6 +516,25 @@ def bound_activity_table(studies: Dict[str, List[Dict[str, Any]]]) -> List[str]:
     return lines
 
 
+def with_falls(group: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """A cell's scored runs by seed, each with its best evaluation (``best``) and its deepest fall below an earlier
+    evaluation (``fall``; dips it recovered from count too), up to its scoring step."""
+    out = []
+    for r in sorted((r for r in group if r["final_eval"] is not None), key=lambda r: r["seed"]):
+        evals = r["record"]["eval"]
+        curve = np.array([np.mean(ret) for step, ret in zip(evals["steps"], evals["returns"])
+                          if step <= r["score_step"]])
+        out.append({**r, "best": curve.max(), "fall": (np.maximum.accumulate(curve) - curve).max()})
+    return out
+
+
+def kl_bursts(group: List[Dict[str, Any]]) -> Tuple[str, Optional[float]]:
+    """Per run of ``group``, how many updates with the full lag had a within-update KL above :data:`KL_BURST`
+    (comma-separated, in the group's order), and the largest such KL of the group."""
+    kls = [full_lag_values(r["record"], "train/ppo_kl") for r in group]
+    return ", ".join(str(sum(v > KL_BURST for v in k)) for k in kls), max((max(k) for k in kls if k), default=None)
+
+
 def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
     """Per setting with several decoupled variants: each variant's late return against the default variant
     (``decoupled``, truncate at 100) with exact and paired tests, its final evaluation, each seed's best and final
@@ -528,18 +547,6 @@ def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: i
             "deepest fall below an earlier eval, mean [95 % CI] | exact p, deepest fall vs decoupled | "
             f"updates with ppo_kl > {KL_BURST:g}, per seed | max ppo_kl | ESS | truncated | filtered |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-
-    def with_falls(group: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """The cell's scored runs by seed, each with its best evaluation and its deepest fall below an earlier
-        evaluation (dips it recovered from too), up to its scoring step."""
-        out = []
-        for r in sorted((r for r in group if r["final_eval"] is not None), key=lambda r: r["seed"]):
-            evals = r["record"]["eval"]
-            curve = np.array([np.mean(ret) for step, ret in zip(evals["steps"], evals["returns"])
-                              if step <= r["score_step"]])
-            out.append({**r, "best": curve.max(), "fall": (np.maximum.accumulate(curve) - curve).max()})
-        return out
-
     for setting in decoupled_variant_settings(groups):
         base = with_falls(groups.get((setting, "decoupled"), []))
         for variant in variant_order([v for s, v in groups if s == setting and v.startswith("decoupled")]):
@@ -548,8 +555,7 @@ def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: i
                 continue
             late, final, falls = ({} if variant == "decoupled" else compare(group, base, metric, reps)
                                   for metric in ("late_eval", "final_eval", "fall"))
-            kls = [full_lag_values(r["record"], "train/ppo_kl") for r in group]
-            max_kl = max((max(k) for k in kls if k), default=None)
+            bursts, max_kl = kl_bursts(group)
             column = partial(_column_ci, group, reps=reps)
             best_final = ", ".join(f"{r['best']:.0f} → {r['final_eval']:.0f}" for r in group)
             lines.append(
@@ -557,7 +563,7 @@ def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: i
                 f"{compare_cells(late)} | {column('final_eval')} | "
                 f"{fmt_ci(*final['poi'], digits=2) if 'poi' in final else ''} | {best_final} | "
                 f"{fmt_ci(*mean_ci([r['best'] - r['final_eval'] for r in group], reps))} | {column('fall')} | "
-                f"{fmt_p(falls.get('p'))} | {', '.join(str(sum(v > KL_BURST for v in k)) for k in kls)} | "
+                f"{fmt_p(falls.get('p'))} | {bursts} | "
                 f"{fmt(max_kl, 3)} | {fmt(group_mean(group, 'is_ess'), 3)} | "
                 f"{pct(group_mean(group, 'is_truncated'))} | {pct(group_mean(group, 'is_filtered'))} |")
     return lines if len(lines) > 2 else []
@@ -750,6 +756,33 @@ def task_table(tasks: Dict[str, List[Dict[str, Any]]], reps: int) -> List[str]:
                     agg_poi = fmt_ci(*improvement_ci(matrix(cell, have, nb), matrix(base, have, nb), reps), digits=2)
             lines.append(f"| {variant} | {lag} | " + " | ".join(per_task)
                          + f" | {', '.join(have)} ({n}) | {agg_iqm} | {agg_poi} |")
+    return lines
+
+
+def falls_table(tasks: Dict[str, List[Dict[str, Any]]], reps: int) -> List[str]:
+    """Per task, lag and arm (the rows of :func:`task_rows`): each seed's best and final evaluation, how far the runs
+    ended below their best, the deepest fall below an earlier evaluation (falls recovered from too) with P(X > ppo)
+    and its exact p at the same lag, and the within-update KL bursts. On tasks whose episodes end when the body falls
+    (Hopper, Walker2d) an unstable learner shows as such falls; exploratory, no correction."""
+    head = ("| task | lag | variant | seeds | best eval → final eval, per seed | best − final, mean [95 % CI] | "
+            "deepest fall, mean [95 % CI] | P(X > ppo), deepest fall [95 % CI] | exact p | "
+            f"updates with ppo_kl > {KL_BURST:g}, per seed |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for env, rows in tasks.items():
+        for lag in sorted({r["policy_lag"] for r in rows}):
+            cell = {v: with_falls([r for r in rows if r["variant"] == v and r["policy_lag"] == lag])
+                    for v in ALGO_ORDER}
+            for variant, group in cell.items():
+                if not group:
+                    continue
+                falls = compare(group, cell["ppo"], "fall", reps) if variant != "ppo" else {}
+                lines.append(
+                    f"| {env} | {lag} | {variant} | {len(group)} | "
+                    + ", ".join(f"{r['best']:.0f} → {r['final_eval']:.0f}" for r in group)
+                    + f" | {fmt_ci(*mean_ci([r['best'] - r['final_eval'] for r in group], reps))} | "
+                    f"{_column_ci(group, 'fall', reps)} | "
+                    f"{fmt_ci(*falls['poi'], digits=2) if 'poi' in falls else ''} | {fmt_p(falls.get('p'))} | "
+                    f"{kl_bursts(group)[0]} |")
     return lines
 
 
@@ -1253,6 +1286,12 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
         lines += task_table(tasks, reps) + [""]
         path = fig_tasks_vs_lag(tasks, figures, reps)
         lines += [f"![{path.stem}](figures/{path.name})", ""]
+        lines += ["Stability across tasks (exploratory): the same runs' best and final evaluation, how far they "
+                  "ended below their best, and the deepest they fell below an earlier evaluation at any point up to "
+                  "the scoring step (falls recovered from too), with P(X > ppo) of the deepest falls at the same lag "
+                  "and its exact p (above 0.5: X fell deeper); how many updates (with the full lag) had a "
+                  f"within-update KL above {KL_BURST:g}, seed by seed:", ""]
+        lines += falls_table(tasks, reps) + [""]
         step, common = at_common_budget(tasks)
         if common:
             scale = normalisation(common)

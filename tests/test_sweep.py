@@ -497,6 +497,30 @@ def test_tasks_of_different_budgets_are_also_scored_at_the_shortest() -> None:
     assert at_common_budget({"E-v0": tasks["E-v0"]}) == (None, {})
 
 
+def test_falls_table_across_tasks_hand_checked() -> None:
+    """The cross-task stability table: per task, lag and arm each seed's best → final evaluation, the drop from the
+    best, the deepest fall below an earlier evaluation with P(X > ppo) and its exact p, and KL bursts per seed."""
+    from studies.report import falls_table, run_rows, task_rows
+
+    records = [fake_record("ppo", 1, 500, {0: 0.0, 250: 100.0, 450: 100.0, 500: 100.0}),
+               fake_record("ppo", 2, 500, {0: 0.0, 250: 200.0, 450: 150.0, 500: 200.0}),
+               # fell from 300 to -100 and recovered to 250; fell from 400 to 0 and stayed
+               fake_record("decoupled", 1, 500, {0: 0.0, 250: 300.0, 450: -100.0, 500: 250.0}, dual_clip=None),
+               fake_record("decoupled", 2, 500, {0: 0.0, 250: 400.0, 450: 0.0, 500: 0.0}, dual_clip=None)]
+    records[2]["updates"] = {"step": [100, 300, 500], "rollout/ep_rew_mean": [0.0] * 3,
+                             "train/ppo_kl": [0.5, 0.01, 0.9]}
+    table = falls_table(task_rows(run_rows(records)[0]), reps=200)
+    assert len(table) == 4
+    ppo, dec = (line.split(" | ") for line in table[2:])
+    assert ppo[:5] == ["| E-v0", "0", "ppo", "2", "100 → 100, 200 → 200"]
+    assert ppo[5].startswith("0 [") and ppo[6].startswith("25 [")  # ppo seed 2 fell 50 once: mean (0 + 50) / 2
+    assert ppo[7] == ppo[8] == ""  # no test of ppo against itself
+    assert dec[4] == "300 → 250, 400 → 0" and dec[5].startswith("225 [")  # (50 + 400) / 2
+    assert dec[6].startswith("400 [")  # both fell by 400
+    assert dec[7] == "1 [1, 1] (degenerate)" and dec[8] == "0.33"  # every decoupled fall deeper than every ppo one
+    assert dec[9] == "2, 0 |"  # lag 0: every update counts; the record without ppo_kl has none
+
+
 def test_same_computations_are_named() -> None:
     """Two arms whose runs of one seed evaluate identically beyond step 0 are named as one computation."""
     from studies.report import cells, run_rows, same_computations
