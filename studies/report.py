@@ -778,7 +778,7 @@ def falls_table(tasks: Dict[str, List[Dict[str, Any]]], reps: int) -> List[str]:
                 falls = compare(group, cell["ppo"], "fall", reps) if variant != "ppo" else {}
                 lines.append(
                     f"| {env} | {lag} | {variant} | {len(group)} | "
-                    + ", ".join(f"{r['best']:.0f} → {r['final_eval']:.0f}" for r in group)
+                    + ", ".join(f"{fmt(r['best'])} → {fmt(r['final_eval'])}" for r in group)
                     + f" | {fmt_ci(*mean_ci([r['best'] - r['final_eval'] for r in group], reps))} | "
                     f"{_column_ci(group, 'fall', reps)} | "
                     f"{fmt_ci(*falls['poi'], digits=2) if 'poi' in falls else ''} | {fmt_p(falls.get('p'))} | "
