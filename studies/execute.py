@@ -88,7 +88,9 @@ def plan(runs: List[RunSpec], runs_dir: Path, batch: bool) -> List[List[RunSpec]
     """The units of work: with ``batch``, the runs of one grid cell (same configuration, seeds aside) that start
     afresh train as one seed batch when the configuration allows it (agents/seed_batch.py; a cell's one leftover
     seed is a batch of one, so that its result does not depend on which seeds were left), and the checkpointed
-    runs of one interrupted batch resume together; every other run is a unit alone."""
+    runs of one interrupted batch resume together when every one of them is here and at the same step (train.py
+    refuses a batch whose checkpoints differ: a seed resumed alone since went on to another step); every other run
+    is a unit alone."""
     if not batch:
         return [[run] for run in runs]
     units: Dict[tuple, List[RunSpec]] = {}
@@ -96,7 +98,8 @@ def plan(runs: List[RunSpec], runs_dir: Path, batch: bool) -> List[List[RunSpec]
         folder = Path(runs_dir) / run.name
         if (folder / CHECKPOINT).is_file() or (folder / MODEL).is_file():
             mates = _batch_mates(folder)
-            key = ("resume", run.cell, mates) if mates and not finished(folder) else ("alone", run.name)
+            key = (("resume", run.cell, mates, _checkpoint_step(folder)) if mates and not finished(folder)
+                   else ("alone", run.name))
         else:
             key = ("start", run.cell) if _batchable(run) else ("alone", run.name)
         units.setdefault(key, []).append(run)
@@ -107,6 +110,16 @@ def plan(runs: List[RunSpec], runs_dir: Path, batch: bool) -> List[List[RunSpec]
         else:
             out.append(unit)
     return out
+
+
+def _checkpoint_step(folder: Path) -> Optional[int]:
+    """The environment step of the run's checkpoint, or None when it has none that train.py could read."""
+    from agents.checkpoint import read_checkpoint
+
+    try:
+        return int(read_checkpoint(folder / CHECKPOINT)["num_timesteps"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
 
 
 def _batch_mates(folder: Path) -> Optional[tuple]:

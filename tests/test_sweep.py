@@ -75,6 +75,30 @@ def test_asynchronous_runs_are_never_seed_batched(tmp_path: Path) -> None:
         assert [len(u) for u in plan(runs, tmp_path / "runs", batch=True)] == units
 
 
+def test_an_interrupted_batch_resumes_together_only_at_one_step(tmp_path: Path) -> None:
+    """The checkpointed seeds of one interrupted seed batch resume as one batch; when one seed was resumed alone
+    since (its checkpoint at another step), train.py would refuse the batch, so each resumes alone."""
+    import cloudpickle
+    import yaml
+
+    from studies.execute import plan
+
+    _, runs = load_grid(grid_file(tmp_path, {"algo": ["ppo"], "seed": [1, 2]}))
+    runs_dir = tmp_path / "runs"
+
+    def checkpoint(run, step: int) -> None:
+        folder = runs_dir / run.name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "args.yml").write_text(yaml.safe_dump({"seeds": [1, 2]}))
+        (folder / "checkpoint.pkl").write_bytes(cloudpickle.dumps({"model_zip": b"", "num_timesteps": step}))
+
+    for run in runs:
+        checkpoint(run, 128)
+    assert [len(u) for u in plan(runs, runs_dir, batch=True)] == [2]
+    checkpoint(runs[0], 192)  # seed 1 went on alone
+    assert [[r.seed for r in u] for u in plan(runs, runs_dir, batch=True)] == [[1], [2]]
+
+
 def test_real_asynchronous_cells_find_their_twins_by_the_pooled_weights() -> None:
     """studies/async_report.py: a real cell (runs with meta.async, by variant and setting) is paired with the
     replaying runs whose weights equal its pooled lag counts, normalised; a twin of an older pool (or of another
