@@ -34,7 +34,7 @@ import sys
 import warnings
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -517,14 +517,16 @@ def bound_activity_table(studies: Dict[str, List[Dict[str, Any]]]) -> List[str]:
 
 
 def with_falls(group: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """A cell's scored runs by seed, each with its best evaluation (``best``) and its deepest fall below an earlier
-    evaluation (``fall``; dips it recovered from count too), up to its scoring step."""
+    """A cell's scored runs by seed, each with its best evaluation (``best``), how far its final evaluation ended
+    below that (``drop``) and its deepest fall below an earlier evaluation (``fall``; dips it recovered from count
+    too), up to its scoring step."""
     out = []
     for r in sorted((r for r in group if r["final_eval"] is not None), key=lambda r: r["seed"]):
         evals = r["record"]["eval"]
         curve = np.array([np.mean(ret) for step, ret in zip(evals["steps"], evals["returns"])
                           if step <= r["score_step"]])
-        out.append({**r, "best": curve.max(), "fall": (np.maximum.accumulate(curve) - curve).max()})
+        out.append({**r, "best": curve.max(), "drop": curve.max() - r["final_eval"],
+                    "fall": (np.maximum.accumulate(curve) - curve).max()})
     return out
 
 
@@ -533,6 +535,11 @@ def kl_bursts(group: List[Dict[str, Any]]) -> Tuple[str, Optional[float]]:
     (comma-separated, in the group's order), and the largest such KL of the group."""
     kls = [full_lag_values(r["record"], "train/ppo_kl") for r in group]
     return ", ".join(str(sum(v > KL_BURST for v in k)) for k in kls), max((max(k) for k in kls if k), default=None)
+
+
+def best_to_final(group: List[Dict[str, Any]], number: Callable[[float], str] = fmt) -> str:
+    """Each run's best evaluation → its final evaluation (runs from :func:`with_falls`), comma-separated."""
+    return ", ".join(f"{number(r['best'])} → {number(r['final_eval'])}" for r in group)
 
 
 def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
@@ -557,12 +564,12 @@ def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: i
                                   for metric in ("late_eval", "final_eval", "fall"))
             bursts, max_kl = kl_bursts(group)
             column = partial(_column_ci, group, reps=reps)
-            best_final = ", ".join(f"{r['best']:.0f} → {r['final_eval']:.0f}" for r in group)
             lines.append(
                 f"| {setting_label(setting)} | {variant} | {len(group)} | {column('late_eval')} | "
                 f"{compare_cells(late)} | {column('final_eval')} | "
-                f"{fmt_ci(*final['poi'], digits=2) if 'poi' in final else ''} | {best_final} | "
-                f"{fmt_ci(*mean_ci([r['best'] - r['final_eval'] for r in group], reps))} | {column('fall')} | "
+                f"{fmt_ci(*final['poi'], digits=2) if 'poi' in final else ''} | "
+                f"{best_to_final(group, '{:.0f}'.format)} | "
+                f"{column('drop')} | {column('fall')} | "
                 f"{fmt_p(falls.get('p'))} | {bursts} | "
                 f"{fmt(max_kl, 3)} | {fmt(group_mean(group, 'is_ess'), 3)} | "
                 f"{pct(group_mean(group, 'is_truncated'))} | {pct(group_mean(group, 'is_filtered'))} |")
@@ -777,10 +784,8 @@ def falls_table(tasks: Dict[str, List[Dict[str, Any]]], reps: int) -> List[str]:
                     continue
                 falls = compare(group, cell["ppo"], "fall", reps) if variant != "ppo" else {}
                 lines.append(
-                    f"| {env} | {lag} | {variant} | {len(group)} | "
-                    + ", ".join(f"{fmt(r['best'])} → {fmt(r['final_eval'])}" for r in group)
-                    + f" | {fmt_ci(*mean_ci([r['best'] - r['final_eval'] for r in group], reps))} | "
-                    f"{_column_ci(group, 'fall', reps)} | "
+                    f"| {env} | {lag} | {variant} | {len(group)} | {best_to_final(group)} | "
+                    f"{_column_ci(group, 'drop', reps)} | {_column_ci(group, 'fall', reps)} | "
                     f"{fmt_ci(*falls['poi'], digits=2) if 'poi' in falls else ''} | {fmt_p(falls.get('p'))} | "
                     f"{kl_bursts(group)[0]} |")
     return lines
