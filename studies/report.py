@@ -77,6 +77,9 @@ LATE_MIN_EVALS = 3
 #: a within-update KL (``train/ppo_kl``) above this counts as a burst in the stability table (the median per run is
 #: 0.02-0.05 in the MuJoCo study)
 KL_BURST = 0.3
+#: The smallest behaviour weight pi_prox/mu the decoupled loss can hold: agents/losses.py clamps the weight's log at
+#: -LOG_RATIO_CLAMP (10) before exp. Kept here as a number so that the report needs no torch; a test checks the two.
+WEIGHT_FLOOR = math.exp(-10.0)
 #: bootstrap resamples per interval (``sweep.py report --reps``)
 BOOTSTRAP_REPS = 2000
 #: studies whose report sets the dual-clip bound's activity beside that of other studies (under the same results
@@ -542,17 +545,28 @@ def best_to_final(group: List[Dict[str, Any]], number: Callable[[float], str] = 
     return ", ".join(f"{number(r['best'])} → {number(r['final_eval'])}" for r in group)
 
 
+def floored_updates(group: List[Dict[str, Any]]) -> str:
+    """Per run of ``group`` (comma-separated, in its order), how many updates with the full lag had every behaviour
+    weight at :data:`WEIGHT_FLOOR` or below (their largest weight, averaged over minibatches, is the floor; a
+    filtered weight is 0): pi_prox gives none of mu's actions more than e^-10 of mu's density, so every term of the
+    policy loss is weighted by at most e^-10 and the update learns next to nothing from the data."""
+    floor = WEIGHT_FLOOR * (1 + 1e-3)  # the records keep float32 values of the floor
+    return ", ".join(str(sum(v <= floor for v in full_lag_values(r["record"], "train/is_weight_max")))
+                     for r in group)
+
+
 def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
     """Per setting with several decoupled variants: each variant's late return against the default variant
     (``decoupled``, truncate at 100) with exact and paired tests, its final evaluation, each seed's best and final
     evaluation, how far runs fell from their best evaluation by the end and at any point (with the exact p of the
-    deepest falls against the default's), and the within-update KL bursts. Exploratory: no correction for the
-    number of comparisons."""
+    deepest falls against the default's), the within-update KL bursts, and the updates with every weight at the
+    floor (:func:`floored_updates`). Exploratory: no correction for the number of comparisons."""
     head = (f"| setting | variant | seeds | late eval return, mean [95 % CI] | "
             f"{COMPARE_HEAD.format(y='decoupled', m='late')} | final eval return, mean [95 % CI] | "
             "P(X > decoupled), final | best eval → final eval, per seed | best eval − final eval, mean [95 % CI] | "
             "deepest fall below an earlier eval, mean [95 % CI] | exact p, deepest fall vs decoupled | "
-            f"updates with ppo_kl > {KL_BURST:g}, per seed | max ppo_kl | ESS | truncated | filtered |")
+            f"updates with ppo_kl > {KL_BURST:g}, per seed | max ppo_kl | ESS | truncated | filtered | "
+            "updates with every weight at the floor e^−10, per seed |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for setting in decoupled_variant_settings(groups):
         base = with_falls(groups.get((setting, "decoupled"), []))
@@ -572,7 +586,8 @@ def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: i
                 f"{column('drop')} | {column('fall')} | "
                 f"{fmt_p(falls.get('p'))} | {bursts} | "
                 f"{fmt(max_kl, 3)} | {fmt(group_mean(group, 'is_ess'), 3)} | "
-                f"{pct(group_mean(group, 'is_truncated'))} | {pct(group_mean(group, 'is_filtered'))} |")
+                f"{pct(group_mean(group, 'is_truncated'))} | {pct(group_mean(group, 'is_filtered'))} | "
+                f"{floored_updates(group)} |")
     return lines if len(lines) > 2 else []
 
 
@@ -1336,7 +1351,9 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
                       "deepest it fell at any point up to the scoring step below an earlier evaluation (including "
                       "falls it recovered from), with the exact p of the deepest falls against the default's; "
                       f"how many updates (with the full lag) had a within-update KL above {KL_BURST:g}, seed by "
-                      "seed:", ""] + stability + [""]
+                      "seed; and how many had every behaviour weight π_prox/μ at the floor e^−10 that the loss "
+                      "clamps it to (π_prox has left μ's actions: the policy loss is weighted by e^−10 or less "
+                      "throughout):", ""] + stability + [""]
         final = final_eval_table(groups, final_evals, reps)
         if final:
             lines += final + [""]

@@ -628,13 +628,25 @@ def test_intervals_are_reproducible() -> None:
 
 def test_stability_table_hand_checked() -> None:
     """The decoupled-stability table: the late return against the default variant, the drop from the best
-    evaluation, the deepest fall, and KL bursts counted only over updates with the full lag, seed by seed."""
-    from studies.report import KL_BURST, cells, run_rows, stability_table
+    evaluation, the deepest fall, and KL bursts and updates with every behaviour weight at its floor, both counted
+    only over updates with the full lag, seed by seed."""
+    import math
 
+    import numpy as np
+
+    from agents.losses import LOG_RATIO_CLAMP
+    from studies.report import KL_BURST, WEIGHT_FLOOR, cells, run_rows, stability_table
+
+    assert WEIGHT_FLOOR == math.exp(-LOG_RATIO_CLAMP)
+    floor32 = float(np.float32(WEIGHT_FLOOR))  # as a record holds it
+    # seed 1: at the floor in updates 0 (not yet lagged: left out) and 2; seed 2: every weight filtered (0)
+    # in update 1, just above the floor in update 2
+    weights = {1: [floor32, 3.0, floor32], 2: [2.0, 0.0, 1.5 * WEIGHT_FLOOR]}
     records = []
     for seed, (final, kl) in enumerate([(100.0, [0.9, 0.01, 0.5]), (300.0, [0.01, 0.02, 0.03])], start=1):
         rec = fake_record("decoupled", seed, 500, {250: 400.0, 450: -300.0, 500: final}, policy_lag=1, dual_clip=None)
-        rec["updates"] = {"step": [100, 300, 500], "rollout/ep_rew_mean": [0.0] * 3, "train/ppo_kl": kl}
+        rec["updates"] = {"step": [100, 300, 500], "rollout/ep_rew_mean": [0.0] * 3, "train/ppo_kl": kl,
+                          "train/is_weight_max": weights[seed]}
         records.append(rec)
     for seed in (1, 2):
         records.append(fake_record("decoupled", seed, 500, {500: 1000.0}, policy_lag=1, dual_clip=None,
@@ -650,6 +662,7 @@ def test_stability_table_hand_checked() -> None:
     assert base[9] == "400 → 100, 400 → 300" and base[10].startswith("200 [")  # best 400 - final: 300 and 100
     assert base[11].startswith("700 [")  # both seeds fell from 400 to -300, whatever they ended at
     assert base[13] == "1, 0" and base[14] == "0.5"  # the 0.9 of update 0 (lag 1: data not yet lagged) is left out
+    assert table[2].split(" | ")[-1] == "1, 1 |" and table[3].split(" | ")[-1] == "0, 0 |"  # the floor, seed by seed
     assert filt[3] == "1 [1, 1] (degenerate)" and filt[4] == "0.33" and filt[8] == "1 [1, 1] (degenerate)"
     assert filt[5].startswith("900 [") and filt[6] == "0.5"  # paired: 1000 - 66.7 and 1000 - 133.3
     assert filt[10].startswith("0 [") and filt[11].startswith("0 [") and filt[12] == "0.33"
