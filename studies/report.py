@@ -535,9 +535,11 @@ def with_falls(group: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def kl_bursts(group: List[Dict[str, Any]]) -> Tuple[str, Optional[float]]:
     """Per run of ``group``, how many updates with the full lag had a within-update KL above :data:`KL_BURST`
-    (comma-separated, in the group's order), and the largest such KL of the group."""
+    (comma-separated, in the group's order; "n/a" for a run that logs no ``train/ppo_kl``, as stock SB3 PPO, the
+    ppo arm, does not), and the largest such KL of the group."""
     kls = [full_lag_values(r["record"], "train/ppo_kl") for r in group]
-    return ", ".join(str(sum(v > KL_BURST for v in k)) for k in kls), max((max(k) for k in kls if k), default=None)
+    counts = ", ".join(str(sum(v > KL_BURST for v in k)) if k else "n/a" for k in kls)
+    return ("n/a" if not any(kls) else counts), max((max(k) for k in kls if k), default=None)
 
 
 def best_to_final(group: List[Dict[str, Any]], number: Callable[[float], str] = fmt) -> str:
@@ -1310,7 +1312,8 @@ def write_report(results_dir: Path, reps: int = BOOTSTRAP_REPS) -> Path:
                   "ended below their best, and the deepest they fell below an earlier evaluation at any point up to "
                   "the scoring step (falls recovered from too), with P(X > ppo) of the deepest falls at the same lag "
                   "and its exact p (above 0.5: X fell deeper); how many updates (with the full lag) had a "
-                  f"within-update KL above {KL_BURST:g}, seed by seed:", ""]
+                  f"within-update KL (`train/ppo_kl`) above {KL_BURST:g}, seed by seed (n/a: ppo, stock SB3 PPO, "
+                  "does not log it; dualclip's is the KL to μ, decoupled's to π_prox):", ""]
         lines += falls_table(tasks, reps) + [""]
         step, common = at_common_budget(tasks)
         if common:

@@ -542,7 +542,8 @@ def test_falls_table_across_tasks_hand_checked() -> None:
     assert dec[4] == "300 → 250, 400 → 0" and dec[5].startswith("225 [")  # (50 + 400) / 2
     assert dec[6].startswith("400 [")  # both fell by 400
     assert dec[7] == "1 [1, 1] (degenerate)" and dec[8] == "0.33"  # every decoupled fall deeper than every ppo one
-    assert dec[9] == "2, 0 |"  # lag 0: every update counts; the record without ppo_kl has none
+    assert dec[9] == "2, n/a |"  # lag 0: every update counts; a record without ppo_kl is not counted as 0
+    assert ppo[9] == "n/a |"  # stock SB3 PPO logs no ppo_kl
 
 
 def test_same_computations_are_named() -> None:
