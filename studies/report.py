@@ -533,10 +533,9 @@ def with_falls(group: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
-def counts_per_run(group: List[Dict[str, Any]], tag: str, hit: Callable[[float], bool]) -> str:
-    """Per run of ``group`` (comma-separated, in its order), how many updates with the full lag had a value of
-    ``tag`` for which ``hit`` holds; "n/a" for a run that logs no ``tag``, and once for a group where none does."""
-    values = [full_lag_values(r["record"], tag) for r in group]
+def counts_per_run(values: List[List[float]], hit: Callable[[float], bool]) -> str:
+    """Per run (comma-separated, in order), how many of its values (:func:`full_lag_values` of one tag) ``hit``
+    holds for; "n/a" for a run that logs no such value, and once for a group where none does."""
     if not any(values):
         return "n/a"
     return ", ".join(str(sum(hit(v) for v in k)) if k else "n/a" for k in values)
@@ -547,8 +546,7 @@ def kl_bursts(group: List[Dict[str, Any]]) -> Tuple[str, Optional[float]]:
     (:func:`counts_per_run`: stock SB3 PPO, the ppo arm, logs no ``train/ppo_kl``), and the largest such KL of the
     group."""
     kls = [full_lag_values(r["record"], "train/ppo_kl") for r in group]
-    return (counts_per_run(group, "train/ppo_kl", lambda v: v > KL_BURST),
-            max((max(k) for k in kls if k), default=None))
+    return counts_per_run(kls, lambda v: v > KL_BURST), max((max(k) for k in kls if k), default=None)
 
 
 def best_to_final(group: List[Dict[str, Any]], number: Callable[[float], str] = fmt) -> str:
@@ -562,7 +560,8 @@ def floored_updates(group: List[Dict[str, Any]]) -> str:
     filtered weight is 0): pi_prox gives none of mu's actions more than e^-10 of mu's density, so every term of the
     policy loss is weighted by at most e^-10."""
     floor = WEIGHT_FLOOR * (1 + 1e-3)  # the records keep float32 values of the floor
-    return counts_per_run(group, "train/is_weight_max", lambda v: v <= floor)
+    weights = [full_lag_values(r["record"], "train/is_weight_max") for r in group]
+    return counts_per_run(weights, lambda v: v <= floor)
 
 
 def stability_table(groups: Dict[Tuple[Any, str], List[Dict[str, Any]]], reps: int) -> List[str]:
